@@ -1,0 +1,50 @@
+# Thin targets over `python -m ...`; every target installs what it needs first.
+.DEFAULT_GOAL := help
+.PHONY: help install run test lint bench up down migrate clean
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+help:
+	@echo "make run     install, then start the whole stack locally (Ctrl-C stops it)"
+	@echo "make test    install, then run the test suite against real servers"
+	@echo "make lint    ruff + mypy"
+	@echo "make bench   print the benchmark table"
+	@echo "make up/down docker compose up -d / down"
+	@echo "make migrate apply database migrations to DATABASE_URL"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: install
+	$(PY) -m devstack
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+bench: install
+	$(PY) -m bench
+
+migrate: install
+	$(PY) -m common.migrate
+
+up:
+	docker compose up -d --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
