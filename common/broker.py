@@ -1,0 +1,148 @@
+"""RabbitMQ topology (SPEC section 5) and the confirming publisher.
+
+    studio.predictions (topic) --prediction.#--> studio.persister (quorum)
+                                                    | rejected / over delivery limit
+                                                    v
+    studio.persister.delay.<ms> (quorum, TTL) --> studio.persister.dead (quorum)
+        ^ persister republishes a failed event      (`redrive` moves it back)
+        | with x-attempt + 1; on expiry the delay queue dead-letters it back to studio.persister
+
+Every queue is quorum with at-least-once dead-lettering and `reject-publish` overflow, so neither a full
+queue nor a dead-letter hop ever drops a message silently. Publishing uses publisher confirms with
+`mandatory=True` and `on_return_raises=True`: a message nobody routes is an error, not a silent drop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractRobustConnection,
+    HeadersType,
+)
+
+from common.errors import BrokerUnavailable
+from common.events import PredictionEvent
+
+log = logging.getLogger(__name__)
+
+EXCHANGE = "studio.predictions"
+QUEUE = "studio.persister"
+DEAD_QUEUE = "studio.persister.dead"
+DELAY_QUEUE_PREFIX = "studio.persister.delay."
+ATTEMPT_HEADER = "x-attempt"
+PUBLISH_TIMEOUT_S = 5.0
+
+_QUORUM: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+}
+
+
+def retry_delays(base_s: float, max_s: float, max_attempts: int) -> list[float]:
+    """Delay before attempt 2, 3, ... max_attempts: base doubling, capped at max_s."""
+    return [min(base_s * 2**n, max_s) for n in range(max(0, max_attempts - 1))]
+
+
+def delay_queue_name(delay_s: float) -> str:
+    return f"{DELAY_QUEUE_PREFIX}{int(round(delay_s * 1000))}ms"
+
+
+async def declare_topology(channel: AbstractChannel, delays: Sequence[float]) -> AbstractExchange:
+    """Declare exchange and queues; idempotent, so every process may do it at start."""
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    await channel.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
+    queue = await channel.declare_queue(
+        QUEUE,
+        durable=True,
+        arguments={
+            **_QUORUM,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": DEAD_QUEUE,
+            # A message that keeps crashing its consumer ends up dead instead of looping forever.
+            "x-delivery-limit": 20,
+        },
+    )
+    await queue.bind(exchange, routing_key="prediction.#")
+    for delay in sorted(set(delays)):
+        await channel.declare_queue(
+            delay_queue_name(delay),
+            durable=True,
+            arguments={
+                **_QUORUM,
+                "x-message-ttl": int(round(delay * 1000)),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": QUEUE,
+            },
+        )
+    return exchange
+
+
+def event_message(event: PredictionEvent, headers: Mapping[str, Any] | None = None) -> aio_pika.Message:
+    return aio_pika.Message(
+        event.to_json(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=event.event_id,
+        headers=dict(headers or {}),
+    )
+
+
+class Broker:
+    """A robust connection with one confirming channel and the declared topology."""
+
+    def __init__(
+        self, connection: AbstractRobustConnection, channel: AbstractChannel, exchange: AbstractExchange
+    ) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.exchange = exchange
+
+    @classmethod
+    async def connect(cls, url: str, delays: Sequence[float] = ()) -> Broker:
+        connection = await aio_pika.connect_robust(url, client_properties={"connection_name": "studio"})
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            exchange = await declare_topology(channel, delays)
+        except BaseException:
+            await connection.close()
+            raise
+        return cls(connection, channel, exchange)
+
+    @property
+    def ready(self) -> bool:
+        return not self.connection.is_closed and not self.channel.is_closed
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def publish_event(
+        self, event: PredictionEvent, headers: HeadersType | None = None, timeout: float = PUBLISH_TIMEOUT_S
+    ) -> None:
+        """Return only once RabbitMQ has confirmed the event; else raise BrokerUnavailable."""
+        await self._publish(self.exchange, event_message(event, headers), event.routing_key, timeout)
+
+    async def publish_to_queue(self, queue: str, message: aio_pika.Message, timeout: float = PUBLISH_TIMEOUT_S) -> None:
+        await self._publish(self.channel.default_exchange, message, queue, timeout)
+
+    async def _publish(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, timeout: float
+    ) -> None:
+        try:
+            # The outer timeout matters: on a robust connection that is reconnecting, publish waits forever.
+            async with asyncio.timeout(timeout):
+                confirmation = await exchange.publish(message, routing_key, mandatory=True)
+        except TimeoutError:
+            raise BrokerUnavailable(f"RabbitMQ did not confirm within {timeout:g}s") from None
+        except Exception as exc:  # DeliveryError (returned/nacked), channel or connection errors
+            raise BrokerUnavailable(f"RabbitMQ did not take the message: {exc!r}") from exc
+        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+            raise BrokerUnavailable(f"RabbitMQ did not acknowledge the message: {confirmation!r}")

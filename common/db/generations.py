@@ -1,0 +1,216 @@
+"""The `generations` table: SQL as named constants and typed functions over them.
+
+Functions never commit: the caller owns the transaction. Every state change is a conditional UPDATE whose
+WHERE clause encodes the state machine, so concurrent or repeated deliveries cannot move a terminal
+generation or regress one, whatever the interleaving.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+TERMINAL_STATUSES = ("succeeded", "failed", "canceled")
+ACTIVE_STATUSES = ("queued", "processing")
+
+
+@dataclass(frozen=True)
+class Generation:
+    id: uuid.UUID
+    user_id: str
+    prediction_id: str | None
+    model: str
+    prompt: str
+    status: str
+    output_url: str | None
+    output_urls: tuple[str, ...]
+    error: str | None
+    idempotency_key: str | None
+    request_hash: str | None
+    request_id: str | None
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @classmethod
+    def from_record(cls, record: asyncpg.Record) -> Generation:
+        return cls(
+            id=record["id"],
+            user_id=record["user_id"],
+            prediction_id=record["prediction_id"],
+            model=record["model"],
+            prompt=record["prompt"],
+            status=record["status"],
+            output_url=record["output_url"],
+            output_urls=tuple(record["output_urls"] or ()),
+            error=record["error"],
+            idempotency_key=record["idempotency_key"],
+            request_hash=record["request_hash"],
+            request_id=record["request_id"],
+            created_at=record["created_at"],
+            updated_at=record["updated_at"],
+            completed_at=record["completed_at"],
+        )
+
+
+def _one(record: asyncpg.Record | None) -> Generation | None:
+    return None if record is None else Generation.from_record(record)
+
+
+LOCK_USER = "SELECT pg_advisory_xact_lock(hashtextextended('studio.quota:' || $1, 0))"
+
+# Runs after LOCK_USER in the same transaction, so the count sees every committed row of this user.
+INSERT_WITHIN_QUOTA = """
+INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id)
+SELECT $1, $2, $3, $4, $5, $6, $7
+WHERE (SELECT count(*) FROM generations
+       WHERE user_id = $2 AND status IN ('queued', 'processing')) < $8
+RETURNING *
+"""
+
+GET_FOR_USER = "SELECT * FROM generations WHERE id = $1 AND user_id = $2"
+GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM generations WHERE user_id = $1 AND idempotency_key = $2"
+GET_BY_PREDICTION_ID = "SELECT * FROM generations WHERE prediction_id = $1"
+
+SET_PREDICTION = """
+UPDATE generations
+SET prediction_id = $2,
+    status = CASE WHEN $3::text = 'processing' AND status = 'queued' THEN 'processing' ELSE status END,
+    updated_at = now()
+WHERE id = $1
+RETURNING *
+"""
+
+MARK_PROCESSING = """
+UPDATE generations SET status = 'processing', updated_at = now()
+WHERE id = $1 AND status = 'queued'
+RETURNING *
+"""
+
+MARK_SUCCEEDED = """
+UPDATE generations
+SET status = 'succeeded', output_url = $2, output_urls = $3, error = NULL,
+    completed_at = now(), updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'processing')
+RETURNING *
+"""
+
+MARK_ENDED = """
+UPDATE generations
+SET status = $2, error = $3, completed_at = now(), updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'processing')
+RETURNING *
+"""
+
+LIST_FOR_USER = """
+SELECT * FROM generations
+WHERE user_id = $1
+  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2::timestamptz, $3::uuid))
+ORDER BY created_at DESC, id DESC
+LIMIT $4
+"""
+
+LIST_STALE_UNFINISHED = """
+SELECT * FROM generations
+WHERE status IN ('queued', 'processing')
+  AND prediction_id IS NOT NULL
+  AND created_at < now() - make_interval(secs => $1)
+ORDER BY created_at
+LIMIT $2
+"""
+
+
+async def insert_within_quota(
+    conn: asyncpg.Connection,
+    *,
+    user_id: str,
+    model: str,
+    prompt: str,
+    max_active: int,
+    idempotency_key: str | None = None,
+    request_hash: str | None = None,
+    request_id: str | None = None,
+) -> Generation | None:
+    """Insert a queued generation unless the user already has `max_active` unfinished ones (then None).
+
+    Must run inside a transaction: the per-user advisory lock it takes is held until that transaction ends,
+    which is what makes the count-then-insert atomic across connections and API replicas.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("insert_within_quota needs a transaction")
+    await conn.execute(LOCK_USER, user_id)
+    record = await conn.fetchrow(
+        INSERT_WITHIN_QUOTA,
+        uuid.uuid4(),
+        user_id,
+        model,
+        prompt,
+        idempotency_key,
+        request_hash,
+        request_id,
+        max_active,
+    )
+    return _one(record)
+
+
+async def get_for_user(conn: asyncpg.Connection, generation_id: uuid.UUID, user_id: str) -> Generation | None:
+    return _one(await conn.fetchrow(GET_FOR_USER, generation_id, user_id))
+
+
+async def get_by_idempotency_key(conn: asyncpg.Connection, user_id: str, key: str) -> Generation | None:
+    return _one(await conn.fetchrow(GET_BY_IDEMPOTENCY_KEY, user_id, key))
+
+
+async def get_by_prediction_id(conn: asyncpg.Connection, prediction_id: str) -> Generation | None:
+    return _one(await conn.fetchrow(GET_BY_PREDICTION_ID, prediction_id))
+
+
+async def set_prediction(
+    conn: asyncpg.Connection, generation_id: uuid.UUID, prediction_id: str, status: str
+) -> Generation | None:
+    return _one(await conn.fetchrow(SET_PREDICTION, generation_id, prediction_id, status))
+
+
+async def mark_processing(conn: asyncpg.Connection, generation_id: uuid.UUID) -> Generation | None:
+    """queued -> processing; None when the row was not queued (already further along, or terminal)."""
+    return _one(await conn.fetchrow(MARK_PROCESSING, generation_id))
+
+
+async def mark_succeeded(
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_urls: list[str]
+) -> Generation | None:
+    """Terminal success in one statement; None when the generation had already ended."""
+    first = output_urls[0] if output_urls else None
+    return _one(await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_urls))
+
+
+async def mark_ended(
+    conn: asyncpg.Connection, generation_id: uuid.UUID, status: str, error: str | None
+) -> Generation | None:
+    """Terminal `failed` or `canceled`; None when the generation had already ended."""
+    if status not in ("failed", "canceled"):
+        raise ValueError(f"not an unsuccessful terminal status: {status}")
+    return _one(await conn.fetchrow(MARK_ENDED, generation_id, status, error))
+
+
+async def list_for_user(
+    conn: asyncpg.Connection,
+    user_id: str,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None = None,
+) -> list[Generation]:
+    created_at, gid = before if before is not None else (None, None)
+    rows = await conn.fetch(LIST_FOR_USER, user_id, created_at, gid, limit)
+    return [Generation.from_record(row) for row in rows]
+
+
+async def list_stale_unfinished(conn: asyncpg.Connection, older_than_s: float, limit: int) -> list[Generation]:
+    rows = await conn.fetch(LIST_STALE_UNFINISHED, older_than_s, limit)
+    return [Generation.from_record(row) for row in rows]

@@ -1,0 +1,137 @@
+"""S3-compatible storage: one client per process, streaming multipart upload, the public-read bucket policy."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterable, AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aioboto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from common.errors import StorageUnavailable
+from common.settings import Settings
+
+# S3's smallest allowed part; also bounds what an upload holds in memory at once.
+PART_SIZE = 5 * 1024 * 1024
+PREFIX = "generations/"
+
+
+@asynccontextmanager
+async def open_s3(settings: Settings) -> AsyncIterator[Any]:
+    session = aioboto3.Session()
+    config = Config(
+        s3={"addressing_style": "path"},
+        retries={"max_attempts": 2, "mode": "standard"},
+        connect_timeout=5,
+        read_timeout=30,
+    )
+    async with session.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url or None,
+        region_name=settings.aws_region,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+        config=config,
+    ) as client:
+        yield client
+
+
+def public_read_policy(bucket: str) -> str:
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Sid": "PublicReadGenerations",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": ["s3:GetObject"],
+                    "Resource": [f"arn:aws:s3:::{bucket}/{PREFIX}*"],
+                }
+            ],
+        }
+    )
+
+
+async def ensure_bucket(client: Any, bucket: str) -> None:
+    """Create the bucket if missing and let anyone read `generations/*` (SPEC section 7)."""
+    try:
+        await client.head_bucket(Bucket=bucket)
+    except ClientError:
+        await client.create_bucket(Bucket=bucket)
+    await client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+
+
+def public_url(settings: Settings, key: str) -> str:
+    return f"{settings.s3_public_base_url}/{key}"
+
+
+async def check_bucket(client: Any, bucket: str) -> None:
+    try:
+        await client.head_bucket(Bucket=bucket)
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(f"bucket {bucket} not reachable: {exc}") from exc
+
+
+async def upload_stream(
+    client: Any,
+    bucket: str,
+    key: str,
+    chunks: AsyncIterable[bytes],
+    content_type: str,
+    part_size: int = PART_SIZE,
+) -> int:
+    """Stream `chunks` into `bucket/key`, holding at most about one part in memory. Returns the size.
+
+    Small objects go up in one PUT; larger ones as a multipart upload, aborted if anything fails (an
+    exception from `chunks` itself, such as a size limit, propagates unchanged).
+    """
+    buffer = bytearray()
+    total = 0
+    upload_id: str | None = None
+    parts: list[dict[str, Any]] = []
+
+    async def send_part(data: bytes) -> None:
+        nonlocal upload_id
+        if upload_id is None:
+            created = await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
+            upload_id = created["UploadId"]
+        number = len(parts) + 1
+        answer = await client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+        parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    try:
+        async for chunk in chunks:
+            buffer += chunk
+            total += len(chunk)
+            while len(buffer) >= part_size:
+                part = bytes(buffer[:part_size])
+                del buffer[:part_size]
+                await send_part(part)
+        if upload_id is None:
+            await client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer), ContentType=content_type)
+        else:
+            if buffer:
+                await send_part(bytes(buffer))
+            await client.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+    except (BotoCoreError, ClientError) as exc:
+        await _abort(client, bucket, key, upload_id)
+        raise StorageUnavailable(f"storing {key} failed: {exc}") from exc
+    except BaseException:
+        await _abort(client, bucket, key, upload_id)
+        raise
+    return total
+
+
+async def _abort(client: Any, bucket: str, key: str, upload_id: str | None) -> None:
+    if upload_id is None:
+        return
+    try:
+        await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+    except (BotoCoreError, ClientError):
+        pass  # the bucket's lifecycle rule or a later retry cleans up; the original error matters more

@@ -1,0 +1,1 @@
+"""Local infrastructure launcher and the Skytells simulator: what `make run` and the tests start."""

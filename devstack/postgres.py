@@ -1,0 +1,158 @@
+"""A throwaway PostgreSQL from the machine's own binaries: initdb into a temporary directory, then postgres.
+
+PostgreSQL refuses to run as root, so when we are root the server runs as the `postgres` system user (created
+if missing), owning its data directory.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from devstack.processes import ManagedProcess, StartError, wait_until
+
+RUN_AS = "postgres"
+
+
+def find_bin_dir() -> Path:
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=lambda p: int(p.split("/")[-2]))
+    for candidate in reversed(candidates):
+        if Path(candidate, "initdb").exists():
+            return Path(candidate)
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    raise StartError(
+        "PostgreSQL binaries not found (looked in /usr/lib/postgresql/*/bin and PATH); "
+        "install them with: apt-get install -y postgresql"
+    )
+
+
+def _ensure_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(RUN_AS)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", RUN_AS], check=True)
+    return RUN_AS
+
+
+class Postgres:
+    """PostgreSQL listening on 127.0.0.1 at the port, user, password and database a DSN names.
+
+    Its directory is made under the system temp dir (not a caller's private one): the server user must reach it.
+    """
+
+    def __init__(self, dsn: str, base_dir: Path | None = None, *, durable: bool = False) -> None:
+        parts = urlsplit(dsn)
+        self.dsn = dsn
+        self.port = parts.port or 5432
+        self.user = unquote(parts.username or "postgres")
+        self.password = unquote(parts.password or "")
+        self.database = (parts.path or "/").lstrip("/") or self.user
+        self.durable = durable
+        self.dir = Path(tempfile.mkdtemp(prefix="studio-pg-", dir=base_dir))
+        self.process: ManagedProcess | None = None
+
+    def start(self, timeout: float = 60.0) -> Postgres:
+        bin_dir = find_bin_dir()
+        user = _ensure_user()
+        data, sockets = self.dir / "data", self.dir / "sockets"
+        sockets.mkdir(parents=True)
+        pwfile = self.dir / "pwfile"
+        pwfile.write_text(self.password or "postgres")
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            for path in (self.dir, sockets, pwfile):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.dir.chmod(0o755)
+        initdb = subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                self.user,
+                f"--pwfile={pwfile}",
+                "--auth-host=scram-sha-256",
+                "--auth-local=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            ],
+            user=user,
+            capture_output=True,
+            text=True,
+            cwd=self.dir,
+        )
+        if initdb.returncode != 0:
+            raise StartError(f"initdb failed: {initdb.stderr.strip() or initdb.stdout.strip()}")
+        self.resume(timeout)
+        if self.database != "postgres":
+            created = subprocess.run(
+                [
+                    str(bin_dir / "createdb"),
+                    "-h",
+                    str(sockets),
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    self.user,
+                    self.database,
+                ],
+                user=user,
+                capture_output=True,
+                text=True,
+                cwd=self.dir,
+            )
+            if created.returncode != 0 and "already exists" not in created.stderr:
+                raise StartError(f"createdb failed: {created.stderr.strip()}")
+        return self
+
+    def resume(self, timeout: float = 60.0) -> Postgres:
+        """Start the server (again, after `halt`) on the same data directory and port."""
+        options = [
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-p",
+            str(self.port),
+            "-k",
+            str(self.dir / "sockets"),
+            "-c",
+            "max_connections=300",
+        ]
+        if not self.durable:
+            options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        self.process = ManagedProcess(
+            "postgres",
+            [str(find_bin_dir() / "postgres"), "-D", str(self.dir / "data"), *options],
+            log_path=self.dir / "postgres.log",
+            user=_ensure_user(),
+            cwd=self.dir,
+        ).start()
+        wait_until(f"PostgreSQL on port {self.port}", self._accepts, timeout, self.process)
+        return self
+
+    def halt(self) -> None:
+        """Stop the server, keeping its data, as an outage would."""
+        if self.process is not None:
+            self.process.stop()
+            self.process = None
+
+    def _accepts(self) -> bool:
+        ready = subprocess.run(
+            [str(find_bin_dir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+            capture_output=True,
+        )
+        return ready.returncode == 0
+
+    def stop(self) -> None:
+        self.halt()
+        shutil.rmtree(self.dir, ignore_errors=True)

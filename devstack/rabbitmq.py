@@ -1,0 +1,154 @@
+"""A throwaway RabbitMQ node from Debian's `rabbitmq-server`, installed with apt when missing.
+
+The node runs as the `rabbitmq` user with every path it writes (data, logs, feature flags, cookie) inside a
+temporary directory, on its own AMQP and distribution ports, so it never touches a system broker.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from devstack.processes import ManagedProcess, StartError, free_port, wait_until
+
+SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+RUN_AS = "rabbitmq"
+_apt_lock = threading.Lock()
+_apt_updated = False
+
+
+def ensure_installed() -> None:
+    """Install rabbitmq-server with apt when it is missing (as root: `apt-get update` once, then install)."""
+    global _apt_updated
+    if SERVER.exists():
+        return
+    if os.geteuid() != 0:
+        raise StartError(
+            "rabbitmq-server is not installed and we are not root to install it: "
+            "run `apt-get install -y rabbitmq-server`"
+        )
+    with _apt_lock:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if not _apt_updated:
+            subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+            _apt_updated = True
+        done = subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env, capture_output=True, text=True
+        )
+        if done.returncode != 0 or not SERVER.exists():
+            raise StartError(f"apt-get install rabbitmq-server failed: {done.stderr.strip()[-2000:]}")
+
+
+def amqp_handshake(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when the port answers the AMQP 0-9-1 protocol header with a Connection.Start frame."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(b"AMQP\x00\x00\x09\x01")
+            frame = sock.recv(7)
+            return len(frame) == 7 and frame[0] == 1
+    except OSError:
+        return False
+
+
+class RabbitMQ:
+    """A RabbitMQ node on 127.0.0.1 with the port, user, password and vhost an AMQP URL names."""
+
+    def __init__(self, url: str, base_dir: Path | None = None) -> None:
+        parts = urlsplit(url)
+        self.url = url
+        self.port = parts.port or 5672
+        self.user = unquote(parts.username or "guest")
+        self.password = unquote(parts.password or "guest")
+        self.vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        self.dist_port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="studio-rmq-", dir=base_dir))
+        self.process: ManagedProcess | None = None
+        self.node = f"studio{self.port}@localhost"
+
+    def _prepare(self) -> None:
+        for sub in ("mnesia", "log"):
+            (self.dir / sub).mkdir()
+        (self.dir / "enabled_plugins").write_text("[].\n")
+        (self.dir / "rabbitmq-env.conf").write_text("")
+        (self.dir / "rabbitmq.conf").write_text(
+            "\n".join(
+                [
+                    f"listeners.tcp.default = 127.0.0.1:{self.port}",
+                    f"default_user = {self.user}",
+                    f"default_pass = {self.password}",
+                    f"default_vhost = {self.vhost}",
+                    "loopback_users = none",
+                    "log.console = true",
+                    "log.console.level = warning",
+                    "log.file = false",
+                    "disk_free_limit.absolute = 50MB",
+                    "",
+                ]
+            )
+        )
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam(RUN_AS)
+            for path in [self.dir, *self.dir.rglob("*")]:
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def _env(self) -> dict[str, str]:
+        d = str(self.dir)
+        return {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": d,
+            "LANG": "C.UTF-8",
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": f"{d}/rabbitmq.conf",
+            "RABBITMQ_CONF_ENV_FILE": f"{d}/rabbitmq-env.conf",
+            "RABBITMQ_ADVANCED_CONFIG_FILE": f"{d}/advanced.config",
+            "RABBITMQ_MNESIA_BASE": f"{d}/mnesia",
+            "RABBITMQ_LOG_BASE": f"{d}/log",
+            "RABBITMQ_ENABLED_PLUGINS_FILE": f"{d}/enabled_plugins",
+            "RABBITMQ_FEATURE_FLAGS_FILE": f"{d}/feature_flags",
+            "RABBITMQ_PID_FILE": f"{d}/rabbitmq.pid",
+            "RABBITMQ_PLUGINS_EXPAND_DIR": f"{d}/plugins-expand",
+        }
+
+    def start(self, timeout: float = 90.0) -> RabbitMQ:
+        ensure_installed()
+        self._prepare()
+        return self.resume(timeout)
+
+    def resume(self, timeout: float = 90.0) -> RabbitMQ:
+        """Start the node (again, after `halt`) on the same data and ports."""
+        self.process = ManagedProcess(
+            "rabbitmq",
+            [str(SERVER)],
+            env=self._env(),
+            log_path=self.dir / "rabbitmq.log",
+            user=RUN_AS if os.geteuid() == 0 else None,
+            cwd=self.dir,
+        ).start()
+        wait_until(
+            f"RabbitMQ on port {self.port}",
+            lambda: amqp_handshake("127.0.0.1", self.port),
+            timeout,
+            self.process,
+        )
+        return self
+
+    def halt(self) -> None:
+        """Stop the node, keeping its data, as a broker outage would."""
+        if self.process is not None:
+            self.process.stop(timeout=60)
+            self.process = None
+
+    def stop(self) -> None:
+        self.halt()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,0 +1,3 @@
+from devstack.skytells.app import main
+
+main()

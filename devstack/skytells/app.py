@@ -1,0 +1,317 @@
+"""The simulator's HTTP app: Skytells' prediction API, its signed callbacks, and its CDN.
+
+Behaviour is steered per prediction by directives in the prompt (`#sim:delay=2 #sim:dup=3`), so black-box
+tests drive it through Studio's public API. `GET /_sim/predictions` lists what it was asked, for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from common import log as logs
+from common.signing import SIGNATURE_HEADER, sign
+from devstack.skytells import png
+
+logger = logging.getLogger(__name__)
+
+DIRECTIVE = re.compile(r"#sim:([a-z]+)(?:=([^\s#]+))?")
+CALLBACK_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    port: int = 8090
+    host: str = "127.0.0.1"
+    api_key: str = "sim-key"
+    webhook_secret: str = "sim-secret"
+    delay_s: float = 1.0
+    output_ttl_s: float = 300.0
+    public_url: str = ""  # base of CDN URLs; default http://127.0.0.1:{port}
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | os._Environ[str]) -> SimSettings:
+        port = int(environ.get("SIM_PORT", "8090"))
+        return cls(
+            port=port,
+            host=environ.get("SIM_HOST", "127.0.0.1"),
+            api_key=environ.get("SIM_API_KEY", "sim-key"),
+            webhook_secret=environ.get("SIM_WEBHOOK_SECRET", "sim-secret"),
+            delay_s=float(environ.get("SIM_DELAY_S", "1")),
+            output_ttl_s=float(environ.get("SIM_OUTPUT_TTL_S", "300")),
+            public_url=environ.get("SIM_PUBLIC_URL", "").rstrip("/") or f"http://127.0.0.1:{port}",
+        )
+
+
+@dataclass
+class SimPrediction:
+    id: str
+    model: str
+    input: dict[str, Any]
+    webhook_url: str | None
+    events: tuple[str, ...]
+    directives: dict[str, str]
+    status: str = "pending"
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    completed_monotonic: float | None = None
+    error: str | None = None
+    outputs: list[bytes] = field(default_factory=list)
+    callbacks: list[dict[str, Any]] = field(default_factory=list)  # what was sent, for tests
+
+    def view(self, base: str) -> dict[str, Any]:
+        output = [f"{base}/cdn/{self.id}/{n}.png" for n in range(len(self.outputs))] or None
+        return {
+            "id": self.id,
+            "status": self.status,
+            "model": {"name": self.model, "type": "image"},
+            "type": "inference",
+            "source": "api",
+            "input": self.input,
+            "output": output,
+            "error": self.error,
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
+            "urls": {
+                "get": f"{base}/v1/predictions/{self.id}",
+                "cancel": f"{base}/v1/predictions/{self.id}/cancel",
+            },
+        }
+
+
+def envelope_error(status: int, message: str, error_id: str, headers: dict[str, str] | None = None) -> web.Response:
+    body = {
+        "status": False,
+        "response": message,
+        "error": {"message": message, "error_id": error_id, "http_status": status},
+    }
+    return web.json_response(body, status=status, headers=headers)
+
+
+SIM_SETTINGS: web.AppKey[SimSettings] = web.AppKey("sim_settings", SimSettings)
+PREDICTIONS: web.AppKey[dict[str, SimPrediction]] = web.AppKey("predictions", dict)
+HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
+TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("tasks")
+
+
+def _authorised(request: web.Request) -> bool:
+    return request.headers.get("x-api-key") == request.app[SIM_SETTINGS].api_key
+
+
+def _unauthorised() -> web.Response:
+    return envelope_error(401, "Invalid or missing API key", "UNAUTHORIZED")
+
+
+async def create(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return _unauthorised()
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return envelope_error(400, "Request body must be JSON", "INVALID_JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("model"), str):
+        return envelope_error(422, "The model field is required", "VALIDATION_ERROR")
+    model_input = body.get("input")
+    if not isinstance(model_input, dict) or not isinstance(model_input.get("prompt"), str):
+        return envelope_error(422, "input.prompt is required", "VALIDATION_ERROR")
+    directives = {m.group(1): m.group(2) or "" for m in DIRECTIVE.finditer(model_input["prompt"])}
+    if "reject" in directives:
+        status = int(directives["reject"] or 500)
+        headers = {"Retry-After": "2"} if status == 429 else None
+        return envelope_error(status, f"Simulated rejection with HTTP {status}", "SIMULATED_REJECTION", headers)
+    raw_webhook = body.get("webhook")
+    webhook: dict[str, Any] = raw_webhook if isinstance(raw_webhook, dict) else {}
+    raw_events = webhook.get("events")
+    events: list[Any] = raw_events if isinstance(raw_events, list) else ["completed"]
+    prediction = SimPrediction(
+        id=f"pred_{uuid.uuid4().hex}",
+        model=body["model"],
+        input=model_input,
+        webhook_url=webhook.get("url") if isinstance(webhook.get("url"), str) else None,
+        events=tuple(str(e) for e in events),
+        directives=directives,
+    )
+    request.app[PREDICTIONS][prediction.id] = prediction
+    _spawn(request.app, _run(request.app, prediction))
+    return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url), status=201)
+
+
+def _spawn(app: web.Application, coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    app[TASKS].add(task)
+    task.add_done_callback(app[TASKS].discard)
+
+
+async def _run(app: web.Application, prediction: SimPrediction) -> None:
+    settings = app[SIM_SETTINGS]
+    delay = float(prediction.directives.get("delay") or settings.delay_s)
+    await asyncio.sleep(min(0.2, delay / 2))
+    if prediction.status == "cancelled":
+        return
+    prediction.status = "started"
+    prediction.started_at = datetime.now(UTC)
+    started_payload = prediction.view(settings.public_url)
+    if "late" not in prediction.directives:
+        await _callback(app, prediction, "started", started_payload)
+    await asyncio.sleep(max(0.0, delay - min(0.2, delay / 2)))
+    if prediction.status == "cancelled":
+        return
+    if "fail" in prediction.directives:
+        prediction.status = "failed"
+        prediction.error = "Simulated failure: the model could not generate this image"
+    else:
+        size = prediction.directives.get("size")
+        prompt = str(prediction.input.get("prompt"))
+        image = png.of_size(int(size)) if size else png.gradient(prompt + prediction.id)
+        prediction.outputs = [image]
+        prediction.status = "succeeded"
+    prediction.completed_at = datetime.now(UTC)
+    prediction.completed_monotonic = time.monotonic()
+    final = prediction.view(settings.public_url)
+    event = "completed" if prediction.status == "succeeded" else prediction.status
+    for _ in range(max(1, int(prediction.directives.get("dup") or 1))):
+        await _callback(app, prediction, event, final)
+    if "late" in prediction.directives:
+        await _callback(app, prediction, "started", started_payload)
+
+
+async def _callback(app: web.Application, prediction: SimPrediction, event: str, payload: dict[str, Any]) -> None:
+    if prediction.webhook_url is None or "drop" in prediction.directives:
+        return
+    terminal = event in ("completed", "failed", "canceled")
+    if event not in prediction.events and not (terminal and "completed" in prediction.events):
+        return
+    if "envelope" in prediction.directives:
+        payload = {
+            "type": f"prediction.{payload['status']}",
+            "created_at": datetime.now(UTC).isoformat(),
+            "data": payload,
+        }
+    body = json.dumps(payload).encode()
+    headers = {
+        "content-type": "application/json",
+        SIGNATURE_HEADER: sign(body, app[SIM_SETTINGS].webhook_secret),
+    }
+    record: dict[str, Any] = {"event": event, "status": payload.get("status"), "answers": []}
+    prediction.callbacks.append(record)
+    backoff = 0.25
+    for _ in range(CALLBACK_ATTEMPTS):  # Skytells retries a callback that did not get a 2xx
+        try:
+            async with app[HTTP].post(prediction.webhook_url, data=body, headers=headers) as response:
+                record["answers"].append(response.status)
+                if 200 <= response.status < 300:
+                    return
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            record["answers"].append(exc.__class__.__name__)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, 5.0)
+    logger.warning("callback for %s gave up", prediction.id, extra={"prediction_id": prediction.id})
+
+
+async def get(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return _unauthorised()
+    prediction = request.app[PREDICTIONS].get(request.match_info["id"])
+    if prediction is None:
+        # What Skytells does for an id it does not know: a 502 carrying an error_id.
+        return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
+    return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    if not _authorised(request):
+        return _unauthorised()
+    app = request.app
+    prediction = app[PREDICTIONS].get(request.match_info["id"])
+    if prediction is None:
+        return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
+    if prediction.status not in ("succeeded", "failed", "cancelled"):
+        prediction.status = "cancelled"
+        prediction.completed_at = datetime.now(UTC)
+        prediction.completed_monotonic = time.monotonic()
+        _spawn(app, _callback(app, prediction, "canceled", prediction.view(app[SIM_SETTINGS].public_url)))
+    return web.json_response(prediction.view(app[SIM_SETTINGS].public_url))
+
+
+async def cdn(request: web.Request) -> web.StreamResponse:
+    prediction = request.app[PREDICTIONS].get(request.match_info["id"])
+    index = int(request.match_info["n"])
+    ttl = request.app[SIM_SETTINGS].output_ttl_s
+    if (
+        prediction is None
+        or index >= len(prediction.outputs)
+        or prediction.completed_monotonic is None
+        or time.monotonic() - prediction.completed_monotonic > ttl
+    ):
+        raise web.HTTPNotFound(text="output not found or expired")
+    data = prediction.outputs[index]
+    response = web.StreamResponse(headers={"Content-Type": "image/png", "Content-Length": str(len(data))})
+    await response.prepare(request)
+    view = memoryview(data)
+    for start in range(0, len(data), 256 * 1024):
+        await response.write(view[start : start + 256 * 1024])
+    await response.write_eof()
+    return response
+
+
+async def inspect(request: web.Request) -> web.Response:
+    """Test hook: what the simulator was asked and what callbacks it sent."""
+    items = [
+        {"id": p.id, "prompt": p.input.get("prompt"), "status": p.status, "callbacks": p.callbacks}
+        for p in request.app[PREDICTIONS].values()
+    ]
+    return web.json_response({"predictions": items})
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _http_client(app: web.Application) -> AsyncIterator[None]:
+    app[HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+    yield
+    pending: set[asyncio.Task[None]] = app[TASKS]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    await app[HTTP].close()
+
+
+def create_app(settings: SimSettings) -> web.Application:
+    app = web.Application()
+    app[SIM_SETTINGS] = settings
+    app[PREDICTIONS] = {}
+    app[TASKS] = set()
+    app.cleanup_ctx.append(_http_client)
+    for prefix in ("/v1/predictions", "/v1/predict"):
+        app.router.add_post(prefix, create)
+    app.router.add_get("/v1/predictions/{id}", get)
+    app.router.add_post("/v1/predictions/{id}/cancel", cancel)
+    app.router.add_get(r"/cdn/{id}/{n:\d+}.png", cdn)
+    app.router.add_get("/_sim/predictions", inspect)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def main() -> None:
+    try:
+        settings = SimSettings.from_env(os.environ)
+    except ValueError as exc:
+        sys.exit(f"invalid simulator configuration: {exc}")
+    logs.configure("skytells-sim", os.environ.get("LOG_LEVEL", "INFO"))
+    web.run_app(create_app(settings), host=settings.host, port=settings.port, print=None)

@@ -1,0 +1,1 @@
+"""The three Studio processes: api, webhook (gateway) and persister."""

@@ -1,0 +1,1 @@
+"""The public REST API: generate, read, list and cancel generations."""

@@ -1,0 +1,59 @@
+"""The API process: `create_app(settings)` wires resources and routes; `main()` runs it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from common import log as logs
+from common.db.pool import create_pool
+from common.migrate import apply_migrations
+from common.settings import API_REQUIRED, Settings, SettingsError
+from common.skytells import SkytellsClient
+from common.web import add_probes, error_middleware, run
+from services.api import views
+from services.api.keys import POOL, SETTINGS, SKYTELLS
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    pool = await create_pool(app[SETTINGS].database_url)
+    async with pool.acquire() as conn:
+        await apply_migrations(conn)  # SPEC: the API also migrates at start-up (idempotent, locked)
+    app[POOL] = pool
+    yield
+    await pool.close()
+
+
+async def _skytells(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[SKYTELLS] = SkytellsClient(settings.skytells_base_url, settings.skytells_api_key)
+    yield
+    await app[SKYTELLS].aclose()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=views.MAX_BODY)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_skytells)
+
+    async def database_ready() -> None:
+        async with app[POOL].acquire(timeout=2) as conn:
+            await conn.fetchval("SELECT 1")
+
+    add_probes(app, {"database": database_ready})
+    app.router.add_post("/api/generate", views.generate)
+    app.router.add_get("/api/predictions/{id}", views.get_prediction)
+    return app
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env(os.environ, required=API_REQUIRED)
+    except SettingsError as exc:
+        sys.exit(str(exc))
+    logs.configure("api", settings.log_level)
+    run(create_app(settings), settings.api_port)

@@ -1,0 +1,93 @@
+"""What the persister does with one event, idempotently (SPEC section 6).
+
+The database is the arbiter: the terminal write is a conditional UPDATE, so when two replicas handle
+duplicates of one event at once, both may upload the (identical) object but only one row change wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import asyncpg
+import httpx
+
+from common import log as logs
+from common.db import generations
+from common.db.generations import Generation
+from common.errors import GenerationNotYetKnown, PermanentError
+from common.events import PredictionEvent
+from common.settings import Settings
+from common.storage import PREFIX, public_url, upload_stream
+from services.persister.download import open_output
+
+logger = logging.getLogger(__name__)
+
+
+def object_key(generation_id: Any, index: int, extension: str) -> str:
+    suffix = "" if index == 0 else f"-{index}"
+    return f"{PREFIX}{generation_id}{suffix}.{extension}"
+
+
+class Processor:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, s3: Any, http: httpx.AsyncClient) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.s3 = s3
+        self.http = http
+
+    async def handle(self, event: PredictionEvent) -> str:
+        """Apply the event; returns the outcome's name. Raises TransientError to be retried later."""
+        async with self.pool.acquire() as conn:
+            generation = await generations.get_by_prediction_id(conn, event.prediction_id)
+        if generation is None:
+            raise GenerationNotYetKnown(f"no generation has prediction id {event.prediction_id} yet")
+        with logs.bind(generation_id=str(generation.id)):
+            if generation.terminal:
+                return "duplicate"
+            if event.status == "succeeded":
+                return await self._succeeded(generation, event)
+            if event.status in ("failed", "canceled"):
+                return await self._end(generation, event.status, event.error)
+            if event.status == "processing":
+                async with self.pool.acquire() as conn:
+                    moved = await generations.mark_processing(conn, generation.id)
+                return "processing" if moved else "stale"
+            return "ignored"
+
+    async def _end(self, generation: Generation, status: str, error: str | None) -> str:
+        async with self.pool.acquire() as conn:
+            ended = await generations.mark_ended(conn, generation.id, status, error)
+        if ended is None:
+            return "duplicate"
+        logger.info("generation ended %s", status, extra={"error": error})
+        return status
+
+    async def _succeeded(self, generation: Generation, event: PredictionEvent) -> str:
+        if not event.output:
+            return await self._end(generation, "failed", "Skytells reported success without an output")
+        started = time.perf_counter()
+        urls: list[str] = []
+        try:
+            for index, url in enumerate(event.output):
+                urls.append(await self._store(generation, index, url))
+        except PermanentError as exc:
+            logger.warning("output rejected: %s", exc)
+            return await self._end(generation, "failed", f"Could not store the output: {exc}")
+        async with self.pool.acquire() as conn:
+            done = await generations.mark_succeeded(conn, generation.id, urls)
+        if done is None:
+            return "duplicate"
+        logger.info(
+            "generation succeeded",
+            extra={"outputs": len(urls), "seconds": round(time.perf_counter() - started, 3)},
+        )
+        return "succeeded"
+
+    async def _store(self, generation: Generation, index: int, url: str) -> str:
+        settings = self.settings
+        async with open_output(self.http, url, settings.output_allowed_hosts, settings.output_max_bytes) as out:
+            key = object_key(generation.id, index, out.extension)
+            await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        return public_url(settings, key)

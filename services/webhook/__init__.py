@@ -1,0 +1,1 @@
+"""The webhook gateway: verified Skytells callbacks become durable events in RabbitMQ."""

@@ -1,0 +1,3 @@
+from services.webhook.app import main
+
+main()

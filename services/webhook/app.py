@@ -1,0 +1,48 @@
+"""The webhook gateway process. It holds no state and touches no database: scale it freely."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from common import log as logs
+from common.broker import Broker, retry_delays
+from common.errors import BrokerUnavailable
+from common.settings import WEBHOOK_REQUIRED, Settings, SettingsError
+from common.web import add_probes, error_middleware, run
+from services.webhook import views
+from services.webhook.keys import BROKER, SETTINGS
+
+
+async def _broker(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    delays = retry_delays(settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts)
+    app[BROKER] = await Broker.connect(settings.amqp_url, delays)
+    yield
+    await app[BROKER].close()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware], client_max_size=views.MAX_BODY)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_broker)
+
+    async def broker_ready() -> None:
+        if not app[BROKER].ready:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+
+    add_probes(app, {"broker": broker_ready})
+    app.router.add_post("/api/webhooks", views.receive)
+    return app
+
+
+def main() -> None:
+    try:
+        settings = Settings.from_env(os.environ, required=WEBHOOK_REQUIRED)
+    except SettingsError as exc:
+        sys.exit(str(exc))
+    logs.configure("webhook", settings.log_level)
+    run(create_app(settings), settings.webhook_port)

@@ -1,0 +1,110 @@
+"""Session fixtures: real PostgreSQL, RabbitMQ and S3 server (started here unless their URLs are given in the
+environment), the Skytells simulator, and the three services as real processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import asyncpg
+import httpx
+import pytest
+
+from common.settings import Settings
+from devstack.processes import free_port
+from devstack.stack import Stack, simulator_env
+from services.api.auth import issue_token
+
+JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
+
+
+def base_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("DATABASE_URL", f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio")
+    env.setdefault("AMQP_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    env.setdefault("S3_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    webhook_port = free_port()
+    env.update(
+        {
+            "S3_BUCKET": f"studio-test-{uuid.uuid4().hex[:8]}",
+            "SIM_PORT": str(free_port()),
+            "SIM_DELAY_S": "0.3",
+            "API_PORT": str(free_port()),
+            "WEBHOOK_PORT": str(webhook_port),
+            "PERSISTER_PORT": str(free_port()),
+            "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
+            "AUTH_JWT_SECRET": JWT_SECRET,
+            "RETRY_BASE_S": "0.5",
+            "RETRY_MAX_S": "4",
+            "LOG_LEVEL": "INFO",
+        }
+    )
+    env.update(simulator_env(env))
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Infrastructure and the simulator, for the whole session. A server that cannot start fails the run."""
+    stack = Stack(base_env(), tmp_path_factory.mktemp("stack"))
+    try:
+        stack.start_infrastructure()
+        stack.start_simulator()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def services(stack: Stack) -> Stack:
+    for name in ("api", "webhook", "persister"):
+        if name not in stack.processes:
+            stack.start_service(name)
+    return stack
+
+
+@pytest.fixture(scope="session")
+def settings(stack: Stack) -> Settings:
+    return stack.settings
+
+
+@dataclass
+class Urls:
+    api: str
+    webhook: str
+    simulator: str
+
+
+@pytest.fixture(scope="session")
+def urls(services: Stack) -> Urls:
+    env = services.env
+    return Urls(
+        api=f"http://127.0.0.1:{env['API_PORT']}",
+        webhook=f"http://127.0.0.1:{env['WEBHOOK_PORT']}",
+        simulator=f"http://127.0.0.1:{env['SIM_PORT']}",
+    )
+
+
+@pytest.fixture
+def user_id() -> str:
+    return f"user-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def auth(user_id: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, user_id)}"}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(settings.database_url)
+    yield conn
+    await conn.close()

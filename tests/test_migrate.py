@@ -1,0 +1,42 @@
+"""Migrations: applied once, in order, recorded with a checksum; an edited applied file is refused."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+import pytest
+
+from common.migrate import Migration, MigrationError, apply_migrations, load_migrations
+
+
+@pytest.fixture
+async def scratch_db(settings):
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(settings.database_url)
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(settings.database_url.rsplit("/", 1)[0] + f"/{name}")
+    yield conn
+    await conn.close()
+    await admin.execute(f"DROP DATABASE {name}")
+    await admin.close()
+
+
+async def test_migrations_apply_once_and_are_recorded(scratch_db):
+    first = await apply_migrations(scratch_db)
+    again = await apply_migrations(scratch_db)
+
+    assert first == [m.name for m in load_migrations()]
+    assert again == []
+    recorded = await scratch_db.fetch("SELECT version, checksum FROM schema_migrations ORDER BY version")
+    assert [(r["version"], r["checksum"]) for r in recorded] == [(m.version, m.checksum) for m in load_migrations()]
+    assert await scratch_db.fetchval("SELECT to_regclass('generations') IS NOT NULL")
+
+
+async def test_an_applied_migration_that_changed_is_refused(scratch_db):
+    original = load_migrations()
+    await apply_migrations(scratch_db, original)
+    edited = [Migration(original[0].version, original[0].name, original[0].sql + "\n-- edited\n"), *original[1:]]
+
+    with pytest.raises(MigrationError, match="changed after it was applied"):
+        await apply_migrations(scratch_db, edited)
