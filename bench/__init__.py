@@ -1,0 +1,1 @@
+"""`make bench`: measurements behind Studio's speed and memory goals, printed as one table."""
