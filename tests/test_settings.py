@@ -27,7 +27,11 @@ def test_every_bad_variable_is_named_in_one_error():
             required=API_REQUIRED,
         )
     assert set(caught.value.problems) == {
-        "QUOTA_MAX_ACTIVE", "API_PORT", "AMQP_URL", "SKYTELLS_API_KEY", "AUTH_JWT_SECRET",
+        "QUOTA_MAX_ACTIVE",
+        "API_PORT",
+        "AMQP_URL",
+        "SKYTELLS_API_KEY",
+        "AUTH_JWT_SECRET",
     }
     message = str(caught.value)
     for name in caught.value.problems:
