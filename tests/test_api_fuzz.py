@@ -97,20 +97,23 @@ OPERATIONS = [
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     if mode is GenerationMode.POSITIVE or "parameters" in spec or "requestBody" in spec  # something to break
 ]
-CASES_RUN: dict[str, int] = {}
 
 
 @pytest.mark.parametrize("path,method,mode", OPERATIONS, ids=[f"{m} {p} {g.value}" for p, m, g in OPERATIONS])
-def test_every_response_matches_the_document(api_schema, urls, fuzz_auth, path, method, mode):
+def test_every_response_matches_the_document(api_schema, urls, fuzz_auth, request, path, method, mode):
     operation = api_schema[path][method]
+    statuses: list[int] = []
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def check(case) -> None:
-        CASES_RUN[f"{method} {path}"] = CASES_RUN.get(f"{method} {path}", 0) + 1
-        case.call_and_validate(base_url=urls.api, headers=fuzz_auth, checks=CHECKS, timeout=30)
+        response = case.call_and_validate(base_url=urls.api, headers=fuzz_auth, checks=CHECKS, timeout=30)
+        statuses.append(response.status_code)
 
     check()
+    request.node.user_properties.append(("cases", len(statuses)))  # in --junitxml reports: how much the fuzzing covered
+    request.node.user_properties.append(("statuses", sorted(set(statuses))))
+    assert statuses
 
 
 # Bodies: any JSON at all, objects shaped almost like a request, and raw bytes.
@@ -138,7 +141,7 @@ def _response_schema(document: dict[str, Any], status: int) -> dict[str, Any]:
     return {**response["content"]["application/json"]["schema"], "components": document["components"]}
 
 
-def test_generate_never_fails_on_any_body(urls, fuzz_auth, document):
+def test_generate_never_fails_on_any_body(urls, fuzz_auth, document, request):
     seen: dict[int, int] = {}
 
     @given(body=_bodies)
@@ -156,5 +159,7 @@ def test_generate_never_fails_on_any_body(urls, fuzz_auth, document):
         jsonschema.validate(response.json(), _response_schema(document, response.status_code))
 
     check()
+    request.node.user_properties.append(("cases", sum(seen.values())))
+    request.node.user_properties.append(("statuses", seen))
     # The run is worth something only if it reached both the validation errors and success.
     assert seen.get(400, 0) > 0 and seen.get(201, 0) + seen.get(429, 0) > 0, seen
