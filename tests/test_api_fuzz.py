@@ -124,7 +124,13 @@ _json = st.recursive(
 )
 _field = st.one_of(st.text(max_size=600), _json, st.sampled_from(["truefusion-pro", "truefusion-edge", " ", "\x00"]))
 _almost = st.fixed_dictionaries({}, optional={"prompt": _field, "model": _field, "userId": _field})
+# Mostly valid requests, with prompts from every kind of character (controls, NUL and lone surrogates too).
+_prompts = st.text(st.characters(categories=("L", "N", "P", "Zs", "Cc", "Cs", "So")), min_size=1, max_size=80)
+_valid = st.fixed_dictionaries(
+    {"prompt": _prompts}, optional={"model": st.sampled_from(DEFAULT_ALLOWED_MODELS.split(","))}
+)
 _bodies = st.one_of(
+    _valid.map(lambda body: json.dumps(body).encode()),
     _almost.map(lambda body: json.dumps(body).encode()),
     _json.map(lambda body: json.dumps(body).encode()),
     st.binary(max_size=300),
