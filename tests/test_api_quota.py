@@ -45,9 +45,6 @@ async def test_concurrent_requests_over_two_replicas_never_exceed_the_quota(
         "SELECT count(*) FROM generations WHERE user_id = $1 AND status IN ('queued', 'processing')", user_id
     )
     assert active == quota
-    # Both replicas took part in admitting them.
-    admitted_by = {apis[n % 2] for n, a in enumerate(answers) if a.status_code == 201}
-    assert admitted_by == set(apis) or quota == 1
 
 
 async def test_a_refused_create_releases_its_slot(http, urls, auth, user_id, settings, db):
