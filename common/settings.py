@@ -104,6 +104,7 @@ _VARS: dict[str, _Var] = {
     "aws_region": _Var("AWS_REGION", _str, "us-east-1"),
     "skytells_base_url": _Var("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1"),
     "skytells_api_key": _Var("SKYTELLS_API_KEY", _str, None),
+    "skytells_timeout_s": _Var("SKYTELLS_TIMEOUT_S", _seconds, "15"),
     "skytells_webhook_secrets": _Var("SKYTELLS_WEBHOOK_SECRET", _csv, None),
     "public_webhook_url": _Var("PUBLIC_WEBHOOK_URL", _url("http", "https"), "http://127.0.0.1:8081/api/webhooks"),
     "auth_jwt_secret": _Var("AUTH_JWT_SECRET", _str, None),
@@ -141,6 +142,7 @@ class Settings:
     aws_region: str
     skytells_base_url: str
     skytells_api_key: str
+    skytells_timeout_s: float
     skytells_webhook_secrets: tuple[str, ...]
     public_webhook_url: str
     auth_jwt_secret: str

@@ -7,13 +7,34 @@ message, so the API can pass it on to the user.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
+import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+from prometheus_client import Counter, Histogram
 
 from common.errors import StudioError
+
+SKYTELLS_LATENCY = Histogram(
+    "studio_skytells_request_duration_seconds",
+    "Latency of calls to Skytells, by operation, whatever their outcome",
+    ["operation"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30),
+)
+SKYTELLS_FAILURES = Counter(
+    "studio_skytells_failures_total",
+    "Calls to Skytells that did not give a usable answer, by operation and reason",
+    ["operation", "reason"],
+)
+# Longest error message passed on from Skytells: it ends up in responses and in the database.
+MAX_MESSAGE = 1000
 
 TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 ACTIVE = ("queued", "processing")
@@ -112,38 +133,74 @@ class SkytellsError(StudioError):
     def transient(self) -> bool:
         return self.status == 0 or self.status == 429 or self.status >= 500
 
+    @property
+    def reason(self) -> str:
+        """A low-cardinality label for metrics."""
+        if self.status == 0:
+            return "unreachable"
+        if self.status == 429:
+            return "rate_limited"
+        if 200 <= self.status < 300:
+            return "invalid_response"
+        return "server_error" if self.status >= 500 else "client_error"
+
+
+class SkytellsTimeout(SkytellsError):
+    """Skytells did not answer within the client's deadline."""
+
+    @property
+    def reason(self) -> str:
+        return "timeout"
+
 
 def _retry_after(response: httpx.Response) -> float | None:
-    raw = response.headers.get("retry-after")
-    if raw is None:
+    """Seconds to wait, from `Retry-After` as delta-seconds or as an HTTP date; None when absent or garbled."""
+    raw = response.headers.get("retry-after", "").strip()
+    if not raw:
         return None
     try:
-        return max(0.0, float(raw))
+        seconds = float(raw)
     except ValueError:
-        return None  # an HTTP date; rare enough that callers fall back to their own backoff
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, str) and value.strip():
+        return value.strip()[:MAX_MESSAGE]
+    return None
+
+
+def _json_body(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
+        return None
 
 
 def error_from_response(response: httpx.Response) -> SkytellsError:
-    message = f"Skytells answered HTTP {response.status_code}"
-    error_id = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    """Skytells' message from its envelope, its flat `{error_id, message}`, or a bare `error` string."""
+    message: str | None = None
+    error_id: Any = None
+    body = _json_body(response)
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict):
-            message = err.get("message") or body.get("response") or message
+            message = _text(err.get("message")) or _text(body.get("response"))
             error_id = err.get("error_id")
-        elif isinstance(body.get("message"), str):
-            message = body["message"]
+        elif _text(body.get("message")):
+            message = _text(body.get("message"))
             error_id = body.get("error_id")
-        elif isinstance(err, str) and err:
-            message = err
-        elif isinstance(body.get("response"), str):
-            message = body["response"]
+        else:
+            message = _text(err) or _text(body.get("response"))
     return SkytellsError(
-        str(message),
+        message or f"Skytells answered HTTP {response.status_code}",
         status=response.status_code,
         error_id=error_id if isinstance(error_id, str) else None,
         retry_after=_retry_after(response),
@@ -154,35 +211,50 @@ class SkytellsClient:
     """One per process; wraps a shared httpx.AsyncClient."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 15.0) -> None:
+        # `timeout` bounds the whole call, not only each socket operation, so a server that trickles bytes
+        # cannot hold a request (and, in the API, a user's quota slot) for longer.
+        self._deadline = timeout
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers={"x-api-key": api_key, "accept": "application/json"},
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            timeout=httpx.Timeout(timeout, connect=min(5.0, timeout)),
         )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Prediction:
+    async def _call(self, operation: str, method: str, path: str, body: dict[str, Any] | None = None) -> Prediction:
+        started = time.perf_counter()
         try:
-            response = await self._http.request(method, path, json=body)
-        except httpx.TimeoutException:
-            raise SkytellsError("Skytells did not answer in time") from None
+            return await self._request(method, path, body)
+        except SkytellsError as exc:
+            SKYTELLS_FAILURES.labels(operation, exc.reason).inc()
+            raise
+        finally:
+            SKYTELLS_LATENCY.labels(operation).observe(time.perf_counter() - started)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Prediction:
+        try:
+            async with asyncio.timeout(self._deadline):
+                response = await self._http.request(method, path, json=body)
+        except (TimeoutError, httpx.TimeoutException):
+            raise SkytellsTimeout("Skytells did not answer in time") from None
         except httpx.HTTPError as exc:
             raise SkytellsError(f"Skytells could not be reached: {exc.__class__.__name__}") from None
-        if response.status_code >= 300:
+        if response.status_code >= 300 or response.status_code < 200:
             raise error_from_response(response)
+        payload = _json_body(response)
+        # A 2xx carrying an id is a prediction even when it says `"status": false` (still queued).
+        if isinstance(payload, dict) and not isinstance(payload.get("status"), str):
+            payload = {**payload, "status": "pending"}
         try:
-            payload = response.json()
-            # A 2xx carrying an id is a prediction even when it says `"status": false` (still queued).
-            if isinstance(payload, dict) and not isinstance(payload.get("status"), str):
-                payload = {**payload, "status": "pending"}
             return parse_prediction(payload)
         except ValueError:
             raise error_from_response(response) from None
 
     async def create_prediction(self, model: str, prompt: str, webhook_url: str) -> Prediction:
         return await self._call(
+            "create",
             "POST",
             "/predictions",
             {
@@ -193,7 +265,7 @@ class SkytellsClient:
         )
 
     async def get_prediction(self, prediction_id: str) -> Prediction:
-        return await self._call("GET", f"/predictions/{prediction_id}")
+        return await self._call("get", "GET", f"/predictions/{quote(prediction_id, safe='')}")
 
     async def cancel_prediction(self, prediction_id: str) -> Prediction:
-        return await self._call("POST", f"/predictions/{prediction_id}/cancel")
+        return await self._call("cancel", "POST", f"/predictions/{quote(prediction_id, safe='')}/cancel")

@@ -75,6 +75,26 @@ WHERE (SELECT count(*) FROM generations
 RETURNING *
 """
 
+# A generation still without a prediction id this long after it was written lost its API request (a crash
+# between the insert and Skytells' answer): end it so it stops holding a quota slot, and free its key so a
+# retry with the same Idempotency-Key makes a fresh attempt.
+EXPIRE_UNSUBMITTED = """
+UPDATE generations
+SET status = 'failed', error = $3, idempotency_key = NULL, completed_at = now(), updated_at = now()
+WHERE user_id = $1 AND prediction_id IS NULL AND status IN ('queued', 'processing')
+  AND created_at < now() - make_interval(secs => $2)
+RETURNING id
+"""
+
+# Skytells refused the create call: the generation ends `failed` and its Idempotency-Key is released, so only
+# generations that reached Skytells are ever replayed and a retry after a 502/503 tries again.
+FAIL_SUBMISSION = """
+UPDATE generations
+SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'processing')
+RETURNING *
+"""
+
 GET_FOR_USER = "SELECT * FROM generations WHERE id = $1 AND user_id = $2"
 GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM generations WHERE user_id = $1 AND idempotency_key = $2"
 GET_BY_PREDICTION_ID = "SELECT * FROM generations WHERE prediction_id = $1"
@@ -127,6 +147,23 @@ LIMIT $2
 """
 
 
+async def lock_user(conn: asyncpg.Connection, user_id: str) -> None:
+    """Serialise this user's quota and idempotency decisions until the transaction ends (re-entrant)."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("the per-user lock needs a transaction")
+    await conn.execute(LOCK_USER, user_id)
+
+
+async def expire_unsubmitted(conn: asyncpg.Connection, user_id: str, older_than_s: float, reason: str) -> int:
+    """End this user's generations whose create call never got recorded; how many were ended."""
+    return len(await conn.fetch(EXPIRE_UNSUBMITTED, user_id, older_than_s, reason))
+
+
+async def fail_submission(conn: asyncpg.Connection, generation_id: uuid.UUID, error: str) -> Generation | None:
+    """Skytells refused the create call: `failed`, quota slot and Idempotency-Key released."""
+    return _one(await conn.fetchrow(FAIL_SUBMISSION, generation_id, error))
+
+
 async def insert_within_quota(
     conn: asyncpg.Connection,
     *,
@@ -143,9 +180,7 @@ async def insert_within_quota(
     Must run inside a transaction: the per-user advisory lock it takes is held until that transaction ends,
     which is what makes the count-then-insert atomic across connections and API replicas.
     """
-    if not conn.is_in_transaction():
-        raise RuntimeError("insert_within_quota needs a transaction")
-    await conn.execute(LOCK_USER, user_id)
+    await lock_user(conn, user_id)
     record = await conn.fetchrow(
         INSERT_WITHIN_QUOTA,
         uuid.uuid4(),

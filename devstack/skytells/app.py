@@ -130,6 +130,8 @@ async def create(request: web.Request) -> web.Response:
     if not isinstance(model_input, dict) or not isinstance(model_input.get("prompt"), str):
         return envelope_error(422, "input.prompt is required", "VALIDATION_ERROR")
     directives = {m.group(1): m.group(2) or "" for m in DIRECTIVE.finditer(model_input["prompt"])}
+    if "slow" in directives:  # answer the create call late, as a loaded Skytells does (races, timeouts)
+        await asyncio.sleep(_float(directives["slow"], 1.0))
     if "reject" in directives:
         status = int(directives["reject"] or 500)
         headers = {"Retry-After": "2"} if status == 429 else None
@@ -149,6 +151,13 @@ async def create(request: web.Request) -> web.Response:
     request.app[PREDICTIONS][prediction.id] = prediction
     _spawn(request.app, _run(request.app, prediction))
     return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url), status=201)
+
+
+def _float(raw: str, default: float) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        return default
 
 
 def _spawn(app: web.Application, coro: Any) -> None:

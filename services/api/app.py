@@ -15,6 +15,7 @@ from common.settings import API_REQUIRED, Settings, SettingsError
 from common.skytells import SkytellsClient
 from common.web import add_probes, error_middleware, run
 from services.api import views
+from services.api.bodies import MAX_BODY
 from services.api.keys import POOL, SETTINGS, SKYTELLS
 
 
@@ -29,13 +30,15 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 async def _skytells(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[SKYTELLS] = SkytellsClient(settings.skytells_base_url, settings.skytells_api_key)
+    app[SKYTELLS] = SkytellsClient(
+        settings.skytells_base_url, settings.skytells_api_key, timeout=settings.skytells_timeout_s
+    )
     yield
     await app[SKYTELLS].aclose()
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=views.MAX_BODY)
+    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_skytells)
@@ -47,6 +50,9 @@ def create_app(settings: Settings) -> web.Application:
     add_probes(app, {"database": database_ready})
     app.router.add_post("/api/generate", views.generate)
     app.router.add_get("/api/predictions/{id}", views.get_prediction)
+    app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction)
+    app.router.add_get("/api/generations", views.list_generations)
+    app.router.add_get("/api/openapi.json", views.openapi_document)
     return app
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
+import math
 import uuid
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from common import log as logs
@@ -14,14 +16,21 @@ from common.db import generations
 from common.db.generations import Generation
 from common.skytells import SkytellsError
 from common.web import ApiError
+from services.api import openapi
 from services.api.auth import authenticate
+from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, read_json_object
 from services.api.keys import POOL, SETTINGS, SKYTELLS
+from services.api.paging import decode_cursor, encode_cursor, parse_limit
 
 logger = logging.getLogger(__name__)
 
-MAX_BODY = 64 * 1024
-MAX_PROMPT = 500
-DEFAULT_MODEL = "truefusion-pro"
+# A generation without a prediction id this old lost the request that was creating it (the create call is
+# bounded by SKYTELLS_TIMEOUT_S, far below this by default), so it no longer holds quota.
+UNSUBMITTED_EXPIRY_S = 120.0
+UNSUBMITTED_ERROR = "The request to Skytells was interrupted; please try again"
+# How long a repeat waits for a concurrent first request with the same Idempotency-Key to get its answer.
+REPLAY_WAIT_S = 30.0
+REPLAY_POLL_S = 0.05
 
 
 def _iso(value: Any) -> str | None:
@@ -42,87 +51,169 @@ def generation_json(generation: Generation) -> dict[str, Any]:
     }
 
 
-async def read_json_object(request: web.Request) -> dict[str, Any]:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "Request body too large")
-    raw = await request.read()  # client_max_size stops a chunked body over the limit with a 413
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "Body must be a JSON object") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Body must be a JSON object")
-    return body
+def _generation_response(generation: Generation, status: int = 200) -> web.Response:
+    return web.json_response(
+        generation_json(generation), status=status, headers={"Location": f"/api/predictions/{generation.id}"}
+    )
 
 
 def _user(request: web.Request) -> str:
     return authenticate(request, request.app[SETTINGS].auth_jwt_secret)
 
 
+def skytells_failure(exc: SkytellsError) -> ApiError:
+    """Skytells' own 429 is our 503 with its Retry-After; any other failure is a 502 with its message."""
+    if exc.status == 429:
+        wait = math.ceil(exc.retry_after) if exc.retry_after is not None else 1
+        return ApiError(503, exc.message, {"Retry-After": str(max(1, wait))})
+    return ApiError(502, exc.message)
+
+
+async def _reserve(
+    request: web.Request, user_id: str, wanted: GenerateRequest, key: str | None
+) -> tuple[Generation, bool]:
+    """A new queued generation (False), or the one an earlier request with the same key made (True).
+
+    The per-user lock makes "look up the key, else check the quota and insert" one atomic step, across
+    connections and replicas, so concurrent requests with one key never create two generations.
+    """
+    settings = request.app[SETTINGS]
+    deadline = asyncio.get_running_loop().time() + REPLAY_WAIT_S
+    # Never expire a create call that may still be under way, however long SKYTELLS_TIMEOUT_S is.
+    expiry_s = max(UNSUBMITTED_EXPIRY_S, 2 * settings.skytells_timeout_s + 30)
+    while True:
+        async with request.app[POOL].acquire() as conn, conn.transaction():
+            await generations.lock_user(conn, user_id)
+            expired = await generations.expire_unsubmitted(conn, user_id, expiry_s, UNSUBMITTED_ERROR)
+            if expired:
+                logger.warning("ended %d generations whose create call was lost", expired, extra={"user": user_id})
+            existing = await generations.get_by_idempotency_key(conn, user_id, key) if key else None
+            if existing is None:
+                created = await generations.insert_within_quota(
+                    conn,
+                    user_id=user_id,
+                    model=wanted.model,
+                    prompt=wanted.prompt,
+                    max_active=settings.quota_max_active,
+                    idempotency_key=key,
+                    request_hash=wanted.fingerprint if key else None,
+                    request_id=request.get("request_id"),
+                )
+                if created is None:
+                    raise ApiError(429, "Quota exceeded")
+                return created, False
+        if existing.request_hash != wanted.fingerprint:
+            raise ApiError(409, "Idempotency-Key was already used with a different request")
+        if existing.prediction_id is not None or existing.terminal:
+            return existing, True
+        # The first request with this key is still waiting for Skytells: wait for its outcome. If Skytells
+        # refuses it, its key is released and the next round makes a fresh attempt.
+        if asyncio.get_running_loop().time() > deadline:
+            raise ApiError(409, "A request with this Idempotency-Key is still in progress", {"Retry-After": "1"})
+        await asyncio.sleep(REPLAY_POLL_S)
+
+
 async def generate(request: web.Request) -> web.Response:
     user_id = _user(request)
     settings = request.app[SETTINGS]
-    body = await read_json_object(request)
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
-        raise ApiError(400, "Invalid prompt")
-    prompt = prompt.strip()
-    model = body.get("model", DEFAULT_MODEL)
-    if not isinstance(model, str) or model not in settings.allowed_models:
-        raise ApiError(400, "Invalid model")
-    if "userId" in body and body["userId"] != user_id:
-        raise ApiError(403, "userId does not match the authenticated user")
+    key = idempotency_key(request)
+    wanted = parse_generate(await read_json_object(request), settings.allowed_models, user_id)
+    generation, replay = await _reserve(request, user_id, wanted, key)
+    if replay:
+        return _generation_response(generation, 200)
 
     pool = request.app[POOL]
-    async with pool.acquire() as conn, conn.transaction():
-        generation = await generations.insert_within_quota(
-            conn,
-            user_id=user_id,
-            model=model,
-            prompt=prompt,
-            max_active=settings.quota_max_active,
-            request_id=request.get("request_id"),
-        )
-    if generation is None:
-        raise ApiError(429, "Quota exceeded")
-
     with logs.bind(generation_id=str(generation.id)):
         try:
-            prediction = await request.app[SKYTELLS].create_prediction(model, prompt, settings.public_webhook_url)
+            prediction = await request.app[SKYTELLS].create_prediction(
+                wanted.model, wanted.prompt, settings.public_webhook_url
+            )
         except SkytellsError as exc:
             # The row exists before Skytells is called; ending it `failed` releases its quota slot.
             async with pool.acquire() as conn:
-                await generations.mark_ended(conn, generation.id, "failed", exc.message)
+                await generations.fail_submission(conn, generation.id, exc.message)
             logger.warning(
                 "Skytells refused the prediction: %s",
                 exc.message,
                 extra={"skytells_status": exc.status, "error_id": exc.error_id},
             )
-            if exc.status == 429:
-                retry_after = f"{exc.retry_after:g}" if exc.retry_after is not None else "1"
-                raise ApiError(503, exc.message, {"Retry-After": retry_after}) from None
-            raise ApiError(502, exc.message) from None
-        async with pool.acquire() as conn:
-            updated = await generations.set_prediction(conn, generation.id, prediction.id, prediction.studio_status)
-        generation = updated or generation
-        logger.info("generation created", extra={"prediction_id": prediction.id, "model": model})
-    return web.json_response(
-        generation_json(generation), status=201, headers={"Location": f"/api/predictions/{generation.id}"}
-    )
+            raise skytells_failure(exc) from None
+        with logs.bind(prediction_id=prediction.id):
+            try:
+                async with pool.acquire() as conn:
+                    updated = await generations.set_prediction(
+                        conn, generation.id, prediction.id, prediction.studio_status
+                    )
+            except asyncpg.UniqueViolationError:
+                # Skytells handed out an id another generation already has: never attach one prediction twice.
+                async with pool.acquire() as conn:
+                    await generations.fail_submission(conn, generation.id, "Skytells returned a duplicate id")
+                raise ApiError(502, "Skytells returned a prediction id already in use") from None
+            logger.info("generation created", extra={"model": wanted.model})
+    return _generation_response(updated or generation, 201)
 
 
 def _parse_id(raw: str) -> uuid.UUID:
+    """Only the canonical form: other spellings of a UUID are as unknown as any malformed id."""
     try:
-        return uuid.UUID(raw)
+        parsed = uuid.UUID(raw)
     except ValueError:
         raise ApiError(404, "Not found") from None
+    if str(parsed) != raw.lower():
+        raise ApiError(404, "Not found")
+    return parsed
 
 
-async def get_prediction(request: web.Request) -> web.Response:
-    user_id = _user(request)
+async def _own_generation(request: web.Request, user_id: str) -> Generation:
+    """The caller's generation named in the path; the same 404 for unknown, malformed and others' ids."""
     generation_id = _parse_id(request.match_info["id"])
     async with request.app[POOL].acquire() as conn:
         generation = await generations.get_for_user(conn, generation_id, user_id)
     if generation is None:
         raise ApiError(404, "Not found")
-    return web.json_response(generation_json(generation))
+    return generation
+
+
+async def get_prediction(request: web.Request) -> web.Response:
+    return web.json_response(generation_json(await _own_generation(request, _user(request))))
+
+
+async def list_generations(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    limit = parse_limit(request.query.get("limit"))
+    before = decode_cursor(request.query.get("cursor"))
+    async with request.app[POOL].acquire() as conn:
+        rows = await generations.list_for_user(conn, user_id, limit + 1, before)
+    page = rows[:limit]
+    next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
+    return web.json_response({"items": [generation_json(g) for g in page], "nextCursor": next_cursor})
+
+
+async def cancel_prediction(request: web.Request) -> web.Response:
+    user_id = _user(request)
+    generation = await _own_generation(request, user_id)
+    if generation.terminal:
+        raise ApiError(409, f"Generation already finished ({generation.status})")
+    if generation.prediction_id is None:
+        # Its create call is still under way; there is nothing at Skytells to cancel yet.
+        raise ApiError(409, "Generation is still being submitted; retry shortly", {"Retry-After": "1"})
+    with logs.bind(generation_id=str(generation.id), prediction_id=generation.prediction_id):
+        try:
+            prediction = await request.app[SKYTELLS].cancel_prediction(generation.prediction_id)
+        except SkytellsError as exc:
+            logger.warning("Skytells refused the cancel: %s", exc.message, extra={"skytells_status": exc.status})
+            raise skytells_failure(exc) from None
+        status = prediction.studio_status
+        if status in ("succeeded", "failed"):
+            # It finished at Skytells before the cancel reached it; its callback brings the outcome.
+            raise ApiError(409, f"Generation already finished ({status})")
+        async with request.app[POOL].acquire() as conn:
+            if status == "canceled":
+                await generations.mark_ended(conn, generation.id, "canceled", None)
+            current = await generations.get_for_user(conn, generation.id, user_id)
+        logger.info("cancel requested", extra={"skytells_status": prediction.status})
+    return web.json_response(generation_json(current or generation))
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document(request.app[SETTINGS].allowed_models))

@@ -1,0 +1,84 @@
+"""What a client sends to `POST /api/generate`: the bounded JSON body, its fields, and the Idempotency-Key.
+
+Every way a body can be wrong ends here as a 400 naming the field (or a 413), never as an exception deeper in:
+strings that PostgreSQL cannot store (NUL, lone surrogates) are refused like any other invalid value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from common.web import ApiError
+
+MAX_BODY = 64 * 1024
+MAX_PROMPT = 500
+MAX_IDEMPOTENCY_KEY = 200
+DEFAULT_MODEL = "truefusion-pro"
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    prompt: str
+    model: str
+
+    @property
+    def fingerprint(self) -> str:
+        """Equal for requests that ask for the same thing; tells a replay from a reused Idempotency-Key."""
+        canonical = json.dumps({"model": self.model, "prompt": self.prompt}, sort_keys=True)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    # A declared length over the limit is refused before reading a byte of it; a chunked body is cut off by
+    # the application's client_max_size after MAX_BODY bytes (aiohttp then raises a 413).
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, "Request body too large")
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
+        raise ApiError(400, "Body must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "Body must be a JSON object")
+    return body
+
+
+def _storable(text: str) -> bool:
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can produce
+        return False
+    return True
+
+
+def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_id: str) -> GenerateRequest:
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not _storable(prompt) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
+        raise ApiError(400, "Invalid prompt")
+    model = body.get("model", DEFAULT_MODEL)
+    if not isinstance(model, str) or model not in allowed_models:
+        raise ApiError(400, "Invalid model")
+    if "userId" in body:
+        if not isinstance(body["userId"], str):
+            raise ApiError(400, "Invalid userId")
+        if body["userId"] != user_id:
+            raise ApiError(403, "userId does not match the authenticated user")
+    return GenerateRequest(prompt=prompt.strip(), model=model)
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The validated `Idempotency-Key` header: 1 to 200 printable ASCII characters, or absent."""
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= char <= "~" for char in key):
+        raise ApiError(400, "Invalid Idempotency-Key: 1 to 200 printable characters")
+    return key

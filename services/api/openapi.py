@@ -1,0 +1,279 @@
+"""The OpenAPI 3.1 document of the API, served at `GET /api/openapi.json`.
+
+Written by hand next to the handlers it describes, and checked against the running service by the
+schemathesis and hypothesis tests, so the two cannot drift apart unnoticed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.api.bodies import DEFAULT_MODEL, IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY, MAX_PROMPT
+from services.api.paging import DEFAULT_LIMIT, MAX_LIMIT
+
+JSON = "application/json"
+
+
+def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/responses/{name}"}
+
+
+def _generation(description: str, location: bool = False) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Generation"}}},
+    }
+    if location:
+        response["headers"] = {"Location": {"$ref": "#/components/headers/Location"}}
+    return response
+
+
+_ID_PARAMETER = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "description": "Studio's generation id. Unknown, malformed and other users' ids all answer the same 404.",
+    "schema": {"type": "string", "format": "uuid"},
+}
+
+
+def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
+    retry_after = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
+    secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Studio API",
+            "version": "1.0.0",
+            "description": 'AI image generation on Skytells. Every error is `{"error": message}`.',
+        },
+        "paths": {
+            "/api/generate": {
+                "post": {
+                    "operationId": "generate",
+                    "summary": "Ask for an image",
+                    "security": secured,
+                    "parameters": [
+                        {
+                            "name": IDEMPOTENCY_HEADER,
+                            "in": "header",
+                            "required": False,
+                            "description": "A repeat with the same key by the same user answers 200 with the "
+                            "first generation, without a second prediction; the same key with another body: 409.",
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_IDEMPOTENCY_KEY,
+                                "pattern": "^[\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?$",
+                            },
+                        }
+                    ],
+                    "requestBody": {
+                        "required": True,
+                        "content": {JSON: {"schema": {"$ref": "#/components/schemas/GenerateRequest"}}},
+                    },
+                    "responses": {
+                        "201": _generation("Created; Skytells accepted the prediction", location=True),
+                        "200": _generation("A repeat of an earlier request with the same Idempotency-Key", True),
+                        "400": _ref("BadRequest"),
+                        "401": _ref("Unauthorized"),
+                        "403": _error("`userId` is not the authenticated user"),
+                        "409": _error(
+                            "Idempotency-Key reused with another body, or its first request is still in progress",
+                            retry_after,
+                        ),
+                        "413": _error("Body over 64 KiB"),
+                        "429": _error("Quota exceeded: QUOTA_MAX_ACTIVE generations already queued or processing"),
+                        "502": _error("Skytells failed the call; its message when it gave one"),
+                        "503": _error("Skytells is rate-limiting Studio", retry_after),
+                    },
+                }
+            },
+            "/api/predictions/{id}": {
+                "get": {
+                    "operationId": "getPrediction",
+                    "summary": "One of the caller's generations",
+                    "security": secured,
+                    "parameters": [_ID_PARAMETER],
+                    "responses": {
+                        "200": _generation("The generation"),
+                        "401": _ref("Unauthorized"),
+                        "404": _ref("NotFound"),
+                    },
+                }
+            },
+            "/api/predictions/{id}/cancel": {
+                "post": {
+                    "operationId": "cancelPrediction",
+                    "summary": "Ask Skytells to cancel an unfinished generation",
+                    "security": secured,
+                    "parameters": [_ID_PARAMETER],
+                    "responses": {
+                        "200": _generation("The generation; `canceled` once Skytells agreed"),
+                        "401": _ref("Unauthorized"),
+                        "404": _ref("NotFound"),
+                        "409": _error("Already finished, or still being submitted", retry_after),
+                        "502": _error("Skytells failed the call; its message when it gave one"),
+                        "503": _error("Skytells is rate-limiting Studio", retry_after),
+                    },
+                }
+            },
+            "/api/generations": {
+                "get": {
+                    "operationId": "listGenerations",
+                    "summary": "The caller's generations, newest first",
+                    "security": secured,
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "required": False,
+                            "description": "Opaque: the `nextCursor` of the previous page (empty: the first page).",
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A page of generations",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/GenerationPage"}}},
+                        },
+                        "400": _ref("BadRequest"),
+                        "401": _ref("Unauthorized"),
+                    },
+                }
+            },
+            "/api/openapi.json": {
+                "get": {
+                    "operationId": "openapi",
+                    "summary": "This document",
+                    "security": [],
+                    "responses": {
+                        "200": {"description": "OpenAPI 3.1", "content": {JSON: {"schema": {"type": "object"}}}}
+                    },
+                }
+            },
+            "/healthz": {
+                "get": {
+                    "operationId": "healthz",
+                    "summary": "200 while the process runs",
+                    "security": [],
+                    "responses": {"200": _probe("The process runs")},
+                }
+            },
+            "/readyz": {
+                "get": {
+                    "operationId": "readyz",
+                    "summary": "200 when PostgreSQL answers",
+                    "security": [],
+                    "responses": {"200": _probe("Ready"), "503": _probe("A dependency does not answer")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus text format",
+                    "security": [],
+                    "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {}}}}},
+                }
+            },
+        },
+        "components": {
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "headers": {
+                "Location": {"schema": {"type": "string"}, "description": "`/api/predictions/{id}`"},
+                "RetryAfter": {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "description": "Seconds"},
+            },
+            "responses": {
+                "BadRequest": _error("Invalid input; the message names the field"),
+                "Unauthorized": _error(
+                    "Bearer token missing, malformed, expired or wrongly signed",
+                    {"WWW-Authenticate": {"schema": {"type": "string"}}},
+                ),
+                "NotFound": _error("No such generation for this user"),
+            },
+            "schemas": {
+                "GenerateRequest": {
+                    "type": "object",
+                    "required": ["prompt"],
+                    "properties": {
+                        "prompt": {
+                            "type": "string",
+                            "minLength": 1,
+                            "description": f"1 to {MAX_PROMPT} characters after trimming surrounding whitespace.",
+                        },
+                        "model": {"type": "string", "enum": list(allowed_models), "default": DEFAULT_MODEL},
+                        "userId": {"type": "string", "description": "Optional; must equal the token's `sub` (403)."},
+                    },
+                },
+                "Generation": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "id",
+                        "status",
+                        "model",
+                        "prompt",
+                        "outputUrl",
+                        "outputUrls",
+                        "error",
+                        "createdAt",
+                        "completedAt",
+                    ],
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid"},
+                        "status": {"enum": ["queued", "processing", "succeeded", "failed", "canceled"]},
+                        "model": {"type": "string"},
+                        "prompt": {"type": "string"},
+                        "outputUrl": {"type": ["string", "null"]},
+                        "outputUrls": {"type": "array", "items": {"type": "string"}},
+                        "error": {"type": ["string", "null"]},
+                        "createdAt": {"type": "string", "format": "date-time"},
+                        "completedAt": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+                "GenerationPage": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["items", "nextCursor"],
+                    "properties": {
+                        "items": {"type": "array", "items": {"$ref": "#/components/schemas/Generation"}},
+                        "nextCursor": {"type": ["string", "null"]},
+                    },
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}},
+                },
+                "Probe": {
+                    "type": "object",
+                    "required": ["status"],
+                    "properties": {
+                        "status": {"type": "string"},
+                        "error": {"type": "string"},
+                        "failing": {"type": "object", "additionalProperties": {"type": "string"}},
+                    },
+                },
+            },
+        },
+    }
+
+
+def _probe(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Probe"}}}}
