@@ -39,6 +39,10 @@ DEAD_QUEUE = "studio.persister.dead"
 DELAY_QUEUE_PREFIX = "studio.persister.delay."
 ATTEMPT_HEADER = "x-attempt"
 PUBLISH_TIMEOUT_S = 5.0
+# How often a robust connection retries after losing RabbitMQ (aio-pika's default, 5 s, keeps callbacks
+# answered 503 for seconds after the broker is back), and how long one connection attempt may take.
+RECONNECT_INTERVAL_S = 1.0
+CONNECT_TIMEOUT_S = 10.0
 
 _QUORUM: dict[str, Any] = {
     "x-queue-type": "quorum",
@@ -108,7 +112,13 @@ class Broker:
 
     @classmethod
     async def connect(cls, url: str, delays: Sequence[float] = ()) -> Broker:
-        connection = await aio_pika.connect_robust(url, client_properties={"connection_name": "studio"})
+        """Connect once (raising when RabbitMQ does not answer); afterwards the connection reconnects itself."""
+        connection = await aio_pika.connect_robust(
+            url,
+            client_properties={"connection_name": "studio"},
+            reconnect_interval=RECONNECT_INTERVAL_S,
+            timeout=CONNECT_TIMEOUT_S,
+        )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             exchange = await declare_topology(channel, delays)
@@ -119,7 +129,9 @@ class Broker:
 
     @property
     def ready(self) -> bool:
-        return not self.connection.is_closed and not self.channel.is_closed
+        # `is_closed` of a robust connection only turns true on an explicit close; while it is reconnecting
+        # only `connected` tells, and the channel is closed until it has been restored.
+        return self.connection.connected.is_set() and not self.channel.is_closed
 
     async def close(self) -> None:
         await self.connection.close()
