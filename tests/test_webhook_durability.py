@@ -86,14 +86,20 @@ async def refuses_connections(url: str) -> bool:
     return False
 
 
-@pytest.fixture(scope="module")
-async def gateway(stack, rabbit) -> AsyncIterator[Gateway]:
-    gw = start_gateway(stack, rabbit.url)
+@contextlib.asynccontextmanager
+async def ready_gateway(stack: Stack, amqp_url: str) -> AsyncIterator[Gateway]:
+    gw = start_gateway(stack, amqp_url)
     try:
-        await wait_for("the dedicated gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
+        await wait_for("the gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
         yield gw
     finally:
         gw.process.stop()
+
+
+@pytest.fixture(scope="module")
+async def gateway(stack, rabbit) -> AsyncIterator[Gateway]:
+    async with ready_gateway(stack, rabbit.url) as gw:
+        yield gw
 
 
 def callback(prediction_id: str, status: str = "succeeded", key: str = NEW_KEY) -> tuple[bytes, dict[str, str]]:
@@ -205,13 +211,8 @@ async def proxy(rabbit) -> AsyncIterator[PausableProxy]:
 
 @pytest.fixture(scope="module")
 async def proxied_gateway(stack, proxy) -> AsyncIterator[Gateway]:
-    gw = start_gateway(stack, proxy.url)
-    try:
-        await wait_for("the proxied gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
+    async with ready_gateway(stack, proxy.url) as gw:
         yield gw
-    finally:
-        proxy.resume()
-        gw.process.stop()
 
 
 # --- topology ---------------------------------------------------------------------------------------------------
