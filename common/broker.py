@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 import aio_pika
@@ -39,6 +39,10 @@ DEAD_QUEUE = "studio.persister.dead"
 DELAY_QUEUE_PREFIX = "studio.persister.delay."
 ATTEMPT_HEADER = "x-attempt"
 PUBLISH_TIMEOUT_S = 5.0
+# How often a robust connection retries after losing RabbitMQ (aio-pika's default, 5 s, keeps callbacks
+# answered 503 for seconds after the broker is back), and how long one connection attempt may take.
+RECONNECT_INTERVAL_S = 1.0
+CONNECT_TIMEOUT_S = 10.0
 
 _QUORUM: dict[str, Any] = {
     "x-queue-type": "quorum",
@@ -108,7 +112,13 @@ class Broker:
 
     @classmethod
     async def connect(cls, url: str, delays: Sequence[float] = ()) -> Broker:
-        connection = await aio_pika.connect_robust(url, client_properties={"connection_name": "studio"})
+        """Connect once (raising when RabbitMQ does not answer); afterwards the connection reconnects itself."""
+        connection = await aio_pika.connect_robust(
+            url,
+            client_properties={"connection_name": "studio"},
+            reconnect_interval=RECONNECT_INTERVAL_S,
+            timeout=CONNECT_TIMEOUT_S,
+        )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             exchange = await declare_topology(channel, delays)
@@ -119,7 +129,9 @@ class Broker:
 
     @property
     def ready(self) -> bool:
-        return not self.connection.is_closed and not self.channel.is_closed
+        # `is_closed` of a robust connection only turns true on an explicit close; while it is reconnecting
+        # only `connected` tells, and the channel is closed until it has been restored.
+        return self.connection.connected.is_set() and not self.channel.is_closed
 
     async def close(self) -> None:
         await self.connection.close()
@@ -128,7 +140,26 @@ class Broker:
         self, event: PredictionEvent, headers: HeadersType | None = None, timeout: float = PUBLISH_TIMEOUT_S
     ) -> None:
         """Return only once RabbitMQ has confirmed the event; else raise BrokerUnavailable."""
-        await self._publish(self.exchange, event_message(event, headers), event.routing_key, timeout)
+        if headers:
+            await self._publish(self.exchange, event_message(event, headers), event.routing_key, timeout)
+            return
+        # The gateway's hot path goes straight to the aiormq channel: aio-pika's Message and Exchange layers
+        # cost about 40% of the CPU of a publish. Same confirm, `mandatory` and return-raising channel.
+        properties = aiormq.spec.Basic.Properties(
+            content_type="application/json",
+            delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
+            message_id=event.event_id,
+        )
+
+        async def publish() -> object:
+            if self.channel.is_closed:  # reconnecting: fail now rather than wait for the timeout
+                raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
+            channel = await self.channel.get_underlay_channel()
+            return await channel.basic_publish(
+                event.to_json(), exchange=EXCHANGE, routing_key=event.routing_key, properties=properties, mandatory=True
+            )
+
+        await _confirmed(publish(), timeout)
 
     async def publish_to_queue(self, queue: str, message: aio_pika.Message, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         await self._publish(self.channel.default_exchange, message, queue, timeout)
@@ -136,13 +167,18 @@ class Broker:
     async def _publish(
         self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, timeout: float
     ) -> None:
-        try:
-            # The outer timeout matters: on a robust connection that is reconnecting, publish waits forever.
-            async with asyncio.timeout(timeout):
-                confirmation = await exchange.publish(message, routing_key, mandatory=True)
-        except TimeoutError:
-            raise BrokerUnavailable(f"RabbitMQ did not confirm within {timeout:g}s") from None
-        except Exception as exc:  # DeliveryError (returned/nacked), channel or connection errors
-            raise BrokerUnavailable(f"RabbitMQ did not take the message: {exc!r}") from exc
-        if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-            raise BrokerUnavailable(f"RabbitMQ did not acknowledge the message: {confirmation!r}")
+        await _confirmed(exchange.publish(message, routing_key, mandatory=True), timeout)
+
+
+async def _confirmed(publish: Awaitable[object], timeout: float) -> None:
+    """Await a publish until RabbitMQ acks it; anything else (timeout, nack, return, lost channel) raises."""
+    try:
+        # The outer timeout matters: on a robust connection that is reconnecting, publish waits forever.
+        async with asyncio.timeout(timeout):
+            confirmation = await publish
+    except TimeoutError:
+        raise BrokerUnavailable(f"RabbitMQ did not confirm within {timeout:g}s") from None
+    except Exception as exc:  # DeliveryError (returned/nacked), channel or connection errors
+        raise BrokerUnavailable(f"RabbitMQ did not take the message: {exc!r}") from exc
+    if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+        raise BrokerUnavailable(f"RabbitMQ did not acknowledge the message: {confirmation!r}")

@@ -9,20 +9,24 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from common import log as logs
-from common.broker import Broker, retry_delays
+from common.broker import retry_delays
 from common.errors import BrokerUnavailable
 from common.settings import WEBHOOK_REQUIRED, Settings, SettingsError
 from common.web import add_probes, error_middleware, run
 from services.webhook import views
 from services.webhook.keys import BROKER, SETTINGS
+from services.webhook.publisher import BrokerLink
 
 
 async def _broker(app: web.Application) -> AsyncIterator[None]:
+    # Start-up does not wait for RabbitMQ (see publisher.py). Clean-up runs only after aiohttp has stopped
+    # listening and let in-flight callbacks finish, so closing the channel here never cuts a publish short.
     settings = app[SETTINGS]
     delays = retry_delays(settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts)
-    app[BROKER] = await Broker.connect(settings.amqp_url, delays)
+    link = app[BROKER] = BrokerLink(settings.amqp_url, delays)
+    link.start()
     yield
-    await app[BROKER].close()
+    await link.close()
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from common.broker import Broker
 from common.settings import Settings
+from services.webhook.publisher import BrokerLink
 
 SETTINGS = web.AppKey("settings", Settings)
-BROKER = web.AppKey("broker", Broker)
+BROKER = web.AppKey("broker", BrokerLink)

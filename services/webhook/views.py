@@ -1,9 +1,14 @@
-"""`POST /api/webhooks`: verify, normalise, publish with confirms, and only then answer 200 (SPEC section 4)."""
+"""`POST /api/webhooks`: verify, normalise, publish with confirms, and only then answer 200 (SPEC section 4).
+
+The order is the cheapest refusal first: size (before reading), signature (before parsing), payload, and
+only then the broker. Every outcome is counted once in `studio_webhook_callbacks_total`.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 
 from aiohttp import web
 
@@ -14,33 +19,61 @@ from common.signing import SIGNATURE_HEADER, verify
 from common.skytells import parse_prediction
 from common.web import ApiError
 from services.webhook.keys import BROKER, SETTINGS
+from services.webhook.metrics import IN_FLIGHT, PUBLISH_SECONDS, Outcome, count
 
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
+_CHUNK = 64 * 1024
+_OK = json.dumps({"ok": True}).encode()
+
+
+def _refuse(outcome: Outcome, status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
+    count(outcome)
+    return ApiError(status, message, headers)
+
+
+async def _read_body(request: web.Request) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed MAX_BODY (declared, or while streaming)."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise _refuse(Outcome.TOO_LARGE, 413, "Request body too large")
+    if request.content_length is not None:
+        return await request.read()  # within the limit, and aiohttp stops at the declared length
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(_CHUNK):  # chunked: no length to trust up front
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise _refuse(Outcome.TOO_LARGE, 413, "Request body too large")
+    return bytes(body)
 
 
 async def receive(request: web.Request) -> web.Response:
-    if request.content_length is not None and request.content_length > MAX_BODY:
-        raise ApiError(413, "Request body too large")
-    body = await request.read()  # client_max_size stops a chunked body over the limit with a 413
+    body = await _read_body(request)
     signatures = request.headers.getall(SIGNATURE_HEADER, [])
+    # A repeated header is refused rather than "any of them may match", which would let a forger append one.
     if len(signatures) != 1 or not verify(body, signatures[0], request.app[SETTINGS].skytells_webhook_secrets):
-        raise ApiError(401, "Invalid signature")
+        raise _refuse(Outcome.BAD_SIGNATURE, 401, "Invalid signature")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "Body is not JSON") from None
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting is RecursionError
+        raise _refuse(Outcome.BAD_PAYLOAD, 400, "Body is not JSON") from None
     try:
         prediction = parse_prediction(payload)
     except ValueError as exc:
-        raise ApiError(400, f"Invalid callback: {exc}") from None
+        raise _refuse(Outcome.BAD_PAYLOAD, 400, f"Invalid callback: {exc}") from None
     event = PredictionEvent.from_prediction(prediction, "webhook", request.get("request_id"))
     with logs.bind(prediction_id=prediction.id, event_id=event.event_id):
+        started = time.perf_counter()
         try:
-            await request.app[BROKER].publish_event(event)
+            with IN_FLIGHT.track_inprogress():
+                await request.app[BROKER].publish_event(event)
         except BrokerUnavailable as exc:
             logger.warning("callback not accepted: %s", exc)
-            raise ApiError(503, "Event broker unavailable, retry later", {"Retry-After": "5"}) from None
+            raise _refuse(
+                Outcome.BROKER_UNAVAILABLE, 503, "Event broker unavailable, retry later", {"Retry-After": "5"}
+            ) from None
+        finally:
+            PUBLISH_SECONDS.observe(time.perf_counter() - started)
+        count(Outcome.ACCEPTED)
         logger.info("callback accepted", extra={"status": event.status})
-    return web.json_response({"ok": True})
+    return web.Response(body=_OK, content_type="application/json")

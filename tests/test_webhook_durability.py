@@ -1,0 +1,437 @@
+"""The gateway's promise: a 200 means the event is durably in RabbitMQ; anything else is a 503 Skytells retries.
+
+These tests stop, kill, slow down and reconfigure a broker, so they run against a RabbitMQ of their own (and
+gateways pointed at it); the session's broker, which the other tests use, is never disturbed. Where a broker
+must be slow rather than down, a small TCP proxy between gateway and broker holds back what RabbitMQ sends
+(its confirms) while letting the gateway's publishes through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import aio_pika
+import aiormq
+import httpx
+import pytest
+
+from common.broker import DEAD_QUEUE, EXCHANGE, QUEUE
+from common.signing import SIGNATURE_HEADER, sign
+from devstack.processes import ManagedProcess, free_port
+from devstack.rabbitmq import RabbitMQ
+from devstack.stack import Stack
+
+logger = logging.getLogger(__name__)
+
+NEW_KEY, OLD_KEY = "new-key", "old-key"
+
+
+# --- fixtures and helpers ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rabbit() -> Iterator[RabbitMQ]:
+    broker = RabbitMQ(f"amqp://guest:guest@127.0.0.1:{free_port()}/").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass
+class Gateway:
+    process: ManagedProcess
+    url: str
+
+
+def start_gateway(stack: Stack, amqp_url: str) -> Gateway:
+    """A webhook process of our own; not waited for, since its broker may be down (or behind our proxy)."""
+    port = free_port()
+    env = {"AMQP_URL": amqp_url, "WEBHOOK_PORT": str(port), "SKYTELLS_WEBHOOK_SECRET": f"{NEW_KEY},{OLD_KEY}"}
+    process = stack.start_service("webhook", env=env, label=f"webhook-{port}", wait=False)
+    return Gateway(process, f"http://127.0.0.1:{port}")
+
+
+async def wait_for(what: str, check, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+async def answers(url: str, path: str, status: int) -> bool:
+    # A fresh connection each time: a kept-alive one would hide a listener that stopped accepting.
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            return (await client.get(url + path)).status_code == status
+    except httpx.TransportError:
+        return False
+
+
+async def refuses_connections(url: str) -> bool:
+    try:
+        async with httpx.AsyncClient(timeout=2) as client:
+            await client.get(url + "/healthz")
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+@contextlib.asynccontextmanager
+async def ready_gateway(stack: Stack, amqp_url: str) -> AsyncIterator[Gateway]:
+    gw = start_gateway(stack, amqp_url)
+    try:
+        await wait_for("the gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
+        yield gw
+    finally:
+        gw.process.stop()
+
+
+@pytest.fixture(scope="module")
+async def gateway(stack, rabbit) -> AsyncIterator[Gateway]:
+    async with ready_gateway(stack, rabbit.url) as gw:
+        yield gw
+
+
+def callback(prediction_id: str, status: str = "succeeded", key: str = NEW_KEY) -> tuple[bytes, dict[str, str]]:
+    body = json.dumps(
+        {"id": prediction_id, "status": status, "output": [f"https://cdn.skytells.ai/{prediction_id}.png"]}
+    )
+    raw = body.encode()
+    return raw, {SIGNATURE_HEADER: sign(raw, key), "content-type": "application/json"}
+
+
+async def post(client: httpx.AsyncClient, url: str, prediction_id: str, key: str = NEW_KEY) -> httpx.Response:
+    body, headers = callback(prediction_id, key=key)
+    return await client.post(f"{url}/api/webhooks", content=body, headers=headers)
+
+
+def new_id() -> str:
+    return f"pred_{uuid.uuid4().hex[:16]}"
+
+
+@contextlib.asynccontextmanager
+async def amqp_channel(url: str) -> AsyncIterator[aio_pika.abc.AbstractChannel]:
+    connection = await aio_pika.connect(url)
+    try:
+        yield await connection.channel()
+    finally:
+        await connection.close()
+
+
+async def queued_prediction_ids(url: str) -> list[str]:
+    """Drain `studio.persister` (nobody else consumes it on this broker) and return the prediction ids in it."""
+    async with amqp_channel(url) as channel:
+        queue = await channel.declare_queue(QUEUE, passive=True)
+        depth = queue.declaration_result.message_count
+        ids = []
+        for _ in range(depth):
+            message = await queue.get(no_ack=True, timeout=10)
+            assert message is not None
+            ids.append(json.loads(message.body)["predictionId"])
+        return ids
+
+
+class PausableProxy:
+    """TCP proxy to RabbitMQ; `pause()` holds back everything the broker sends, so confirms never arrive."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> PausableProxy:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def pause(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        try:
+            broker_r, broker_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            client_w.close()
+            return
+        for task in (self._pump(client_r, broker_w, None), self._pump(broker_r, client_w, self.flowing)):
+            spawned = asyncio.create_task(task)
+            self.tasks.add(spawned)
+            spawned.add_done_callback(self.tasks.discard)
+
+    @staticmethod
+    async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event | None) -> None:
+        try:
+            while data := await src.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                dst.write(data)
+                await dst.drain()
+        except OSError:
+            pass
+        finally:
+            dst.close()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+async def proxy(rabbit) -> AsyncIterator[PausableProxy]:
+    p = await PausableProxy(rabbit.port).start()
+    try:
+        yield p
+    finally:
+        p.resume()
+        await p.stop()
+
+
+@pytest.fixture(scope="module")
+async def proxied_gateway(stack, proxy) -> AsyncIterator[Gateway]:
+    async with ready_gateway(stack, proxy.url) as gw:
+        yield gw
+
+
+# --- topology ---------------------------------------------------------------------------------------------------
+
+MAIN_QUEUE_ARGUMENTS = {
+    "x-queue-type": "quorum",
+    "x-dead-letter-strategy": "at-least-once",
+    "x-overflow": "reject-publish",
+    "x-dead-letter-exchange": "",
+    "x-dead-letter-routing-key": DEAD_QUEUE,
+    "x-delivery-limit": 20,
+}
+
+
+async def test_gateway_declares_the_exchange_and_a_quorum_queue_that_loses_nothing(gateway, rabbit):
+    async with amqp_channel(rabbit.url) as channel:
+        # Redeclaring with the exact same properties succeeds only if that is what the gateway declared.
+        await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True, passive=False)
+        await channel.declare_queue(QUEUE, durable=True, arguments=MAIN_QUEUE_ARGUMENTS)
+
+    for different in (
+        {"x-overflow": "drop-head"},
+        {"x-dead-letter-strategy": "at-most-once"},
+        {"x-queue-type": "classic"},
+    ):
+        async with amqp_channel(rabbit.url) as channel:
+            with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+                await channel.declare_queue(QUEUE, durable=True, arguments={**MAIN_QUEUE_ARGUMENTS, **different})
+    async with amqp_channel(rabbit.url) as channel:
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+            await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
+
+
+# --- signature key rotation -------------------------------------------------------------------------------------
+
+
+async def test_callbacks_signed_with_any_configured_key_are_accepted(gateway, rabbit, http):
+    old, new, other = new_id(), new_id(), new_id()
+
+    assert (await post(http, gateway.url, old, key=OLD_KEY)).status_code == 200
+    assert (await post(http, gateway.url, new, key=NEW_KEY)).status_code == 200
+    assert (await post(http, gateway.url, other, key="retired-key")).status_code == 401
+
+    queued = await queued_prediction_ids(rabbit.url)
+    assert old in queued and new in queued and other not in queued
+
+
+# --- the broker refuses ---------------------------------------------------------------------------------------
+
+
+async def test_a_message_nobody_routes_is_a_503_not_a_silent_drop(gateway, rabbit, http):
+    async with amqp_channel(rabbit.url) as channel:
+        queue = await channel.declare_queue(QUEUE, passive=True)
+        await queue.unbind(EXCHANGE, "prediction.#")
+        try:
+            response = await post(http, gateway.url, new_id())
+        finally:
+            await queue.bind(EXCHANGE, "prediction.#")
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert response.json() == {"error": "Event broker unavailable, retry later"}
+    assert (await post(http, gateway.url, new_id())).status_code == 200  # the channel survived the return
+
+
+async def test_a_message_the_broker_nacks_is_a_503(gateway, rabbit, http):
+    full = f"test.full.{uuid.uuid4().hex[:8]}"
+    async with amqp_channel(rabbit.url) as channel:
+        # A (classic) reject-publish queue already at its limit makes RabbitMQ nack whatever is routed to it.
+        queue = await channel.declare_queue(
+            full, auto_delete=True, arguments={"x-max-length": 1, "x-overflow": "reject-publish"}
+        )
+        await channel.default_exchange.publish(aio_pika.Message(b"filler"), routing_key=full)
+        await queue.bind(EXCHANGE, "prediction.#")
+        try:
+            response = await post(http, gateway.url, new_id())
+        finally:
+            await queue.delete(if_unused=False, if_empty=False)
+
+    assert response.status_code == 503
+    assert (await post(http, gateway.url, new_id())).status_code == 200
+
+
+async def test_a_broker_that_does_not_confirm_within_5s_gets_a_503(proxied_gateway, proxy, http):
+    assert (await post(http, proxied_gateway.url, new_id())).status_code == 200
+
+    proxy.pause()
+    try:
+        response = await post(http, proxied_gateway.url, new_id())
+    finally:
+        proxy.resume()
+
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
+    assert (await post(http, proxied_gateway.url, new_id())).status_code == 200
+
+
+# --- shutdown ---------------------------------------------------------------------------------------------------
+
+
+async def test_sigterm_stops_accepting_and_answers_in_flight_callbacks_only_after_their_confirm(
+    stack, proxy, rabbit, http
+):
+    gw = start_gateway(stack, proxy.url)
+    try:
+        await wait_for("the gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
+        ids = [new_id() for _ in range(10)]
+
+        proxy.pause()  # publishes reach RabbitMQ, their confirms wait in the proxy
+        in_flight = [asyncio.create_task(post(http, gw.url, pid)) for pid in ids]
+
+        async def all_waiting_for_confirms() -> bool:
+            text = (await http.get(f"{gw.url}/metrics")).text
+            return "studio_webhook_publishes_in_flight 10.0" in text
+
+        await wait_for("10 publishes in flight", all_waiting_for_confirms)
+        gw.process.signal(signal.SIGTERM)
+        await wait_for("the gateway to stop accepting", lambda: refuses_connections(gw.url))
+        assert not any(task.done() for task in in_flight)  # no answer without a confirm
+
+        proxy.resume()
+        responses = await asyncio.gather(*in_flight)
+        code = await asyncio.to_thread(gw.process.popen.wait, 30)
+    finally:
+        proxy.resume()
+        gw.process.stop()
+
+    assert [r.status_code for r in responses] == [200] * 10
+    assert code == 0
+    queued = await queued_prediction_ids(rabbit.url)
+    assert set(ids) <= set(queued)
+
+
+# --- outages ----------------------------------------------------------------------------------------------------
+
+
+async def test_gateway_starts_without_broker_says_so_and_connects_when_it_appears(stack, rabbit, gateway, http):
+    await asyncio.to_thread(rabbit.halt)
+    late = start_gateway(stack, rabbit.url)
+    try:
+        await wait_for("/healthz without a broker", lambda: answers(late.url, "/healthz", 200))
+        ready = await http.get(f"{late.url}/readyz")
+        refused = await post(http, late.url, new_id())
+
+        await asyncio.to_thread(rabbit.resume)
+        await wait_for("/readyz once the broker is up", lambda: answers(late.url, "/readyz", 200))
+        accepted = await post(http, late.url, new_id())
+    finally:
+        late.process.stop()
+
+    assert ready.status_code == 503 and ready.json()["failing"].keys() == {"broker"}
+    assert refused.status_code == 503
+    assert accepted.status_code == 200
+    # The long-running gateway lived through the same restart and reconnected without being restarted.
+    await wait_for("the old gateway to reconnect", lambda: answers(gateway.url, "/readyz", 200))
+    assert (await post(http, gateway.url, new_id())).status_code == 200
+
+
+@dataclass
+class Tally:
+    accepted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    other: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def test_promise_every_200_is_in_the_queue_across_a_broker_crash(gateway, rabbit):
+    """Stream signed callbacks; kill RabbitMQ (SIGKILL) mid-stream and start it again; count what was kept."""
+    await wait_for("the gateway to be ready", lambda: answers(gateway.url, "/readyz", 200))
+    await queued_prediction_ids(rabbit.url)  # start from an empty queue
+    tally = Tally()
+    stop = asyncio.Event()
+    counter = itertools.count()
+
+    async def sender(client: httpx.AsyncClient) -> None:
+        while not stop.is_set():
+            pid = f"pred_promise_{next(counter):05d}"
+            try:
+                response = await post(client, gateway.url, pid)
+            except httpx.HTTPError as exc:
+                tally.other.append((pid, repr(exc)))
+                continue
+            if response.status_code == 200:
+                tally.accepted.append(pid)
+            elif response.status_code == 503:
+                tally.refused.append(pid)
+                await asyncio.sleep(0.1)  # pace the stream while the broker is away: a few hundred, not thousands
+            else:
+                tally.other.append((pid, str(response.status_code)))
+
+    async def at_least(get, n: int) -> bool:
+        return len(get()) >= n
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        senders = [asyncio.create_task(sender(client)) for _ in range(8)]
+        try:
+            await wait_for("100 accepted", lambda: at_least(lambda: tally.accepted, 100))
+            assert rabbit.process is not None
+            await asyncio.to_thread(rabbit.process.kill)  # a crash, not a clean shutdown
+            await asyncio.to_thread(rabbit.halt)
+            await wait_for("/readyz to report the outage", lambda: answers(gateway.url, "/readyz", 503))
+            refused_before = len(tally.refused)
+            await wait_for("50 refused", lambda: at_least(lambda: tally.refused, refused_before + 50))
+            await asyncio.to_thread(rabbit.resume)
+            accepted_before = len(tally.accepted)
+            await wait_for("100 more accepted", lambda: at_least(lambda: tally.accepted, accepted_before + 100), 60)
+        finally:
+            stop.set()
+            await asyncio.gather(*senders)
+
+    queued = await queued_prediction_ids(rabbit.url)
+    logger.warning(
+        "promise: %d callbacks sent, %d got 200, %d got 503, %d messages in the queue (%d distinct)",
+        len(tally.accepted) + len(tally.refused) + len(tally.other),
+        len(tally.accepted),
+        len(tally.refused),
+        len(queued),
+        len(set(queued)),
+    )
+    assert tally.other == []
+    assert set(tally.accepted) <= set(queued)  # nothing acknowledged was lost
+    assert set(queued) <= set(tally.accepted) | set(tally.refused)  # and nothing else appeared
+    assert len(tally.refused) >= 50
