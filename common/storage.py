@@ -76,6 +76,21 @@ async def check_bucket(client: Any, bucket: str) -> None:
         raise StorageUnavailable(f"bucket {bucket} not reachable: {exc}") from exc
 
 
+async def existing_keys(client: Any, bucket: str, prefix: str) -> set[str]:
+    """Keys of the complete objects under `prefix` (an in-progress multipart upload is not an object yet)."""
+    keys: set[str] = set()
+    token: dict[str, str] = {}
+    try:
+        while True:
+            page = await client.list_objects_v2(Bucket=bucket, Prefix=prefix, **token)
+            keys.update(item["Key"] for item in page.get("Contents", ()))
+            if not page.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(f"listing {prefix} failed: {exc}") from exc
+
+
 async def upload_stream(
     client: Any,
     bucket: str,
