@@ -25,8 +25,11 @@ from common.storage import open_s3
 SIM_KEY = {"x-api-key": "sim-key"}
 
 
-async def sim_prediction(http: httpx.AsyncClient, sim_url: str, prompt: str, timeout: float = 60) -> dict[str, Any]:
-    """A prediction the simulator completes without calling anyone back; returns its final view."""
+async def sim_prediction(
+    http: httpx.AsyncClient, sim_url: str, prompt: str, timeout: float = 60, fetch: bool = True
+) -> dict[str, Any]:
+    """A prediction the simulator completes without calling anyone back; returns its final view (with
+    `fetch=False`, only the simulator's record of it: its own `GET` is then left untouched)."""
     created = await http.post(
         f"{sim_url}/v1/predictions",
         json={"model": "truefusion-pro", "input": {"prompt": f"{prompt} #sim:delay=0.05"}},
@@ -41,6 +44,8 @@ async def sim_prediction(http: httpx.AsyncClient, sim_url: str, prompt: str, tim
         if mine["status"] in ("succeeded", "failed", "cancelled"):
             break
         await asyncio.sleep(0.05)
+    if not fetch:
+        return mine
     answer = await http.get(f"{sim_url}/v1/predictions/{pid}", headers=SIM_KEY)
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()

@@ -6,7 +6,8 @@ tests drive it through Studio's public API. `GET /_sim/predictions` lists what i
 Besides SPEC section 8's directives, for the persister's failure paths: `#sim:outputs=N` (N outputs),
 `#sim:cdnbusy=N` (the CDN answers 503 to the first N requests), `#sim:cdngone` (the output is already gone),
 `#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
-Content-Length), `#sim:ratelimit=N` (`GET /v1/predictions/{id}` answers 429 with `Retry-After: 1` N times).
+Content-Length), `#sim:slow=S` (the body takes about S seconds), `#sim:ratelimit=N` (`GET /v1/predictions/{id}`
+answers 429 with `Retry-After: 1` N times).
 """
 
 from __future__ import annotations
@@ -288,8 +289,12 @@ async def cdn(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     view = memoryview(data)
-    for start in range(0, len(data), 256 * 1024):
-        await response.write(view[start : start + 256 * 1024])
+    step = 256 * 1024
+    pause = float(prediction.directives.get("slow") or 0) / max(1, -(-len(data) // step))
+    for start in range(0, len(data), step):
+        await response.write(view[start : start + step])
+        if pause:  # `#sim:slow=S`: the body takes about S seconds
+            await asyncio.sleep(pause)
     await response.write_eof()
     return response
 
