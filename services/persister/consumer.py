@@ -191,7 +191,7 @@ class Consumer:
         attempt = _attempt(message)
         with logs.bind(prediction_id=event.prediction_id, event_id=event.event_id, request_id=event.request_id):
             try:
-                outcome = await self.processor.handle(event)
+                outcome = await self.processor.handle(event, retry=attempt > 1 or bool(message.redelivered))
                 logger.info(
                     "event processed: %s",
                     outcome,

@@ -39,8 +39,12 @@ class Processor:
         self.s3 = s3
         self.http = http
 
-    async def handle(self, event: PredictionEvent) -> str:
-        """Apply the event; returns the outcome's name. Raises TransientError to be retried later."""
+    async def handle(self, event: PredictionEvent, retry: bool = True) -> str:
+        """Apply the event; returns the outcome's name. Raises TransientError to be retried later.
+
+        `retry` says an earlier attempt at this very message may have stored some outputs already (a retry or a
+        redelivery); only then is it worth asking S3 first.
+        """
         async with self.pool.acquire() as conn:
             generation = await generations.get_by_prediction_id(conn, event.prediction_id)
         if generation is None:
@@ -49,7 +53,7 @@ class Processor:
             if generation.terminal:
                 return "duplicate"
             if event.status == "succeeded":
-                return await self._succeeded(generation, event)
+                return await self._succeeded(generation, event, retry)
             if event.status in ("failed", "canceled"):
                 return await self._end(generation, event.status, event.error)
             if event.status == "processing":
@@ -66,13 +70,14 @@ class Processor:
         logger.info("generation ended %s", status, extra={"error": error})
         return status
 
-    async def _succeeded(self, generation: Generation, event: PredictionEvent) -> str:
+    async def _succeeded(self, generation: Generation, event: PredictionEvent, retry: bool) -> str:
         if not event.output:
             return await self._end(generation, "failed", "Skytells reported success without an output")
         started = time.perf_counter()
         # Objects a previous attempt stored completely (a put or a completed multipart upload is atomic) are
         # kept: a retry after a database outage then needs no second download, possibly after the CDN expired it.
-        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}")
+        # (A duplicate of the event handled elsewhere at the same time just writes the same bytes again.)
+        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}") if retry else ()
         urls: list[str] = []
         try:
             for index, url in enumerate(event.output):
