@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from common.broker import Broker
+from common.storage import open_s3
 from tests.persister_kit import (
     cdn_bytes,
     event_of,
@@ -185,3 +186,20 @@ async def test_callback_before_the_api_wrote_the_prediction_id_is_retried(
     assert record["status"] == "succeeded"
     objects = await stored_objects(settings, gid)
     assert objects[f"generations/{gid}.png"][0] == await cdn_bytes(http, sim, prediction["id"])
+
+
+async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_expired(http, sim, db, broker, settings):
+    # An earlier attempt stored the output, then the database failed; by the retry the CDN has deleted it.
+    prediction = await sim_prediction(http, sim, "stored before the outage #sim:cdngone")
+    gid = await insert_generation(db, prediction["id"])
+    earlier = b"\x89PNG\r\n\x1a\n" + b"stored by attempt one"
+    async with open_s3(settings) as s3:
+        await s3.put_object(Bucket=settings.s3_bucket, Key=f"generations/{gid}.png", Body=earlier)
+    await broker.publish_event(event_of(prediction), headers={"x-attempt": 2})
+
+    record = await wait_row(db, gid)
+
+    assert record["status"] == "succeeded", dict(record)
+    assert record["output_url"] == f"{settings.s3_public_base_url}/generations/{gid}.png"
+    assert (await stored_objects(settings, gid))[f"generations/{gid}.png"][0] == earlier
+    assert (await sim_record(http, sim, prediction["id"]))["cdnRequests"] == 0

@@ -46,7 +46,7 @@ class Reconciler:
     async def run(self) -> None:
         """Forever, one pass per interval; a failed pass is logged and the next one tries again."""
         while True:
-            await asyncio.sleep(self.settings.reconcile_interval_s)
+            await asyncio.sleep(max(self.settings.reconcile_interval_s, 0.1))  # 0 must not spin
             try:
                 await self.run_once()
             except asyncio.CancelledError:
