@@ -76,37 +76,29 @@ async def test_cdn_503_is_retried_then_the_exact_bytes_are_stored(http, sim, db,
     assert "studio_persister_dead_letters_total" in after
 
 
-async def test_cdn_404_ends_failed_with_the_reason(http, sim, db, broker, settings):
-    _, gid, record = await _persist(http, sim, db, broker, "gone already #sim:cdngone")
+@pytest.mark.parametrize(
+    ("prompt", "reason"),
+    [
+        pytest.param("gone already #sim:cdngone", "expired or missing at the CDN (HTTP 404)", id="cdn-404"),
+        pytest.param(
+            "elsewhere #sim:redirect=evil.example.com",
+            "output host not allowed: evil.example.com",
+            id="redirect-to-a-disallowed-host",
+        ),
+        # 60 MiB against the default 50 MiB cap, without a Content-Length: only counting while streaming catches it.
+        pytest.param("huge #sim:size=62914560 #sim:chunked", "output larger than 52428800 bytes", id="60-mib-output"),
+        pytest.param("html #sim:notimage", "not a PNG, JPEG, WebP or GIF image", id="not-an-image"),
+    ],
+)
+async def test_permanent_failures_end_failed_with_the_reason_and_store_nothing(
+    http, sim, db, broker, settings, prompt, reason
+):
+    _, gid, record = await _persist(http, sim, db, broker, prompt, timeout=120)
 
     assert record["status"] == "failed"
-    assert "expired or missing at the CDN (HTTP 404)" in record["error"]
-    assert record["output_url"] is None and record["completed_at"] is not None
-    assert await stored_objects(settings, gid) == {}
-
-
-async def test_redirect_to_a_disallowed_host_is_refused(http, sim, db, broker, settings):
-    _, gid, record = await _persist(http, sim, db, broker, "elsewhere #sim:redirect=evil.example.com")
-
-    assert record["status"] == "failed"
-    assert "output host not allowed: evil.example.com" in record["error"]
-    assert await stored_objects(settings, gid) == {}
-
-
-async def test_output_over_the_cap_is_refused_while_streaming(http, sim, db, broker, settings):
-    # 60 MiB against the default 50 MiB cap, without a Content-Length: only counting while streaming catches it.
-    _, gid, record = await _persist(http, sim, db, broker, "huge #sim:size=62914560 #sim:chunked", timeout=120)
-
-    assert record["status"] == "failed"
-    assert f"output larger than {settings.output_max_bytes} bytes" in record["error"]
-    assert await stored_objects(settings, gid) == {}
-
-
-async def test_something_that_is_not_an_image_is_refused(http, sim, db, broker, settings):
-    _, gid, record = await _persist(http, sim, db, broker, "html #sim:notimage")
-
-    assert record["status"] == "failed"
-    assert "not a PNG, JPEG, WebP or GIF image" in record["error"]
+    assert reason in record["error"]
+    assert record["output_url"] is None and list(record["output_urls"]) == []
+    assert record["completed_at"] is not None
     assert await stored_objects(settings, gid) == {}
 
 

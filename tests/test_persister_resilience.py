@@ -251,15 +251,21 @@ async def test_dead_letter_after_the_last_attempt_then_redrive(http, sim, dedica
     assert not await dead_lettered()
 
 
-async def test_sigkill_while_streaming_loses_nothing(http, sim, dedicated, dbroker, ddb):
-    prediction = await sim_prediction(http, sim, "interrupted #sim:size=8000000 #sim:slow=3")
+async def _streaming(http, sim, dbroker, ddb, prompt: str):
+    """Publish a slow output's event and return once the persister is downloading it."""
+    prediction = await sim_prediction(http, sim, prompt)
     gid = await insert_generation(ddb, prediction["id"])
     await publish(dbroker, event_of(prediction))
 
-    async def streaming() -> bool:
+    async def started() -> bool:
         return (await sim_record(http, sim, prediction["id"]))["cdnRequests"] >= 1
 
-    await wait_until("the download to start", streaming, interval=0.05)
+    await wait_until("the download to start", started, interval=0.05)
+    return prediction, gid
+
+
+async def test_sigkill_while_streaming_loses_nothing(http, sim, dedicated, dbroker, ddb):
+    prediction, gid = await _streaming(http, sim, dbroker, ddb, "interrupted #sim:size=8000000 #sim:slow=3")
     dedicated.processes["persister-a"].kill()
     assert (await row(ddb, gid))["status"] == "queued"
     assert await stored_objects(dedicated.settings, gid) == {}
@@ -273,14 +279,7 @@ async def test_sigkill_while_streaming_loses_nothing(http, sim, dedicated, dbrok
 
 
 async def test_sigterm_finishes_the_message_in_hand_then_exits(http, sim, dedicated, dbroker, ddb):
-    prediction = await sim_prediction(http, sim, "last one out #sim:size=4000000 #sim:slow=2")
-    gid = await insert_generation(ddb, prediction["id"])
-    await publish(dbroker, event_of(prediction))
-
-    async def streaming() -> bool:
-        return (await sim_record(http, sim, prediction["id"]))["cdnRequests"] >= 1
-
-    await wait_until("the download to start", streaming, interval=0.05)
+    prediction, gid = await _streaming(http, sim, dbroker, ddb, "last one out #sim:size=4000000 #sim:slow=2")
     process = dedicated.processes["persister-a"]
     process.signal(signal.SIGTERM)
     assert process.popen is not None
