@@ -45,6 +45,7 @@ PERSISTER_ENV = {
     "DOWNLOAD_RETRY_WINDOW_S": "5",
     "PERSISTER_PREFETCH": "4",
     "RECONCILE_AFTER_S": "3600",
+    "PYTHONUNBUFFERED": "1",  # a killed persister's last log lines are the interesting ones
 }
 
 

@@ -8,8 +8,11 @@ has its download ahead) retries on the short schedule that fits Skytells' output
 (storage, database, broker, the unexpected) on the long one.
 
 aio-pika's robust connection restores consumers after a reconnect, but it has been seen to come back without
-one. A watchdog compares what we think we consume with what the channel actually has, and subscribes again on
-a fresh channel when the consumer has been missing for a while; `/readyz` reports the gap meanwhile.
+one, and the client can also believe it consumes while the broker has dropped the consumer (its queue was
+deleted and declared again, say). A watchdog checks both sides: the consumer tag on our channel, and the
+broker's own view of the queue (no consumer at all, or messages waiting while we have room and have received
+nothing for a while). When the consumer has looked missing for a few seconds it subscribes again on a fresh
+channel; `/readyz` reports the gap meanwhile.
 """
 
 from __future__ import annotations
@@ -90,7 +93,8 @@ class Consumer:
         self._stopping = False
         self._missing_since: float | None = None
         self._watchdog: asyncio.Task[None] | None = None
-        self._old_channels: list[AbstractChannel] = []
+        self._last_delivery = time.monotonic()
+        self._stalled = False
 
     async def start(self) -> None:
         await self._subscribe()
@@ -116,9 +120,37 @@ class Consumer:
         consumers: dict[str, Any] = getattr(underlay, "consumers", {})
         return not underlay.is_closed and self.tag in consumers
 
-    async def check(self) -> None:
-        """Readiness: raise when the consumer is not registered at the broker."""
+    async def _broker_view(self) -> tuple[int, int] | None:
+        """(messages ready, consumers) of the queue as the broker sees it; None when it cannot be asked.
+
+        Asked on a throwaway channel: a passive declare of a missing queue closes the channel it runs on.
+        """
+        try:
+            async with asyncio.timeout(3.0):
+                probe = await self.broker.connection.channel(publisher_confirms=False)
+                try:
+                    queue = await probe.declare_queue(QUEUE, passive=True)
+                    result = queue.declaration_result
+                    return result.message_count or 0, result.consumer_count or 0
+                finally:
+                    await probe.close()
+        except Exception:  # reconnecting, or the queue is gone for now
+            return None
+
+    async def _healthy(self) -> bool:
         if not await self.consuming():
+            return False
+        view = await self._broker_view()
+        if view is None:
+            return True  # no evidence either way; the local check passed
+        ready, consumers = view
+        idle = time.monotonic() - self._last_delivery > MISSING_GRACE_S
+        room = len(self.in_flight) < self.settings.persister_prefetch
+        return consumers > 0 and not (ready > 0 and idle and room)
+
+    async def check(self) -> None:
+        """Readiness: raise when the consumer is not registered at the broker, or looked missing last round."""
+        if self._stalled or not await self.consuming():
             raise BrokerUnavailable("not consuming studio.persister")
 
     async def _watch(self) -> None:
@@ -130,9 +162,11 @@ class Consumer:
                 logger.warning("consumer watchdog round failed", exc_info=True)
 
     async def _watch_once(self) -> None:
-        if await self.consuming():
+        if await self._healthy():
             self._missing_since = None
+            self._stalled = False
             return
+        self._stalled = True
         now = time.monotonic()
         if self._missing_since is None:
             self._missing_since = now
@@ -140,13 +174,17 @@ class Consumer:
         connected = not self.broker.connection.is_closed and self.broker.ready
         if now - self._missing_since < MISSING_GRACE_S or not connected:
             return
-        logger.warning("consumer missing after a broker reconnect; subscribing again")
+        logger.warning("consumer missing at the broker; subscribing again on a new channel")
         old = self.channel
         await self._subscribe()
         self.resubscriptions += 1
         self._missing_since = None
+        self._last_delivery = time.monotonic()
         if old is not None:
-            self._old_channels.append(old)  # closed at stop, once messages taken from it are settled
+            # Messages still in hand from the old channel can no longer be acknowledged; they return to the
+            # queue when it closes, and their redelivery is harmless.
+            with contextlib.suppress(Exception):
+                await old.close()
 
     async def stop(self) -> None:
         """Stop taking messages, let those in hand finish, then close the channels (unacked ones return)."""
@@ -164,12 +202,12 @@ class Consumer:
         if self.in_flight:
             logger.info("waiting for %d in-flight messages", len(self.in_flight))
             await asyncio.wait(self.in_flight, timeout=DRAIN_TIMEOUT_S)
-        for channel in [*self._old_channels, self.channel]:
-            if channel is not None and not channel.is_closed:
-                with contextlib.suppress(Exception):
-                    await channel.close()
+        if self.channel is not None and not self.channel.is_closed:
+            with contextlib.suppress(Exception):
+                await self.channel.close()
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
+        self._last_delivery = time.monotonic()
         task = asyncio.current_task()
         if task is not None:
             self.in_flight.add(task)
