@@ -30,7 +30,7 @@ from devstack.processes import free_port
 from devstack.stack import Stack, simulator_env
 
 MIB = 1024 * 1024
-RUNS = 9
+RUNS = 15
 SIM_KEY = {"x-api-key": "sim-key"}
 
 
@@ -143,10 +143,13 @@ async def _measure(stack: Stack) -> list[Row]:
                 prediction = await bench.prediction(MIB)
                 bare.append(await bench.bare_copy(s3, prediction))
                 persisted.append(await bench.persist(prediction))
+            # Medians: the machine is shared, and a single slow run should not decide the verdict either way.
             p, b = statistics.median(persisted), statistics.median(bare)
             rows.append(Row("persister", "callback -> terminal row, 1 MiB (median)", f"{p * 1000:.1f} ms"))
             rows.append(Row("persister", "bare download + put, 1 MiB (median)", f"{b * 1000:.1f} ms"))
             rows.append(Row("persister", "ratio persister / bare", f"{p / b:.2f}x", "<= 1.5x", _ok(p / b <= 1.5)))
+            best = min(persisted) / min(bare)
+            rows.append(Row("persister", "ratio of the fastest runs", f"{best:.2f}x"))
     finally:
         await conn.close()
     return rows

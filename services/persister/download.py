@@ -21,7 +21,7 @@ import httpx
 
 from common.errors import OutputRejected, UpstreamUnavailable
 
-CHUNK = 64 * 1024
+CHUNK = 128 * 1024
 MAX_REDIRECTS = 5
 SNIFF_BYTES = 16
 
