@@ -56,6 +56,23 @@ def retry_delays(base_s: float, max_s: float, max_attempts: int) -> list[float]:
     return [min(base_s * 2**n, max_s) for n in range(max(0, max_attempts - 1))]
 
 
+def download_retry_delays(base_s: float, max_s: float, max_attempts: int, window_s: float) -> list[float]:
+    """Delays for a failed download: base doubling like `retry_delays`, under a ceiling low enough that the whole
+    schedule fits in `window_s` (the CDN deletes outputs a few minutes after completion, so later retries are
+    pointless). Storage and database failures keep the longer `retry_delays` schedule."""
+    delays = retry_delays(base_s, max_s, max_attempts)
+    if sum(delays) <= window_s or not delays:
+        return delays
+    low, high = 0.0, max_s
+    for _ in range(60):  # bisect the ceiling; the sum is monotonic in it
+        ceiling = (low + high) / 2
+        if sum(min(d, ceiling) for d in delays) <= window_s:
+            low = ceiling
+        else:
+            high = ceiling
+    return [round(min(d, low), 3) for d in delays]
+
+
 def delay_queue_name(delay_s: float) -> str:
     return f"{DELAY_QUEUE_PREFIX}{int(round(delay_s * 1000))}ms"
 

@@ -122,6 +122,13 @@ _VARS: dict[str, _Var] = {
     "retry_base_s": _Var("RETRY_BASE_S", _seconds, "1"),
     "retry_max_s": _Var("RETRY_MAX_S", _seconds, "300"),
     "log_level": _Var("LOG_LEVEL", str.upper, "INFO"),
+    # Persister: failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs
+    # about 5 minutes after completion); storage and database retries follow RETRY_BASE_S/RETRY_MAX_S alone.
+    "download_retry_window_s": _Var("DOWNLOAD_RETRY_WINDOW_S", _seconds, "180"),
+    "download_connect_timeout_s": _Var("DOWNLOAD_CONNECT_TIMEOUT_S", _seconds, "5"),
+    "download_read_timeout_s": _Var("DOWNLOAD_READ_TIMEOUT_S", _seconds, "20"),
+    # A prediction Skytells still does not know this long after its generation was created ends `failed`.
+    "reconcile_unknown_after_s": _Var("RECONCILE_UNKNOWN_AFTER_S", _seconds, "3600"),
 }
 
 # What each process cannot run without (SPEC section 2: "required by the API", "required by the gateway").
@@ -160,6 +167,10 @@ class Settings:
     retry_base_s: float
     retry_max_s: float
     log_level: str
+    download_retry_window_s: float
+    download_connect_timeout_s: float
+    download_read_timeout_s: float
+    reconcile_unknown_after_s: float
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], required: Collection[str] = ()) -> Settings:

@@ -76,6 +76,21 @@ async def check_bucket(client: Any, bucket: str) -> None:
         raise StorageUnavailable(f"bucket {bucket} not reachable: {exc}") from exc
 
 
+async def existing_keys(client: Any, bucket: str, prefix: str) -> set[str]:
+    """Keys of the complete objects under `prefix` (an in-progress multipart upload is not an object yet)."""
+    keys: set[str] = set()
+    token: dict[str, str] = {}
+    try:
+        while True:
+            page = await client.list_objects_v2(Bucket=bucket, Prefix=prefix, **token)
+            keys.update(item["Key"] for item in page.get("Contents", ()))
+            if not page.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(f"listing {prefix} failed: {exc}") from exc
+
+
 async def upload_stream(
     client: Any,
     bucket: str,
@@ -84,17 +99,21 @@ async def upload_stream(
     content_type: str,
     part_size: int = PART_SIZE,
 ) -> int:
-    """Stream `chunks` into `bucket/key`, holding at most about one part in memory. Returns the size.
+    """Stream `chunks` into `bucket/key`, holding about one part in memory. Returns the size.
 
     Small objects go up in one PUT; larger ones as a multipart upload, aborted if anything fails (an
-    exception from `chunks` itself, such as a size limit, propagates unchanged).
+    exception from `chunks` itself, such as a size limit, propagates unchanged). One part-sized buffer is
+    filled in place and sent as it is, then reused: slicing and copying parts would double the peak memory
+    and leave the allocator holding several part-sized blocks.
     """
-    buffer = bytearray()
+    buffer = bytearray(part_size)
+    view = memoryview(buffer)
+    filled = 0
     total = 0
     upload_id: str | None = None
     parts: list[dict[str, Any]] = []
 
-    async def send_part(data: bytes) -> None:
+    async def send_part(data: bytes | bytearray) -> None:
         nonlocal upload_id
         if upload_id is None:
             created = await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
@@ -105,17 +124,24 @@ async def upload_stream(
 
     try:
         async for chunk in chunks:
-            buffer += chunk
             total += len(chunk)
-            while len(buffer) >= part_size:
-                part = bytes(buffer[:part_size])
-                del buffer[:part_size]
-                await send_part(part)
+            offset = 0
+            while offset < len(chunk):
+                take = min(part_size - filled, len(chunk) - offset)
+                view[filled : filled + take] = chunk[offset : offset + take]
+                filled += take
+                offset += take
+                if filled == part_size:
+                    await send_part(buffer)  # sent before the buffer is refilled
+                    filled = 0
+        rest = bytes(view[:filled])
+        view.release()
+        del buffer
         if upload_id is None:
-            await client.put_object(Bucket=bucket, Key=key, Body=bytes(buffer), ContentType=content_type)
+            await client.put_object(Bucket=bucket, Key=key, Body=rest, ContentType=content_type)
         else:
-            if buffer:
-                await send_part(bytes(buffer))
+            if rest:
+                await send_part(rest)
             await client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )

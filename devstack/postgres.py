@@ -6,10 +6,12 @@ if missing), owning its data directory.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -141,8 +143,16 @@ class Postgres:
         return self
 
     def halt(self) -> None:
-        """Stop the server, keeping its data, as an outage would."""
+        """Stop the server, keeping its data, as an outage would.
+
+        SIGINT is PostgreSQL's fast shutdown: it ends the sessions clients hold open, where SIGTERM (smart
+        shutdown) would wait for every client to disconnect by itself.
+        """
         if self.process is not None:
+            self.process.signal(signal.SIGINT)
+            if self.process.popen is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.popen.wait(20)
             self.process.stop()
             self.process = None
 

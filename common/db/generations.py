@@ -249,3 +249,35 @@ async def list_for_user(
 async def list_stale_unfinished(conn: asyncpg.Connection, older_than_s: float, limit: int) -> list[Generation]:
     rows = await conn.fetch(LIST_STALE_UNFINISHED, older_than_s, limit)
     return [Generation.from_record(row) for row in rows]
+
+
+# Persister side: reconciliation (SPEC section 6).
+
+# A session-level lock on a dedicated key: one reconciler pass at a time across every persister replica. It is
+# released explicitly after the pass, and by PostgreSQL if the holder's connection dies.
+RECONCILER_LOCK_KEY = "studio.persister.reconciler"
+TRY_RECONCILER_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
+RELEASE_RECONCILER_LOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
+
+MARK_FAILED_IF_CREATED_BEFORE = """
+UPDATE generations
+SET status = 'failed', error = $2, completed_at = now(), updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'processing') AND created_at < now() - make_interval(secs => $3)
+RETURNING *
+"""
+
+
+async def try_reconciler_lock(conn: asyncpg.Connection) -> bool:
+    """Take the reconciler's lock on this connection if no other session holds it; never waits."""
+    return bool(await conn.fetchval(TRY_RECONCILER_LOCK, RECONCILER_LOCK_KEY))
+
+
+async def release_reconciler_lock(conn: asyncpg.Connection) -> None:
+    await conn.fetchval(RELEASE_RECONCILER_LOCK, RECONCILER_LOCK_KEY)
+
+
+async def mark_failed_if_created_before(
+    conn: asyncpg.Connection, generation_id: uuid.UUID, error: str, older_than_s: float
+) -> Generation | None:
+    """End an unfinished generation `failed` only if it is older than `older_than_s`; else None."""
+    return _one(await conn.fetchrow(MARK_FAILED_IF_CREATED_BEFORE, generation_id, error, older_than_s))

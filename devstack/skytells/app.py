@@ -2,6 +2,12 @@
 
 Behaviour is steered per prediction by directives in the prompt (`#sim:delay=2 #sim:dup=3`), so black-box
 tests drive it through Studio's public API. `GET /_sim/predictions` lists what it was asked, for tests.
+
+Besides SPEC section 8's directives, for the persister's failure paths: `#sim:outputs=N` (N outputs),
+`#sim:cdnbusy=N` (the CDN answers 503 to the first N requests), `#sim:cdngone` (the output is already gone),
+`#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
+Content-Length), `#sim:slow=S` (the body takes about S seconds), `#sim:ratelimit=N` (`GET /v1/predictions/{id}`
+answers 429 with `Retry-After: 1` N times).
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ class SimPrediction:
     error: str | None = None
     outputs: list[bytes] = field(default_factory=list)
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # what was sent, for tests
+    cdn_requests: int = 0  # for `#sim:cdnbusy=N`
+    get_requests: int = 0  # for `#sim:ratelimit=N`
 
     def view(self, base: str) -> dict[str, Any]:
         output = [f"{base}/cdn/{self.id}/{n}.png" for n in range(len(self.outputs))] or None
@@ -186,8 +194,13 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
     else:
         size = prediction.directives.get("size")
         prompt = str(prediction.input.get("prompt"))
-        image = png.of_size(int(size)) if size else png.gradient(prompt + prediction.id)
-        prediction.outputs = [image]
+        count = max(1, int(prediction.directives.get("outputs") or 1))
+        if "notimage" in prediction.directives:
+            prediction.outputs = [b"<html>this is not an image</html>"]
+        elif size:
+            prediction.outputs = [png.of_size(int(size)) for _ in range(count)]
+        else:
+            prediction.outputs = [png.gradient(f"{prompt}{prediction.id}{n}") for n in range(count)]
         prediction.status = "succeeded"
     prediction.completed_at = datetime.now(UTC)
     prediction.completed_monotonic = time.monotonic()
@@ -239,6 +252,9 @@ async def get(request: web.Request) -> web.Response:
     if prediction is None:
         # What Skytells does for an id it does not know: a 502 carrying an error_id.
         return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
+    prediction.get_requests += 1
+    if prediction.get_requests <= int(prediction.directives.get("ratelimit") or 0):
+        return envelope_error(429, "Too many requests", "RATE_LIMITED", {"Retry-After": "1"})
     return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url))
 
 
@@ -268,12 +284,26 @@ async def cdn(request: web.Request) -> web.StreamResponse:
         or time.monotonic() - prediction.completed_monotonic > ttl
     ):
         raise web.HTTPNotFound(text="output not found or expired")
+    prediction.cdn_requests += 1
+    if "cdngone" in prediction.directives:
+        raise web.HTTPNotFound(text="output not found or expired")
+    if prediction.cdn_requests <= int(prediction.directives.get("cdnbusy") or 0):
+        raise web.HTTPServiceUnavailable(text="CDN busy")
+    if "redirect" in prediction.directives:
+        raise web.HTTPFound(f"http://{prediction.directives['redirect']}{request.path}")
     data = prediction.outputs[index]
-    response = web.StreamResponse(headers={"Content-Type": "image/png", "Content-Length": str(len(data))})
+    headers = {"Content-Type": "image/png"}
+    if "chunked" not in prediction.directives:  # `#sim:chunked`: no Content-Length, the size shows only at the end
+        headers["Content-Length"] = str(len(data))
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     view = memoryview(data)
-    for start in range(0, len(data), 256 * 1024):
-        await response.write(view[start : start + 256 * 1024])
+    step = 256 * 1024
+    pause = float(prediction.directives.get("slow") or 0) / max(1, -(-len(data) // step))
+    for start in range(0, len(data), step):
+        await response.write(view[start : start + step])
+        if pause:  # `#sim:slow=S`: the body takes about S seconds
+            await asyncio.sleep(pause)
     await response.write_eof()
     return response
 
@@ -281,7 +311,14 @@ async def cdn(request: web.Request) -> web.StreamResponse:
 async def inspect(request: web.Request) -> web.Response:
     """Test hook: what the simulator was asked and what callbacks it sent."""
     items = [
-        {"id": p.id, "prompt": p.input.get("prompt"), "status": p.status, "callbacks": p.callbacks}
+        {
+            "id": p.id,
+            "prompt": p.input.get("prompt"),
+            "status": p.status,
+            "callbacks": p.callbacks,
+            "cdnRequests": p.cdn_requests,
+            "getRequests": p.get_requests,
+        }
         for p in request.app[PREDICTIONS].values()
     ]
     return web.json_response({"predictions": items})

@@ -1,11 +1,15 @@
-"""The persister process: an aiohttp app (health, metrics) whose clean-up contexts own the consumer.
+"""The persister process: an aiohttp app (health, metrics) whose clean-up contexts own the consumer and the
+reconciler.
 
-`web.run_app` owns the lifecycle, so SIGTERM unwinds the contexts in reverse: the consumer stops and drains
-first, then the broker, HTTP client, S3 client and pool close.
+`web.run_app` owns the lifecycle, so SIGTERM unwinds the contexts in reverse: the reconciler stops, the
+consumer stops taking messages and drains the ones in hand, then the broker, Skytells client, HTTP client,
+S3 client and pool close. `python -m services.persister redrive` moves dead messages back instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -14,15 +18,18 @@ import httpx
 from aiohttp import web
 
 from common import log as logs
-from common.broker import Broker, retry_delays
+from common.broker import Broker
 from common.db.pool import create_pool
 from common.errors import BrokerUnavailable
 from common.settings import PERSISTER_REQUIRED, Settings, SettingsError
+from common.skytells import SkytellsClient
 from common.storage import check_bucket, open_s3
 from common.web import add_probes, error_middleware, run
-from services.persister.consumer import Consumer
-from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS
+from services.persister.consumer import Consumer, all_delays
+from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS
 from services.persister.processor import Processor
+from services.persister.reconciler import Reconciler
+from services.persister.redrive import redrive
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -38,15 +45,29 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _http(app: web.Application) -> AsyncIterator[None]:
-    app[HTTP] = httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), limits=httpx.Limits(max_connections=50))
+    settings = app[SETTINGS]
+    # The read timeout bounds each wait for bytes, not the whole download: a large output may take a while.
+    timeout = httpx.Timeout(
+        settings.download_read_timeout_s,
+        connect=settings.download_connect_timeout_s,
+        pool=settings.download_connect_timeout_s,
+    )
+    # trust_env=False: no proxy from the environment may sit between the SSRF checks and the CDN.
+    app[HTTP] = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=50), trust_env=False)
     yield
     await app[HTTP].aclose()
 
 
+async def _skytells(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    app[SKYTELLS] = SkytellsClient(settings.skytells_base_url, settings.skytells_api_key)
+    yield
+    await app[SKYTELLS].aclose()
+
+
 async def _broker(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    delays = retry_delays(settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts)
-    app[BROKER] = await Broker.connect(settings.amqp_url, delays)
+    app[BROKER] = await Broker.connect(settings.amqp_url, all_delays(settings))
     yield
     await app[BROKER].close()
 
@@ -60,10 +81,19 @@ async def _consumer(app: web.Application) -> AsyncIterator[None]:
     await consumer.stop()
 
 
+async def _reconciler(app: web.Application) -> AsyncIterator[None]:
+    reconciler = Reconciler(app[SETTINGS], app[POOL], app[BROKER], app[SKYTELLS])
+    task = asyncio.get_running_loop().create_task(reconciler.run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    for context in (_database, _storage, _http, _broker, _consumer):
+    for context in (_database, _storage, _http, _skytells, _broker, _consumer, _reconciler):
         app.cleanup_ctx.append(context)
 
     async def database_ready() -> None:
@@ -77,7 +107,13 @@ def create_app(settings: Settings) -> web.Application:
     async def storage_ready() -> None:
         await check_bucket(app[S3], settings.s3_bucket)
 
-    add_probes(app, {"database": database_ready, "broker": broker_ready, "storage": storage_ready})
+    async def consumer_ready() -> None:
+        await app[CONSUMER].check()
+
+    add_probes(
+        app,
+        {"database": database_ready, "broker": broker_ready, "storage": storage_ready, "consumer": consumer_ready},
+    )
     return app
 
 
@@ -87,4 +123,10 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(str(exc))
     logs.configure("persister", settings.log_level)
+    if sys.argv[1:] == ["redrive"]:
+        moved = asyncio.run(redrive(settings))
+        sys.stdout.write(f"moved {moved} dead messages back to the persister queue\n")
+        return
+    if sys.argv[1:]:
+        sys.exit(f"unknown command {' '.join(sys.argv[1:])!r}; usage: python -m services.persister [redrive]")
     run(create_app(settings), settings.persister_port)

@@ -1,7 +1,17 @@
-"""Fetching an output from Skytells' CDN: only from allowed hosts, size-capped, typed by its own bytes."""
+"""Fetching an output from Skytells' CDN: only from allowed hosts, size-capped, typed by its own bytes.
+
+SSRF guard: the URL must be http(s) on a host of `OUTPUT_ALLOWED_HOSTS`; the host is resolved here and every
+address it resolves to must be public unless the host (or that address) is listed explicitly, not through a
+wildcard. The connection then goes to the address that was checked (the Host header and TLS SNI keep the
+name), so a DNS answer that changes between the check and the connect cannot reach an internal address.
+Redirects are followed by hand, each hop checked the same way.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -11,16 +21,11 @@ import httpx
 
 from common.errors import OutputRejected, UpstreamUnavailable
 
-CHUNK = 64 * 1024
+CHUNK = 128 * 1024
 MAX_REDIRECTS = 5
+SNIFF_BYTES = 16
 
-# (magic test, extension, content type); WebP is RIFF....WEBP.
-_KINDS: tuple[tuple[str, str, str], ...] = (
-    ("png", "png", "image/png"),
-    ("jpeg", "jpg", "image/jpeg"),
-    ("webp", "webp", "image/webp"),
-    ("gif", "gif", "image/gif"),
-)
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def sniff(head: bytes) -> tuple[str, str] | None:
@@ -48,12 +53,62 @@ def host_allowed(host: str, patterns: Sequence[str]) -> bool:
     return False
 
 
+def listed_explicitly(name: str, patterns: Sequence[str]) -> bool:
+    name = name.lower().strip("[]").rstrip(".")
+    return any(p.lower().strip("[]").rstrip(".") == name for p in patterns if not p.startswith("*."))
+
+
 def check_url(url: str, allowed_hosts: Sequence[str]) -> None:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise OutputRejected(f"output URL is not http(s): {url[:200]}")
     if not host_allowed(parts.hostname, allowed_hosts):
         raise OutputRejected(f"output host not allowed: {parts.hostname}")
+
+
+def _internal(address: IpAddress) -> bool:
+    return (
+        address.is_private
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+        or not address.is_global
+    )
+
+
+async def resolve_checked(host: str, port: int, allowed_hosts: Sequence[str]) -> IpAddress:
+    """The address to connect to for `host`; OutputRejected when it is internal and not listed explicitly."""
+    try:
+        literal: IpAddress | None = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [literal]
+    else:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise UpstreamUnavailable(f"CDN host {host} does not resolve: {exc.strerror}") from None
+        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        if not addresses:
+            raise UpstreamUnavailable(f"CDN host {host} does not resolve")
+    if not listed_explicitly(host, allowed_hosts):
+        for address in addresses:
+            if _internal(address) and not listed_explicitly(str(address), allowed_hosts):
+                raise OutputRejected(f"output host {host} resolves to a non-public address ({address})")
+    return addresses[0]
+
+
+async def _pinned_request(http: httpx.AsyncClient, url: str, allowed_hosts: Sequence[str]) -> httpx.Request:
+    check_url(url, allowed_hosts)
+    target = httpx.URL(url)
+    port = target.port or (443 if target.scheme == "https" else 80)
+    address = await resolve_checked(target.host, port, allowed_hosts)
+    host_header = target.netloc.decode("ascii")
+    pinned = target.copy_with(host=str(address))
+    return http.build_request("GET", pinned, headers={"Host": host_header}, extensions={"sni_hostname": target.host})
 
 
 @dataclass
@@ -84,9 +139,9 @@ async def open_output(
 ) -> AsyncIterator[Output]:
     """Open `url` for streaming; redirects are followed only to allowed hosts."""
     for _ in range(MAX_REDIRECTS + 1):
-        check_url(url, allowed_hosts)
+        request = await _pinned_request(http, url, allowed_hosts)
         try:
-            response = await http.send(http.build_request("GET", url), stream=True, follow_redirects=False)
+            response = await http.send(request, stream=True, follow_redirects=False)
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"CDN unreachable: {exc.__class__.__name__}") from exc
         if response.is_redirect and "location" in response.headers:
@@ -98,7 +153,7 @@ async def open_output(
         raise OutputRejected("too many redirects")
     try:
         status = response.status_code
-        if status == 429 or status >= 500:
+        if status in (408, 425, 429) or status >= 500:
             raise UpstreamUnavailable(f"CDN answered HTTP {status}")
         if status == 404 or status == 410:
             raise OutputRejected(f"output expired or missing at the CDN (HTTP {status})")
@@ -112,7 +167,7 @@ async def open_output(
         try:
             async for chunk in stream:
                 head += chunk
-                if len(head) >= 16:
+                if len(head) >= SNIFF_BYTES:
                     break
         except httpx.HTTPError as exc:
             raise UpstreamUnavailable(f"download interrupted: {exc.__class__.__name__}") from exc

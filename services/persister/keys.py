@@ -10,6 +10,7 @@ from aiohttp import web
 
 from common.broker import Broker
 from common.settings import Settings
+from common.skytells import SkytellsClient
 from services.persister.consumer import Consumer
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -18,3 +19,4 @@ S3: web.AppKey[Any] = web.AppKey("s3")
 HTTP = web.AppKey("http", httpx.AsyncClient)
 BROKER = web.AppKey("broker", Broker)
 CONSUMER = web.AppKey("consumer", Consumer)
+SKYTELLS = web.AppKey("skytells", SkytellsClient)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
@@ -19,8 +20,9 @@ from common.db.generations import Generation
 from common.errors import GenerationNotYetKnown, PermanentError
 from common.events import PredictionEvent
 from common.settings import Settings
-from common.storage import PREFIX, public_url, upload_stream
+from common.storage import PREFIX, existing_keys, public_url, upload_stream
 from services.persister.download import open_output
+from services.persister.metrics import PERSIST_SECONDS, STORED_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +39,12 @@ class Processor:
         self.s3 = s3
         self.http = http
 
-    async def handle(self, event: PredictionEvent) -> str:
-        """Apply the event; returns the outcome's name. Raises TransientError to be retried later."""
+    async def handle(self, event: PredictionEvent, retry: bool = True) -> str:
+        """Apply the event; returns the outcome's name. Raises TransientError to be retried later.
+
+        `retry` says an earlier attempt at this very message may have stored some outputs already (a retry or a
+        redelivery); only then is it worth asking S3 first.
+        """
         async with self.pool.acquire() as conn:
             generation = await generations.get_by_prediction_id(conn, event.prediction_id)
         if generation is None:
@@ -47,7 +53,7 @@ class Processor:
             if generation.terminal:
                 return "duplicate"
             if event.status == "succeeded":
-                return await self._succeeded(generation, event)
+                return await self._succeeded(generation, event, retry)
             if event.status in ("failed", "canceled"):
                 return await self._end(generation, event.status, event.error)
             if event.status == "processing":
@@ -64,30 +70,40 @@ class Processor:
         logger.info("generation ended %s", status, extra={"error": error})
         return status
 
-    async def _succeeded(self, generation: Generation, event: PredictionEvent) -> str:
+    async def _succeeded(self, generation: Generation, event: PredictionEvent, retry: bool) -> str:
         if not event.output:
             return await self._end(generation, "failed", "Skytells reported success without an output")
         started = time.perf_counter()
+        # Objects a previous attempt stored completely (a put or a completed multipart upload is atomic) are
+        # kept: a retry after a database outage then needs no second download, possibly after the CDN expired it.
+        # (A duplicate of the event handled elsewhere at the same time just writes the same bytes again.)
+        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}") if retry else ()
         urls: list[str] = []
         try:
             for index, url in enumerate(event.output):
-                urls.append(await self._store(generation, index, url))
+                urls.append(await self._store(generation, index, url, stored))
         except PermanentError as exc:
             logger.warning("output rejected: %s", exc)
-            return await self._end(generation, "failed", f"Could not store the output: {exc}")
+            ended = await self._end(generation, "failed", f"Could not store the output: {exc}")
+            return "rejected" if ended == "failed" else ended
         async with self.pool.acquire() as conn:
             done = await generations.mark_succeeded(conn, generation.id, urls)
         if done is None:
             return "duplicate"
-        logger.info(
-            "generation succeeded",
-            extra={"outputs": len(urls), "seconds": round(time.perf_counter() - started, 3)},
-        )
+        seconds = time.perf_counter() - started
+        PERSIST_SECONDS.observe(seconds)
+        logger.info("generation succeeded", extra={"outputs": len(urls), "seconds": round(seconds, 3)})
         return "succeeded"
 
-    async def _store(self, generation: Generation, index: int, url: str) -> str:
+    async def _store(self, generation: Generation, index: int, url: str, stored: Collection[str]) -> str:
         settings = self.settings
+        stem = object_key(generation.id, index, "")
+        for key in stored:
+            if key.startswith(stem) and "." not in key[len(stem) :]:
+                logger.info("output %d already stored by an earlier attempt", index, extra={"key": key})
+                return public_url(settings, key)
         async with open_output(self.http, url, settings.output_allowed_hosts, settings.output_max_bytes) as out:
             key = object_key(generation.id, index, out.extension)
-            await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+            size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        STORED_BYTES.inc(size)
         return public_url(settings, key)

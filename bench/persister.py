@@ -1,0 +1,171 @@
+"""The persister's benchmarks: peak memory while storing a large output, and its latency beside a bare copy.
+
+Starts its own PostgreSQL, RabbitMQ, S3 server, simulator, gateway and persister on free ports.
+
+- Peak RSS (VmHWM) of the persister process after storing a 1 MiB output, then after a 64 MiB one: streaming
+  means the larger may cost little more (goal: under 16 MiB more).
+- Time from a signed callback's arrival at the gateway to the terminal row, for a 1 MiB image, beside a bare
+  download-and-put of the same bytes to the same S3 server (goal: at most 1.5 times), medians of several runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from bench.table import Row
+from common.signing import SIGNATURE_HEADER, sign
+from common.storage import open_s3
+from devstack.processes import free_port
+from devstack.stack import Stack, simulator_env
+
+MIB = 1024 * 1024
+RUNS = 15
+SIM_KEY = {"x-api-key": "sim-key"}
+
+
+def _env() -> dict[str, str]:
+    webhook_port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
+    env |= {
+        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
+        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "S3_BUCKET": "studio-bench",
+        "SIM_PORT": str(free_port()),
+        "SIM_DELAY_S": "0.05",
+        "WEBHOOK_PORT": str(webhook_port),
+        "PERSISTER_PORT": str(free_port()),
+        "API_PORT": str(free_port()),
+        "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
+        "OUTPUT_MAX_BYTES": str(128 * MIB),
+        "LOG_LEVEL": "WARNING",
+    }
+    env.update(simulator_env(env))
+    return env
+
+
+def _peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found")
+
+
+class _Bench:
+    def __init__(self, stack: Stack, conn: asyncpg.Connection, http: httpx.AsyncClient) -> None:
+        self.stack = stack
+        self.env = stack.env
+        self.conn = conn
+        self.http = http
+        self.sim = f"http://127.0.0.1:{self.env['SIM_PORT']}"
+        self.webhook = f"http://127.0.0.1:{self.env['WEBHOOK_PORT']}/api/webhooks"
+
+    async def prediction(self, size: int) -> dict[str, Any]:
+        """A finished prediction of about `size` bytes whose callback the simulator does not send."""
+        created = await self.http.post(
+            f"{self.sim}/v1/predictions",
+            json={"model": "truefusion-pro", "input": {"prompt": f"bench #sim:size={size} #sim:drop #sim:delay=0.05"}},
+            headers=SIM_KEY,
+        )
+        pid = created.json()["id"]
+        while True:
+            view = (await self.http.get(f"{self.sim}/v1/predictions/{pid}", headers=SIM_KEY)).json()
+            if view["status"] == "succeeded":
+                return dict(view)
+            await asyncio.sleep(0.02)
+
+    async def persist(self, prediction: dict[str, Any]) -> float:
+        """Seconds from the callback's arrival at the gateway to the generation's terminal row."""
+        gid = uuid.uuid4()
+        await self.conn.execute(
+            "INSERT INTO generations (id, user_id, model, prompt, prediction_id) VALUES ($1, 'bench', 'm', 'p', $2)",
+            gid,
+            prediction["id"],
+        )
+        body = json.dumps(prediction).encode()
+        headers = {"content-type": "application/json", SIGNATURE_HEADER: sign(body, self.env["SIM_WEBHOOK_SECRET"])}
+        started = time.perf_counter()
+        answer = await self.http.post(self.webhook, content=body, headers=headers)
+        if answer.status_code != 200:
+            raise RuntimeError(f"gateway answered {answer.status_code}: {answer.text}")
+        while True:
+            status = await self.conn.fetchval("SELECT status FROM generations WHERE id = $1", gid)
+            if status in ("succeeded", "failed", "canceled"):
+                elapsed = time.perf_counter() - started
+                if status != "succeeded":
+                    raise RuntimeError(f"bench generation ended {status}")
+                return elapsed
+            await asyncio.sleep(0.001)
+
+    async def bare_copy(self, s3: Any, prediction: dict[str, Any]) -> float:
+        """Seconds to download the output and put the same bytes into the same S3 server."""
+        started = time.perf_counter()
+        response = await self.http.get(prediction["output"][0])
+        await s3.put_object(
+            Bucket=self.env["S3_BUCKET"], Key=f"bare/{uuid.uuid4()}.png", Body=response.content, ContentType="image/png"
+        )
+        return time.perf_counter() - started
+
+
+async def _measure(stack: Stack) -> list[Row]:
+    persister_pid = stack.processes["persister"].pid
+    rows: list[Row] = []
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        async with httpx.AsyncClient(timeout=60) as http, open_s3(stack.settings) as s3:
+            bench = _Bench(stack, conn, http)
+            await bench.persist(await bench.prediction(64 * 1024))  # warm every code path first
+            await bench.persist(await bench.prediction(MIB))
+            small = _peak_rss_bytes(persister_pid)
+            await bench.persist(await bench.prediction(64 * MIB))
+            large = _peak_rss_bytes(persister_pid)
+            extra = (large - small) / MIB
+            rows.append(Row("persister", "peak RSS storing a 1 MiB output", f"{small / MIB:.1f} MiB"))
+            rows.append(Row("persister", "peak RSS storing a 64 MiB output", f"{large / MIB:.1f} MiB"))
+            rows.append(
+                Row("persister", "extra peak RSS for 64 MiB vs 1 MiB", f"{extra:.1f} MiB", "< 16 MiB", _ok(extra < 16))
+            )
+
+            persisted: list[float] = []
+            bare: list[float] = []
+            for _ in range(RUNS):
+                prediction = await bench.prediction(MIB)
+                bare.append(await bench.bare_copy(s3, prediction))
+                persisted.append(await bench.persist(prediction))
+            # Medians: the machine is shared, and a single slow run should not decide the verdict either way.
+            p, b = statistics.median(persisted), statistics.median(bare)
+            rows.append(Row("persister", "callback -> terminal row, 1 MiB (median)", f"{p * 1000:.1f} ms"))
+            rows.append(Row("persister", "bare download + put, 1 MiB (median)", f"{b * 1000:.1f} ms"))
+            rows.append(Row("persister", "ratio persister / bare", f"{p / b:.2f}x", "<= 1.5x", _ok(p / b <= 1.5)))
+            best = min(persisted) / min(bare)
+            rows.append(Row("persister", "ratio of the fastest runs", f"{best:.2f}x"))
+    finally:
+        await conn.close()
+    return rows
+
+
+def _ok(met: bool) -> str:
+    return "ok" if met else "MISSED"
+
+
+def run() -> list[Row]:
+    stack = Stack(_env(), Path(tempfile.mkdtemp(prefix="studio-bench-persister-")))
+    try:
+        stack.start_infrastructure()
+        stack.start_simulator()
+        stack.start_service("webhook")
+        stack.start_service("persister")
+        return asyncio.run(_measure(stack))
+    finally:
+        stack.stop()

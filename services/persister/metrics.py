@@ -1,0 +1,18 @@
+"""The persister's Prometheus metrics, served on `/metrics` by `common.web.add_probes`."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EVENTS = Counter("studio_persister_events", "Events handled, by outcome", ["outcome"])
+RETRIES = Counter("studio_persister_retries", "Events sent to a delay queue to be retried")
+DEAD_LETTERS = Counter("studio_persister_dead_letters", "Events moved to studio.persister.dead")
+PERSIST_SECONDS = Histogram(
+    "studio_persister_persist_seconds",
+    "Time to store every output of a succeeded prediction and mark it succeeded",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+STORED_BYTES = Counter("studio_persister_stored_bytes", "Bytes of outputs written to S3")
+RECONCILED = Counter(
+    "studio_persister_reconciled", "Generations the reconciler looked up at Skytells, by result", ["result"]
+)

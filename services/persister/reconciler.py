@@ -1,0 +1,114 @@
+"""Reconciliation (SPEC section 6): a lost callback never loses an image.
+
+Every `RECONCILE_INTERVAL_S`, the replica that wins a PostgreSQL advisory lock asks Skytells about each
+generation still unfinished `RECONCILE_AFTER_S` after its creation, and publishes a `source: "reconciler"`
+event for those that finished. The event goes through the same queue and processing as a callback, and its
+id is derived from the prediction's content like the gateway's, so a callback that did arrive and the
+reconciler's event dedupe. A prediction Skytells does not know (a 502 with an `error_id`) for longer than
+`RECONCILE_UNKNOWN_AFTER_S` ends `failed`. A 429 pauses the pass for its `Retry-After`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import asyncpg
+
+from common import log as logs
+from common.broker import Broker
+from common.db import generations
+from common.db.generations import Generation
+from common.events import PredictionEvent
+from common.settings import Settings
+from common.skytells import TERMINAL, SkytellsClient, SkytellsError
+from services.persister.metrics import RECONCILED
+
+logger = logging.getLogger(__name__)
+
+BATCH = 200
+# An event the reconciler published is not published again for this long: it is still being processed
+# (perhaps retrying a download) and a second copy would only duplicate the work.
+REPUBLISH_AFTER_S = 300.0
+MAX_RETRY_AFTER_S = 300.0
+DEFAULT_RETRY_AFTER_S = 5.0
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, broker: Broker, skytells: SkytellsClient) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.broker = broker
+        self.skytells = skytells
+        self._published: dict[str, float] = {}
+
+    async def run(self) -> None:
+        """Forever, one pass per interval; a failed pass is logged and the next one tries again."""
+        while True:
+            await asyncio.sleep(max(self.settings.reconcile_interval_s, 0.1))  # 0 must not spin
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("reconciliation pass failed", exc_info=True)
+
+    async def run_once(self) -> int:
+        """One pass if this replica gets the lock; returns how many events it published."""
+        published = 0
+        async with self.pool.acquire() as conn:
+            if not await generations.try_reconciler_lock(conn):
+                return 0
+            try:
+                stale = await generations.list_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
+                now = time.monotonic()
+                self._published = {k: t for k, t in self._published.items() if now - t < REPUBLISH_AFTER_S}
+                for generation in stale:
+                    if generation.prediction_id in self._published:
+                        continue
+                    with logs.bind(generation_id=str(generation.id), prediction_id=generation.prediction_id):
+                        published += await self._reconcile(conn, generation)
+            finally:
+                await generations.release_reconciler_lock(conn)
+        return published
+
+    async def _reconcile(self, conn: asyncpg.Connection, generation: Generation) -> int:
+        if generation.prediction_id is None:  # the query selects only rows that have one
+            return 0
+        while True:
+            try:
+                prediction = await self.skytells.get_prediction(generation.prediction_id)
+                break
+            except SkytellsError as exc:
+                if exc.status == 429:
+                    pause = min(exc.retry_after or DEFAULT_RETRY_AFTER_S, MAX_RETRY_AFTER_S)
+                    RECONCILED.labels("rate_limited").inc()
+                    logger.info("Skytells rate-limited the reconciler; waiting %gs", pause)
+                    await asyncio.sleep(pause)
+                    continue
+                if exc.status == 502 and exc.error_id:
+                    await self._unknown(conn, generation, exc)
+                    return 0
+                RECONCILED.labels("error").inc()
+                logger.warning("could not look the prediction up at Skytells: %s", exc)
+                return 0
+        if prediction.studio_status not in TERMINAL:
+            RECONCILED.labels("unfinished").inc()
+            return 0
+        event = PredictionEvent.from_prediction(prediction, "reconciler")
+        await self.broker.publish_event(event)
+        self._published[prediction.id] = time.monotonic()
+        RECONCILED.labels("published").inc()
+        logger.info("published the %s event whose callback never came", event.status)
+        return 1
+
+    async def _unknown(self, conn: asyncpg.Connection, generation: Generation, exc: SkytellsError) -> None:
+        limit = self.settings.reconcile_unknown_after_s
+        error = f"Skytells does not know prediction {generation.prediction_id} ({exc.error_id})"
+        ended = await generations.mark_failed_if_created_before(conn, generation.id, error, limit)
+        if ended is not None:
+            RECONCILED.labels("unknown_failed").inc()
+            logger.warning("generation failed: %s for over %gs", error, limit)
+        else:
+            RECONCILED.labels("unknown").inc()

@@ -1,0 +1,197 @@
+"""The persister of the test session, fed events straight through RabbitMQ: what it stores, where, and how it
+ends each generation, for the CDN's good and bad answers and for duplicated, reordered and early events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from common.broker import Broker
+from common.storage import open_s3
+from tests.persister_kit import (
+    cdn_bytes,
+    event_of,
+    insert_generation,
+    metric,
+    metrics_of,
+    processing_event,
+    publish,
+    row,
+    sim_prediction,
+    sim_record,
+    stored_objects,
+    wait_row,
+    wait_until,
+)
+
+
+@pytest.fixture(scope="module")
+async def broker(services) -> AsyncIterator[Broker]:
+    broker = await Broker.connect(services.settings.amqp_url)
+    yield broker
+    await broker.close()
+
+
+@pytest.fixture(scope="module")
+def sim(urls) -> str:
+    return urls.simulator
+
+
+@pytest.fixture(scope="module")
+def persister_port(services) -> str:
+    return services.env["PERSISTER_PORT"]
+
+
+async def _persist(http, sim, db, broker, prompt: str, **kwargs):
+    prediction = await sim_prediction(http, sim, prompt)
+    gid = await insert_generation(db, prediction["id"])
+    await publish(broker, event_of(prediction))
+    record = await wait_row(db, gid, **kwargs)
+    return prediction, gid, record
+
+
+async def test_cdn_503_is_retried_then_the_exact_bytes_are_stored(http, sim, db, broker, settings, persister_port):
+    before = await metrics_of(http, persister_port)
+
+    prediction, gid, record = await _persist(http, sim, db, broker, "busy cdn #sim:cdnbusy=2")
+
+    assert record["status"] == "succeeded", dict(record)
+    assert (await sim_record(http, sim, prediction["id"]))["cdnRequests"] == 3
+    key = f"generations/{gid}.png"
+    assert record["output_url"] == f"{settings.s3_public_base_url}/{key}"
+    assert list(record["output_urls"]) == [record["output_url"]]
+    assert record["completed_at"] is not None and record["error"] is None
+    objects = await stored_objects(settings, gid)
+    assert objects == {key: (await cdn_bytes(http, sim, prediction["id"]), "image/png")}
+    public = await http.get(record["output_url"])  # anonymous read, SPEC section 7
+    assert public.status_code == 200 and public.content == objects[key][0]
+    after = await metrics_of(http, persister_port)
+    assert metric(after, "studio_persister_retries_total") >= metric(before, "studio_persister_retries_total") + 2
+    assert metric(after, "studio_persister_events_total", 'outcome="succeeded"') >= 1
+    assert metric(after, "studio_persister_stored_bytes_total") >= len(objects[key][0])
+    assert metric(after, "studio_persister_persist_seconds_count") >= 1
+    assert "studio_persister_dead_letters_total" in after
+
+
+@pytest.mark.parametrize(
+    ("prompt", "reason"),
+    [
+        pytest.param("gone already #sim:cdngone", "expired or missing at the CDN (HTTP 404)", id="cdn-404"),
+        pytest.param(
+            "elsewhere #sim:redirect=evil.example.com",
+            "output host not allowed: evil.example.com",
+            id="redirect-to-a-disallowed-host",
+        ),
+        # 60 MiB against the default 50 MiB cap, without a Content-Length: only counting while streaming catches it.
+        pytest.param("huge #sim:size=62914560 #sim:chunked", "output larger than 52428800 bytes", id="60-mib-output"),
+        pytest.param("html #sim:notimage", "not a PNG, JPEG, WebP or GIF image", id="not-an-image"),
+    ],
+)
+async def test_permanent_failures_end_failed_with_the_reason_and_store_nothing(
+    http, sim, db, broker, settings, prompt, reason
+):
+    _, gid, record = await _persist(http, sim, db, broker, prompt, timeout=120)
+
+    assert record["status"] == "failed"
+    assert reason in record["error"]
+    assert record["output_url"] is None and list(record["output_urls"]) == []
+    assert record["completed_at"] is not None
+    assert await stored_objects(settings, gid) == {}
+
+
+async def test_several_outputs_are_stored_under_numbered_keys(http, sim, db, broker, settings):
+    prediction, gid, record = await _persist(http, sim, db, broker, "triptych #sim:outputs=3")
+
+    assert record["status"] == "succeeded"
+    keys = [f"generations/{gid}.png", f"generations/{gid}-1.png", f"generations/{gid}-2.png"]
+    assert list(record["output_urls"]) == [f"{settings.s3_public_base_url}/{k}" for k in keys]
+    assert record["output_url"] == record["output_urls"][0]
+    objects = await stored_objects(settings, gid)
+    assert sorted(objects) == sorted(keys)
+    for n, key in enumerate(keys):
+        assert objects[key] == (await cdn_bytes(http, sim, prediction["id"], n), "image/png")
+
+
+async def test_duplicates_and_a_late_started_change_nothing(http, sim, db, broker, settings, persister_port):
+    prediction = await sim_prediction(http, sim, "echo")
+    gid = await insert_generation(db, prediction["id"])
+    await publish(broker, event_of(prediction), times=3)
+    first = await wait_row(db, gid)
+    assert first["status"] == "succeeded"
+    duplicates = metric(await metrics_of(http, persister_port), "studio_persister_events_total", 'outcome="duplicate"')
+
+    # `started` after `succeeded`, a `failed` for the same prediction, and the completion once more.
+    await publish(broker, processing_event(prediction["id"]))
+    failed = dict(prediction, status="failed", error="late failure", output=None)
+    await publish(broker, event_of(failed))
+    await publish(broker, event_of(prediction))
+
+    async def settled() -> bool:
+        text = await metrics_of(http, persister_port)
+        return metric(text, "studio_persister_events_total", 'outcome="duplicate"') >= duplicates + 3
+
+    await wait_until("three more duplicates", settled)
+    last = await row(db, gid)
+    for column in ("status", "output_url", "output_urls", "error", "completed_at"):
+        assert last[column] == first[column], column
+    assert list(await stored_objects(settings, gid)) == [f"generations/{gid}.png"]
+
+
+async def test_started_moves_queued_to_processing(db, broker):
+    pid = f"pred_{uuid.uuid4().hex}"
+    gid = await insert_generation(db, pid)
+    await publish(broker, processing_event(pid))
+
+    record = await wait_row(db, gid, statuses=("processing",))
+
+    assert record["completed_at"] is None and record["output_url"] is None
+
+
+async def test_failed_prediction_keeps_skytells_message(http, sim, db, broker):
+    _, _, record = await _persist(http, sim, db, broker, "doomed #sim:fail")
+
+    assert record["status"] == "failed"
+    assert record["error"] == "Simulated failure: the model could not generate this image"
+
+
+async def test_callback_before_the_api_wrote_the_prediction_id_is_retried(
+    http, sim, db, broker, settings, persister_port
+):
+    prediction = await sim_prediction(http, sim, "early bird")
+    gid = await insert_generation(db, None)  # the API has not stored Skytells' id yet
+    retries = metric(await metrics_of(http, persister_port), "studio_persister_retries_total")
+    await publish(broker, event_of(prediction))
+
+    async def retried() -> bool:
+        text = await metrics_of(http, persister_port)
+        return metric(text, "studio_persister_retries_total") >= retries + 2
+
+    await wait_until("two retries of the unknown prediction", retried)
+    await asyncio.sleep(1)
+    assert (await row(db, gid))["status"] == "queued"
+    await db.execute("UPDATE generations SET prediction_id = $2 WHERE id = $1", gid, prediction["id"])
+
+    record = await wait_row(db, gid)
+    assert record["status"] == "succeeded"
+    objects = await stored_objects(settings, gid)
+    assert objects[f"generations/{gid}.png"][0] == await cdn_bytes(http, sim, prediction["id"])
+
+
+async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_expired(http, sim, db, broker, settings):
+    # An earlier attempt stored the output, then the database failed; by the retry the CDN has deleted it.
+    prediction = await sim_prediction(http, sim, "stored before the outage #sim:cdngone")
+    gid = await insert_generation(db, prediction["id"])
+    earlier = b"\x89PNG\r\n\x1a\n" + b"stored by attempt one"
+    async with open_s3(settings) as s3:
+        await s3.put_object(Bucket=settings.s3_bucket, Key=f"generations/{gid}.png", Body=earlier)
+    await broker.publish_event(event_of(prediction), headers={"x-attempt": 2})
+
+    record = await wait_row(db, gid)
+
+    assert record["status"] == "succeeded", dict(record)
+    assert record["output_url"] == f"{settings.s3_public_base_url}/generations/{gid}.png"
+    assert (await stored_objects(settings, gid))[f"generations/{gid}.png"][0] == earlier
+    assert (await sim_record(http, sim, prediction["id"]))["cdnRequests"] == 0
