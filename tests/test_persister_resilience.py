@@ -266,7 +266,7 @@ async def _streaming(http, sim, dbroker, ddb, prompt: str):
 
 
 async def test_sigkill_while_streaming_loses_nothing(http, sim, dedicated, dbroker, ddb):
-    prediction, gid = await _streaming(http, sim, dbroker, ddb, "interrupted #sim:size=8000000 #sim:slow=3")
+    prediction, gid = await _streaming(http, sim, dbroker, ddb, "interrupted #sim:size=8000000 #sim:cdnslow=3")
     dedicated.processes["persister-a"].kill()
     assert (await row(ddb, gid))["status"] == "queued"
     assert await stored_objects(dedicated.settings, gid) == {}
@@ -280,7 +280,7 @@ async def test_sigkill_while_streaming_loses_nothing(http, sim, dedicated, dbrok
 
 
 async def test_sigterm_finishes_the_message_in_hand_then_exits(http, sim, dedicated, dbroker, ddb):
-    prediction, gid = await _streaming(http, sim, dbroker, ddb, "last one out #sim:size=4000000 #sim:slow=2")
+    prediction, gid = await _streaming(http, sim, dbroker, ddb, "last one out #sim:size=4000000 #sim:cdnslow=2")
     process = dedicated.processes["persister-a"]
     process.signal(signal.SIGTERM)
     assert process.popen is not None

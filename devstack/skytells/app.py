@@ -6,7 +6,8 @@ tests drive it through Studio's public API. `GET /_sim/predictions` lists what i
 Besides SPEC section 8's directives, for the persister's failure paths: `#sim:outputs=N` (N outputs),
 `#sim:cdnbusy=N` (the CDN answers 503 to the first N requests), `#sim:cdngone` (the output is already gone),
 `#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
-Content-Length), `#sim:slow=S` (the body takes about S seconds), `#sim:ratelimit=N` (`GET /v1/predictions/{id}`
+Content-Length), `#sim:cdnslow=S` (the CDN body takes about S seconds;
+`#sim:slow=S` delays the create call instead), `#sim:ratelimit=N` (`GET /v1/predictions/{id}`
 answers 429 with `Retry-After: 1` N times).
 """
 
@@ -299,10 +300,10 @@ async def cdn(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     view = memoryview(data)
     step = 256 * 1024
-    pause = float(prediction.directives.get("slow") or 0) / max(1, -(-len(data) // step))
+    pause = float(prediction.directives.get("cdnslow") or 0) / max(1, -(-len(data) // step))
     for start in range(0, len(data), step):
         await response.write(view[start : start + step])
-        if pause:  # `#sim:slow=S`: the body takes about S seconds
+        if pause:  # `#sim:cdnslow=S`: the body takes about S seconds
             await asyncio.sleep(pause)
     await response.write_eof()
     return response
