@@ -40,11 +40,14 @@ bench: install
 migrate: install
 	$(PY) -m common.migrate
 
+# Without a Skytells key, compose runs the simulator too (the `sim` profile), as `make run` does.
+COMPOSE_PROFILE = $(if $(SKYTELLS_API_KEY),,--profile sim)
+
 up:
-	docker compose up -d --build
+	docker compose $(COMPOSE_PROFILE) up -d --build
 
 down:
-	docker compose down
+	docker compose --profile sim down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
