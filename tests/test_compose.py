@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -175,3 +177,16 @@ def test_dockerfile_is_slim_python_311_running_as_non_root():
 def test_dockerignore_keeps_secrets_and_the_venv_out_of_the_image():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".env", ".venv", ".git"} <= ignored
+
+
+def test_entry_modules_need_only_the_runtime_dependencies_the_image_installs():
+    # The image installs pyproject's `dependencies`, not the dev extras: an entry point importing one would crash.
+    probe = (
+        "import importlib, sys\n"
+        "for m in ('services.api.app', 'services.webhook.app', 'services.persister.app', 'common.migrate',"
+        " 'devstack.skytells.app'):\n"
+        "    importlib.import_module(m)\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & {'moto', 'pytest', 'yaml', 'hypothesis', 'mypy'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
