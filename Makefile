@@ -12,7 +12,7 @@ help:
 	@echo "make test    install, then run the test suite against real servers"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
-	@echo "make up/down docker compose up -d / down"
+	@echo "make up/down docker compose up (with the simulator unless SKYTELLS_API_KEY is set) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 
 install: $(STAMP)
