@@ -12,7 +12,7 @@ help:
 	@echo "make test    install, then run the test suite against real servers"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
-	@echo "make up/down docker compose up -d / down"
+	@echo "make up/down docker compose up (with the simulator unless SKYTELLS_API_KEY is set) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 
 install: $(STAMP)
@@ -40,11 +40,14 @@ bench: install
 migrate: install
 	$(PY) -m common.migrate
 
+# Without a Skytells key, compose runs the simulator too (the `sim` profile), as `make run` does.
+COMPOSE_PROFILE = $(if $(SKYTELLS_API_KEY),,--profile sim)
+
 up:
-	docker compose up -d --build
+	docker compose $(COMPOSE_PROFILE) up -d --build
 
 down:
-	docker compose down
+	docker compose --profile sim down
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -13,9 +13,11 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from types import TracebackType
 from typing import Any
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("studio_log_context", default={})  # noqa: B039
+_EMPTY: dict[str, Any] = {}  # never mutated: `annotate` leaves it alone
+_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("studio_log_context", default=_EMPTY)  # noqa: B039
 
 # LogRecord attributes that are not user data.
 _RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
@@ -53,10 +55,20 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Warnings and a crash's traceback would otherwise reach stderr as plain text, breaking one-JSON-per-line.
+    logging.captureWarnings(True)
+    sys.excepthook = _log_uncaught
     # Access logs would double every request line; our middleware logs what matters.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     for noisy in ("aiormq", "aio_pika", "botocore", "aiobotocore", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, value, tb)
+        return
+    logging.getLogger("studio").critical("uncaught exception, exiting", exc_info=(kind, value, tb))
 
 
 @contextmanager
@@ -68,3 +80,13 @@ def bind(**ids: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+def annotate(**ids: Any) -> None:
+    """Add ids to the innermost `bind` block, for the rest of it, including lines its caller logs after an
+    inner function returns (the persister learns the generation id only after finding the row). Outside any
+    block it does nothing, so it never leaks ids into unrelated lines."""
+    current = _context.get()
+    if current is _EMPTY:
+        return
+    current.update({k: v for k, v in ids.items() if v is not None})

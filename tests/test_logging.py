@@ -1,0 +1,129 @@
+"""Service logs: one JSON object per line, and one generation followed across api -> webhook -> persister by
+the ids on its lines (SPEC section 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import uuid
+
+from tests.helpers import wait_for_status
+
+SERVICES = ("api", "webhook", "persister")
+REQUIRED = ("ts", "level", "service", "logger", "message")
+
+
+def _lines(stack, label: str) -> list[dict]:
+    path = stack.work_dir / "logs" / f"{label}.log"
+    lines = []
+    for number, raw in enumerate(path.read_text().splitlines(), 1):
+        try:
+            line = json.loads(raw)
+        except ValueError:
+            raise AssertionError(f"{label}.log line {number} is not JSON: {raw!r}") from None
+        assert isinstance(line, dict), raw
+        missing = [field for field in REQUIRED if not line.get(field)]
+        assert not missing, f"{label}.log line {number} lacks {missing}: {raw}"
+        assert line["service"] == label
+        assert line["level"] in ("debug", "info", "warning", "error", "critical")
+        lines.append(line)
+    return lines
+
+
+async def _wait_for_lines(stack, label: str, wanted) -> list[dict]:
+    """The row is updated just before the line is written: give the log a moment to catch up. Matching is on
+    fields, not message texts, which the services are free to reword."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = _lines(stack, label)
+        if any(wanted(line) for line in lines) or time.monotonic() > deadline:
+            return lines
+        await asyncio.sleep(0.1)
+
+
+async def test_one_generation_is_followed_across_the_services_by_its_ids(services, urls, http, auth, db):
+    request_id = f"logtest-{uuid.uuid4().hex}"
+    response = await http.post(
+        f"{urls.api}/api/generate",
+        json={"prompt": "a lantern in the fog #sim:dup=2"},
+        headers={**auth, "X-Request-Id": request_id},
+    )
+    assert response.status_code == 201, response.text
+    assert response.headers["X-Request-Id"] == request_id
+    generation_id = response.json()["id"]
+    assert (await wait_for_status(http, urls.api, generation_id, auth))["status"] == "succeeded"
+    prediction_id = await db.fetchval("SELECT prediction_id FROM generations WHERE id = $1::uuid", generation_id)
+
+    # API: the client's request id, our generation id and Skytells' prediction id on one line.
+    api = [line for line in _lines(services, "api") if line.get("generation_id") == generation_id]
+    assert any(line.get("prediction_id") == prediction_id and line.get("request_id") == request_id for line in api), api
+
+    # Gateway: its lines about the callbacks name the prediction, under the gateway's own request ids.
+    webhook = [
+        line
+        for line in await _wait_for_lines(services, "webhook", lambda line: line.get("prediction_id") == prediction_id)
+        if line.get("prediction_id") == prediction_id
+    ]
+    assert webhook, "the gateway logged nothing about the prediction"
+    gateway_request_ids = {line.get("request_id") for line in webhook}
+    assert None not in gateway_request_ids and request_id not in gateway_request_ids, webhook
+
+    # Persister: the gateway's request id travelled inside the event; the generation id is added once found.
+    def about_generation(line: dict) -> bool:
+        return line.get("prediction_id") == prediction_id and line.get("generation_id") == generation_id
+
+    persister = [
+        line
+        for line in await _wait_for_lines(services, "persister", about_generation)
+        if line.get("prediction_id") == prediction_id
+    ]
+    assert any(about_generation(line) for line in persister), persister
+    assert {line.get("request_id") for line in persister} <= gateway_request_ids, persister
+
+    # Any line that mentions either id in its text carries it as a field too, so a filter on fields misses none.
+    for label in SERVICES:
+        for line in _lines(services, label):
+            text = json.dumps(line)
+            if generation_id in line["message"]:
+                assert line.get("generation_id") == generation_id, line
+            if prediction_id in line["message"]:
+                assert line.get("prediction_id") == prediction_id, line
+            if generation_id in text or prediction_id in text:
+                assert generation_id == line.get("generation_id") or prediction_id == line.get("prediction_id"), text
+
+
+SCRIPT = """
+import logging, warnings
+from common import log
+log.configure("probe")
+logger = logging.getLogger("probe.module")
+log.annotate(generation_id="leak")  # outside any block: must not stick to later lines
+with log.bind(prediction_id="p-1", request_id="r-1"):
+    with log.bind(event_id="e-1"):
+        logger.info("inner %s", "line", extra={"attempt": 2})
+    log.annotate(generation_id="g-1")
+    logger.info("after annotate")
+logger.info("outside")
+warnings.warn("a deprecated thing", DeprecationWarning)
+raise RuntimeError("boom")
+"""
+
+
+def test_every_line_a_process_writes_is_json_even_warnings_and_crashes():
+    done = subprocess.run(
+        [sys.executable, "-W", "always", "-c", SCRIPT], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert done.returncode == 1
+    assert done.stderr == ""  # nothing escapes as plain text
+    lines = [json.loads(raw) for raw in done.stdout.splitlines()]
+    assert [line["message"] for line in lines[:3]] == ["inner line", "after annotate", "outside"]
+    assert all(line["service"] == "probe" and line["ts"] for line in lines)
+    inner, annotated, outside, warned, crash = lines
+    assert inner["prediction_id"] == "p-1" and inner["event_id"] == "e-1" and inner["attempt"] == 2
+    assert annotated["generation_id"] == "g-1" and annotated["request_id"] == "r-1" and "event_id" not in annotated
+    assert not {"generation_id", "prediction_id", "request_id"} & set(outside)
+    assert warned["level"] == "warning" and "a deprecated thing" in warned["message"]
+    assert crash["level"] == "critical" and "RuntimeError: boom" in crash["exc_info"]
