@@ -62,6 +62,13 @@ def _seconds(raw: str) -> float:
     return value
 
 
+def _positive_seconds(raw: str) -> float:
+    value = _seconds(raw)
+    if value == 0:  # a zero timeout or interval would fail every call or spin
+        raise ValueError("must be more than zero seconds")
+    return value
+
+
 def _csv(raw: str) -> tuple[str, ...]:
     items = tuple(part.strip() for part in raw.split(",") if part.strip())
     if not items:
@@ -104,7 +111,7 @@ _VARS: dict[str, _Var] = {
     "aws_region": _Var("AWS_REGION", _str, "us-east-1"),
     "skytells_base_url": _Var("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1"),
     "skytells_api_key": _Var("SKYTELLS_API_KEY", _str, None),
-    "skytells_timeout_s": _Var("SKYTELLS_TIMEOUT_S", _seconds, "15"),
+    "skytells_timeout_s": _Var("SKYTELLS_TIMEOUT_S", _positive_seconds, "15"),
     "skytells_webhook_secrets": _Var("SKYTELLS_WEBHOOK_SECRET", _csv, None),
     "public_webhook_url": _Var("PUBLIC_WEBHOOK_URL", _url("http", "https"), "http://127.0.0.1:8081/api/webhooks"),
     "auth_jwt_secret": _Var("AUTH_JWT_SECRET", _str, None),
@@ -113,20 +120,20 @@ _VARS: dict[str, _Var] = {
     "output_allowed_hosts": _Var("OUTPUT_ALLOWED_HOSTS", _csv, "*.skytells.ai,*.skytells.cloud"),
     "output_max_bytes": _Var("OUTPUT_MAX_BYTES", _positive_int, "52428800"),
     "reconcile_after_s": _Var("RECONCILE_AFTER_S", _seconds, "120"),
-    "reconcile_interval_s": _Var("RECONCILE_INTERVAL_S", _seconds, "15"),
+    "reconcile_interval_s": _Var("RECONCILE_INTERVAL_S", _positive_seconds, "15"),
     "api_port": _Var("API_PORT", _port, "8080"),
     "webhook_port": _Var("WEBHOOK_PORT", _port, "8081"),
     "persister_port": _Var("PERSISTER_PORT", _port, "8082"),
     "persister_prefetch": _Var("PERSISTER_PREFETCH", _positive_int, "8"),
     "persister_max_attempts": _Var("PERSISTER_MAX_ATTEMPTS", _positive_int, "10"),
-    "retry_base_s": _Var("RETRY_BASE_S", _seconds, "1"),
-    "retry_max_s": _Var("RETRY_MAX_S", _seconds, "300"),
+    "retry_base_s": _Var("RETRY_BASE_S", _positive_seconds, "1"),
+    "retry_max_s": _Var("RETRY_MAX_S", _positive_seconds, "300"),
     "log_level": _Var("LOG_LEVEL", str.upper, "INFO"),
     # Persister: failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs
     # about 5 minutes after completion); storage and database retries follow RETRY_BASE_S/RETRY_MAX_S alone.
     "download_retry_window_s": _Var("DOWNLOAD_RETRY_WINDOW_S", _seconds, "180"),
-    "download_connect_timeout_s": _Var("DOWNLOAD_CONNECT_TIMEOUT_S", _seconds, "5"),
-    "download_read_timeout_s": _Var("DOWNLOAD_READ_TIMEOUT_S", _seconds, "20"),
+    "download_connect_timeout_s": _Var("DOWNLOAD_CONNECT_TIMEOUT_S", _positive_seconds, "5"),
+    "download_read_timeout_s": _Var("DOWNLOAD_READ_TIMEOUT_S", _positive_seconds, "20"),
     # A prediction Skytells still does not know this long after its generation was created ends `failed`.
     "reconcile_unknown_after_s": _Var("RECONCILE_UNKNOWN_AFTER_S", _seconds, "3600"),
 }

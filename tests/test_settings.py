@@ -41,3 +41,11 @@ def test_every_bad_variable_is_named_in_one_error():
 def test_several_webhook_secrets_for_rotation():
     settings = Settings.from_env({"SKYTELLS_WEBHOOK_SECRET": "new, old"})
     assert settings.skytells_webhook_secrets == ("new", "old")
+
+
+@pytest.mark.parametrize("name", ["SKYTELLS_TIMEOUT_S", "DOWNLOAD_READ_TIMEOUT_S", "RECONCILE_INTERVAL_S"])
+def test_timeouts_and_intervals_must_be_more_than_zero(name: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: "0"})
+    assert caught.value.problems == {name: "must be more than zero seconds"}
+    assert Settings.from_env({"RECONCILE_AFTER_S": "0"}).reconcile_after_s == 0  # an age may be zero

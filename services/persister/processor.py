@@ -49,18 +49,19 @@ class Processor:
             generation = await generations.get_by_prediction_id(conn, event.prediction_id)
         if generation is None:
             raise GenerationNotYetKnown(f"no generation has prediction id {event.prediction_id} yet")
-        with logs.bind(generation_id=str(generation.id)):
-            if generation.terminal:
-                return "duplicate"
-            if event.status == "succeeded":
-                return await self._succeeded(generation, event, retry)
-            if event.status in ("failed", "canceled"):
-                return await self._end(generation, event.status, event.error)
-            if event.status == "processing":
-                async with self.pool.acquire() as conn:
-                    moved = await generations.mark_processing(conn, generation.id)
-                return "processing" if moved else "stale"
-            return "ignored"
+        # Into the consumer's block, so its outcome and retry lines carry the generation too.
+        logs.annotate(generation_id=str(generation.id))
+        if generation.terminal:
+            return "duplicate"
+        if event.status == "succeeded":
+            return await self._succeeded(generation, event, retry)
+        if event.status in ("failed", "canceled"):
+            return await self._end(generation, event.status, event.error)
+        if event.status == "processing":
+            async with self.pool.acquire() as conn:
+                moved = await generations.mark_processing(conn, generation.id)
+            return "processing" if moved else "stale"
+        return "ignored"
 
     async def _end(self, generation: Generation, status: str, error: str | None) -> str:
         async with self.pool.acquire() as conn:
