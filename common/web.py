@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from common import log as logs
+from common.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
 
@@ -108,3 +111,13 @@ def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
 def run(app: web.Application, port: int, **kwargs: Any) -> None:
     """`web.run_app` owns the lifecycle: SIGTERM stops accepting and lets in-flight requests finish."""
     web.run_app(app, host="0.0.0.0", port=port, print=None, shutdown_timeout=30, **kwargs)  # noqa: S104
+
+
+def boot(service: str, required: Sequence[str]) -> Settings:
+    """A service's settings from the environment, and JSON logging; exits naming every bad variable."""
+    try:
+        settings = Settings.from_env(os.environ, required=required)
+    except SettingsError as exc:
+        sys.exit(str(exc))
+    logs.configure(service, settings.log_level)
+    return settings

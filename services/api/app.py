@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from common import log as logs
 from common.db.pool import create_pool
 from common.migrate import apply_migrations
-from common.settings import API_REQUIRED, Settings, SettingsError
+from common.settings import API_REQUIRED, Settings
 from common.skytells import SkytellsClient
-from common.web import add_probes, error_middleware, run
+from common.web import add_probes, boot, error_middleware, run
 from services.api import views
 from services.api.bodies import MAX_BODY
 from services.api.keys import POOL, SETTINGS, SKYTELLS
@@ -57,9 +54,5 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env(os.environ, required=API_REQUIRED)
-    except SettingsError as exc:
-        sys.exit(str(exc))
-    logs.configure("api", settings.log_level)
+    settings = boot("api", API_REQUIRED)
     run(create_app(settings), settings.api_port)

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sys
 from collections.abc import AsyncIterator
 
 import httpx
 from aiohttp import web
 
-from common import log as logs
 from common.broker import Broker
 from common.db.pool import create_pool
 from common.errors import BrokerUnavailable
-from common.settings import PERSISTER_REQUIRED, Settings, SettingsError
+from common.settings import PERSISTER_REQUIRED, Settings
 from common.skytells import SkytellsClient
 from common.storage import check_bucket, open_s3
-from common.web import add_probes, error_middleware, run
+from common.web import add_probes, boot, error_middleware, run
 from services.persister.consumer import Consumer, all_delays
 from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS
 from services.persister.processor import Processor
@@ -118,11 +116,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env(os.environ, required=PERSISTER_REQUIRED)
-    except SettingsError as exc:
-        sys.exit(str(exc))
-    logs.configure("persister", settings.log_level)
+    settings = boot("persister", PERSISTER_REQUIRED)
     if sys.argv[1:] == ["redrive"]:
         moved = asyncio.run(redrive(settings))
         sys.stdout.write(f"moved {moved} dead messages back to the persister queue\n")

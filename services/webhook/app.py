@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from common import log as logs
 from common.broker import retry_delays
 from common.errors import BrokerUnavailable
-from common.settings import WEBHOOK_REQUIRED, Settings, SettingsError
-from common.web import add_probes, error_middleware, run
+from common.settings import WEBHOOK_REQUIRED, Settings
+from common.web import add_probes, boot, error_middleware, run
 from services.webhook import views
 from services.webhook.keys import BROKER, SETTINGS
 from services.webhook.publisher import BrokerLink
@@ -44,9 +41,5 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def main() -> None:
-    try:
-        settings = Settings.from_env(os.environ, required=WEBHOOK_REQUIRED)
-    except SettingsError as exc:
-        sys.exit(str(exc))
-    logs.configure("webhook", settings.log_level)
+    settings = boot("webhook", WEBHOOK_REQUIRED)
     run(create_app(settings), settings.webhook_port)
