@@ -53,6 +53,10 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+# Headers of aiohttp's own errors that tell the client what to do next (405's Allow is required by RFC 9110).
+_KEPT_HEADERS = ("Allow", "Retry-After")
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes JSON; anything unexpected is logged once and answered with a generic 500."""
@@ -70,7 +74,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             if exc.status < 400:
                 raise
             message = exc.reason if exc.status != 413 else "Request body too large"
-            response = json_error(exc.status, message)
+            kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
+            response = json_error(exc.status, message, kept)
         except Exception:
             logger.exception("unhandled error", extra={"route": route, "method": request.method})
             response = json_error(500, "Internal server error")

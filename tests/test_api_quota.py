@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from common.db.generations import UNSUBMITTED_ERROR, unsubmitted_expiry_s
 from devstack.processes import free_port
 from devstack.stack import Stack
-from services.api.views import UNSUBMITTED_ERROR, UNSUBMITTED_EXPIRY_S
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ async def test_a_generation_whose_create_call_was_lost_stops_holding_quota(http,
             gid,
             user_id,
             f"key-{gid}",
-            UNSUBMITTED_EXPIRY_S + 1,
+            unsubmitted_expiry_s(settings.skytells_timeout_s) + 1,
         )
 
     accepted = await http.post(

@@ -100,3 +100,13 @@ async def test_body_just_under_the_limit_is_read(http, urls, auth):
     )
 
     assert response.status_code == 201, response.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"), [("GET", "/api/generate", "POST"), ("DELETE", "/api/generations", "GET")]
+)
+async def test_wrong_method_is_405_saying_which_are_allowed(http, urls, auth, method, path, allowed):
+    response = await http.request(method, urls.api + path, headers=auth)
+    assert response.status_code == 405
+    assert response.json() == {"error": "Method Not Allowed"}
+    assert allowed in {m.strip() for m in response.headers["Allow"].split(",")}

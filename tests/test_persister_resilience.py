@@ -19,6 +19,7 @@ import asyncpg
 import pytest
 
 from common.broker import Broker
+from common.db.generations import UNSUBMITTED_ERROR, unsubmitted_expiry_s
 from common.storage import ensure_bucket, open_s3
 from devstack.processes import ManagedProcess, free_port, http_ok
 from devstack.stack import Stack
@@ -299,6 +300,11 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
     lost_gid = await insert_generation(ddb, lost["id"], age_s=5)
     ancient_gid = await insert_generation(ddb, f"pred_gone_{uuid.uuid4().hex}", age_s=7200)
     recent_gid = await insert_generation(ddb, f"pred_gone_{uuid.uuid4().hex}", age_s=600)
+    # Rows an API crash left without a prediction id: only one older than any create call can take ends.
+    unsubmitted_gid = await insert_generation(
+        ddb, None, age_s=unsubmitted_expiry_s(dedicated.settings.skytells_timeout_s) + 1
+    )
+    in_flight_gid = await insert_generation(ddb, None, age_s=5)
     # Another replica holds the reconciler's lock: this one must not reconcile meanwhile.
     holder = await asyncpg.connect(dedicated.settings.database_url)
     try:
@@ -309,6 +315,7 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
         await asyncio.sleep(2)  # several intervals
         assert (await sim_record(http, sim, lost["id"]))["getRequests"] == 0
         assert (await row(ddb, lost_gid))["status"] == "queued"
+        assert (await row(ddb, unsubmitted_gid))["status"] == "queued"
     finally:
         await holder.close()  # releases the lock
     try:
@@ -327,6 +334,10 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
             lambda: _more_unknown(http, reconciler.env["PERSISTER_PORT"], passes),
         )
         assert (await row(ddb, recent_gid))["status"] == "queued"  # unknown for less than an hour: not yet
+        unsubmitted = await row(ddb, unsubmitted_gid)
+        assert (unsubmitted["status"], unsubmitted["error"]) == ("failed", UNSUBMITTED_ERROR)
+        assert (await row(ddb, in_flight_gid))["status"] == "queued"  # its create call may still be under way
+        assert metric(text, "studio_persister_reconciled_total", 'result="unsubmitted_failed"') >= 1
     finally:
         reconciler.stop()
 

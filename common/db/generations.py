@@ -80,11 +80,13 @@ RETURNING *
 # retry with the same Idempotency-Key makes a fresh attempt.
 EXPIRE_UNSUBMITTED = """
 UPDATE generations
-SET status = 'failed', error = $3, idempotency_key = NULL, completed_at = now(), updated_at = now()
-WHERE user_id = $1 AND prediction_id IS NULL AND status IN ('queued', 'processing')
-  AND created_at < now() - make_interval(secs => $2)
+SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
+WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
+  AND created_at < now() - make_interval(secs => $1)
 RETURNING id
 """
+EXPIRE_UNSUBMITTED_OF_USER = EXPIRE_UNSUBMITTED.replace("RETURNING id", "  AND user_id = $3\nRETURNING id")
+UNSUBMITTED_ERROR = "The request to Skytells was interrupted; please try again"
 
 # Skytells refused the create call: the generation ends `failed` and its Idempotency-Key is released, so only
 # generations that reached Skytells are ever replayed and a retry after a 502/503 tries again.
@@ -154,9 +156,17 @@ async def lock_user(conn: asyncpg.Connection, user_id: str) -> None:
     await conn.execute(LOCK_USER, user_id)
 
 
-async def expire_unsubmitted(conn: asyncpg.Connection, user_id: str, older_than_s: float, reason: str) -> int:
-    """End this user's generations whose create call never got recorded; how many were ended."""
-    return len(await conn.fetch(EXPIRE_UNSUBMITTED, user_id, older_than_s, reason))
+def unsubmitted_expiry_s(skytells_timeout_s: float) -> float:
+    """Age past which a generation without a prediction id lost its create call: never shorter than a create
+    call that may still be under way, however long SKYTELLS_TIMEOUT_S is."""
+    return max(120.0, 2 * skytells_timeout_s + 30)
+
+
+async def expire_unsubmitted(conn: asyncpg.Connection, older_than_s: float, user_id: str | None = None) -> int:
+    """End the generations (of one user, or all) whose create call never got recorded; how many were ended."""
+    if user_id is None:
+        return len(await conn.fetch(EXPIRE_UNSUBMITTED, older_than_s, UNSUBMITTED_ERROR))
+    return len(await conn.fetch(EXPIRE_UNSUBMITTED_OF_USER, older_than_s, UNSUBMITTED_ERROR, user_id))
 
 
 async def fail_submission(conn: asyncpg.Connection, generation_id: uuid.UUID, error: str) -> Generation | None:

@@ -24,10 +24,6 @@ from services.api.paging import decode_cursor, encode_cursor, parse_limit
 
 logger = logging.getLogger(__name__)
 
-# A generation without a prediction id this old lost the request that was creating it (the create call is
-# bounded by SKYTELLS_TIMEOUT_S, far below this by default), so it no longer holds quota.
-UNSUBMITTED_EXPIRY_S = 120.0
-UNSUBMITTED_ERROR = "The request to Skytells was interrupted; please try again"
 # How long a repeat waits for a concurrent first request with the same Idempotency-Key to get its answer.
 REPLAY_WAIT_S = 30.0
 REPLAY_POLL_S = 0.05
@@ -79,12 +75,13 @@ async def _reserve(
     """
     settings = request.app[SETTINGS]
     deadline = asyncio.get_running_loop().time() + REPLAY_WAIT_S
-    # Never expire a create call that may still be under way, however long SKYTELLS_TIMEOUT_S is.
-    expiry_s = max(UNSUBMITTED_EXPIRY_S, 2 * settings.skytells_timeout_s + 30)
+    # A generation without a prediction id this old lost the request creating it: it no longer holds quota
+    # (the persister's reconciler ends such rows too, for users who never come back).
+    expiry_s = generations.unsubmitted_expiry_s(settings.skytells_timeout_s)
     while True:
         async with request.app[POOL].acquire() as conn, conn.transaction():
             await generations.lock_user(conn, user_id)
-            expired = await generations.expire_unsubmitted(conn, user_id, expiry_s, UNSUBMITTED_ERROR)
+            expired = await generations.expire_unsubmitted(conn, expiry_s, user_id)
             if expired:
                 logger.warning("ended %d generations whose create call was lost", expired, extra={"user": user_id})
             existing = await generations.get_by_idempotency_key(conn, user_id, key) if key else None

@@ -5,7 +5,8 @@ generation still unfinished `RECONCILE_AFTER_S` after its creation, and publishe
 event for those that finished. The event goes through the same queue and processing as a callback, and its
 id is derived from the prediction's content like the gateway's, so a callback that did arrive and the
 reconciler's event dedupe. A prediction Skytells does not know (a 502 with an `error_id`) for longer than
-`RECONCILE_UNKNOWN_AFTER_S` ends `failed`. A 429 pauses the pass for its `Retry-After`.
+`RECONCILE_UNKNOWN_AFTER_S` ends `failed`, and so does a generation whose create call was lost (no prediction
+id, older than any create call can take). A 429 pauses the pass for its `Retry-After`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ class Reconciler:
             if not await generations.try_reconciler_lock(conn):
                 return 0
             try:
+                # Rows whose create call was lost (an API crash before Skytells answered) have no prediction
+                # to look up; end them so they stop showing `queued` and holding quota.
+                expiry_s = generations.unsubmitted_expiry_s(self.settings.skytells_timeout_s)
+                expired = await generations.expire_unsubmitted(conn, expiry_s)
+                if expired:
+                    RECONCILED.labels("unsubmitted_failed").inc(expired)
+                    logger.warning("ended %d generations whose create call was lost", expired)
                 stale = await generations.list_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
                 now = time.monotonic()
                 self._published = {k: t for k, t in self._published.items() if now - t < REPUBLISH_AFTER_S}
