@@ -11,6 +11,7 @@ import pytest
 
 from common.broker import Broker
 from common.storage import open_s3
+from devstack.processes import free_port
 from tests.persister_kit import (
     cdn_bytes,
     event_of,
@@ -195,3 +196,14 @@ async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_e
     assert record["output_url"] == f"{settings.s3_public_base_url}/generations/{gid}.png"
     assert (await stored_objects(settings, gid))[f"generations/{gid}.png"][0] == earlier
     assert (await sim_record(http, sim, prediction["id"]))["cdnRequests"] == 0
+
+
+async def test_starts_without_the_skytells_key_with_the_reconciler_off(services):
+    # SPEC section 2 requires SKYTELLS_API_KEY of the API only; the persister still consumes without it.
+    port = free_port()
+    env = {"PERSISTER_PORT": str(port), "SKYTELLS_API_KEY": ""}
+    process = services.start_service("persister", env=env, label="persister-keyless")  # waits for /readyz
+    try:
+        assert "the reconciler is off" in process.log_path.read_text()
+    finally:
+        process.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sys
 from collections.abc import AsyncIterator
 
@@ -28,6 +29,8 @@ from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, 
 from services.persister.processor import Processor
 from services.persister.reconciler import Reconciler
 from services.persister.redrive import redrive
+
+logger = logging.getLogger(__name__)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -58,7 +61,7 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
 
 async def _skytells(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    app[SKYTELLS] = SkytellsClient(settings.skytells_base_url, settings.skytells_api_key)
+    app[SKYTELLS] = SkytellsClient(settings.skytells_base_url, settings.skytells_api_key or "")
     yield
     await app[SKYTELLS].aclose()
 
@@ -80,6 +83,10 @@ async def _consumer(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _reconciler(app: web.Application) -> AsyncIterator[None]:
+    if not app[SETTINGS].skytells_api_key:
+        logger.warning("SKYTELLS_API_KEY is not set: the reconciler is off, lost callbacks will not be recovered")
+        yield
+        return
     reconciler = Reconciler(app[SETTINGS], app[POOL], app[BROKER], app[SKYTELLS])
     task = asyncio.get_running_loop().create_task(reconciler.run())
     yield
