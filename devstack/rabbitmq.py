@@ -22,6 +22,16 @@ SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RUN_AS = "rabbitmq"
 _apt_lock = threading.Lock()
 _apt_updated = False
+# Erlang's port mapper daemon outlives the node that spawned it; when it was not running before our first node,
+# the last of our nodes to stop takes it down too, so stopping leaves nothing of ours behind.
+_epmd_ours = False
+
+
+def _epmd(command: str) -> bool:
+    try:
+        return subprocess.run(["epmd", command], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def ensure_installed() -> None:
@@ -121,7 +131,9 @@ class RabbitMQ:
         }
 
     def start(self, timeout: float = 90.0) -> RabbitMQ:
+        global _epmd_ours
         ensure_installed()
+        _epmd_ours = _epmd_ours or not _epmd("-names")
         self._prepare()
         return self.resume(timeout)
 
@@ -152,3 +164,5 @@ class RabbitMQ:
     def stop(self) -> None:
         self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if _epmd_ours:
+            _epmd("-kill")  # refused by epmd while another node is still registered with it
