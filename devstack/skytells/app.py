@@ -8,7 +8,8 @@ Besides SPEC section 8's directives, for the persister's failure paths: `#sim:ou
 `#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
 Content-Length), `#sim:cdnslow=S` (the CDN body takes about S seconds;
 `#sim:slow=S` delays the create call instead), `#sim:ratelimit=N` (`GET /v1/predictions/{id}`
-answers 429 with `Retry-After: 1` N times).
+answers 429 with `Retry-After: 1` N times). A create call with `"await": true` (the official SDK's `run()`)
+is answered once the prediction has ended, as Skytells does.
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ logger = logging.getLogger(__name__)
 
 DIRECTIVE = re.compile(r"#sim:([a-z]+)(?:=([^\s#]+))?")
 CALLBACK_ATTEMPTS = 8
+TERMINAL = ("succeeded", "failed", "cancelled")
+# Skytells' own error ids (the official SDK's `ApiErrorId`), by the HTTP status it sends them with.
+ERROR_IDS = {
+    400: "INVALID_PARAMETER",
+    401: "UNAUTHORIZED",
+    402: "INSUFFICIENT_CREDITS",
+    403: "ACCOUNT_SUSPENDED",
+    404: "MODEL_NOT_FOUND",
+    422: "INVALID_INPUT",
+    429: "RATE_LIMIT_EXCEEDED",
+}
 
 
 @dataclass(frozen=True)
@@ -81,9 +93,18 @@ class SimPrediction:
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # what was sent, for tests
     cdn_requests: int = 0  # for `#sim:cdnbusy=N`
     get_requests: int = 0  # for `#sim:ratelimit=N`
+    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set on reaching a terminal status
+
+    def settle(self, status: str) -> None:
+        self.status = status
+        self.completed_at = datetime.now(UTC)
+        self.completed_monotonic = time.monotonic()
+        self.settled.set()
 
     def view(self, base: str) -> dict[str, Any]:
         output = [f"{base}/cdn/{self.id}/{n}.png" for n in range(len(self.outputs))] or None
+        # A failed prediction also carries its message in `response`, where the SDK's `run()` reads it.
+        extra = {"response": self.error} if self.error else {}
         return {
             "id": self.id,
             "status": self.status,
@@ -100,6 +121,7 @@ class SimPrediction:
                 "get": f"{base}/v1/predictions/{self.id}",
                 "cancel": f"{base}/v1/predictions/{self.id}/cancel",
             },
+            **extra,
         }
 
 
@@ -132,19 +154,20 @@ async def create(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return envelope_error(400, "Request body must be JSON", "INVALID_JSON")
+        return envelope_error(400, "Request body must be JSON", "INVALID_PARAMETER")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        return envelope_error(422, "The model field is required", "VALIDATION_ERROR")
+        return envelope_error(422, "The model field is required", "INVALID_INPUT")
     model_input = body.get("input")
     if not isinstance(model_input, dict) or not isinstance(model_input.get("prompt"), str):
-        return envelope_error(422, "input.prompt is required", "VALIDATION_ERROR")
+        return envelope_error(422, "input.prompt is required", "INVALID_INPUT")
     directives = {m.group(1): m.group(2) or "" for m in DIRECTIVE.finditer(model_input["prompt"])}
     if "slow" in directives:  # answer the create call late, as a loaded Skytells does (races, timeouts)
         await asyncio.sleep(_float(directives["slow"], 1.0))
     if "reject" in directives:
         status = int(directives["reject"] or 500)
         headers = {"Retry-After": "2"} if status == 429 else None
-        return envelope_error(status, f"Simulated rejection with HTTP {status}", "SIMULATED_REJECTION", headers)
+        error_id = ERROR_IDS.get(status, "INTERNAL_ERROR" if status >= 500 else "INVALID_INPUT")
+        return envelope_error(status, f"Simulated rejection with HTTP {status}", error_id, headers)
     raw_webhook = body.get("webhook")
     webhook: dict[str, Any] = raw_webhook if isinstance(raw_webhook, dict) else {}
     raw_events = webhook.get("events")
@@ -159,6 +182,8 @@ async def create(request: web.Request) -> web.Response:
     )
     request.app[PREDICTIONS][prediction.id] = prediction
     _spawn(request.app, _run(request.app, prediction))
+    if body.get("await") is True:  # the SDK's `run()`: answer once the prediction has ended
+        await prediction.settled.wait()
     return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url), status=201)
 
 
@@ -190,8 +215,8 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
     if prediction.status == "cancelled":
         return
     if "fail" in prediction.directives:
-        prediction.status = "failed"
         prediction.error = "Simulated failure: the model could not generate this image"
+        prediction.settle("failed")
     else:
         size = prediction.directives.get("size")
         prompt = str(prediction.input.get("prompt"))
@@ -202,9 +227,7 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
             prediction.outputs = [png.of_size(int(size)) for _ in range(count)]
         else:
             prediction.outputs = [png.gradient(f"{prompt}{prediction.id}{n}") for n in range(count)]
-        prediction.status = "succeeded"
-    prediction.completed_at = datetime.now(UTC)
-    prediction.completed_monotonic = time.monotonic()
+        prediction.settle("succeeded")
     final = prediction.view(settings.public_url)
     event = "completed" if prediction.status == "succeeded" else prediction.status
     for _ in range(max(1, int(prediction.directives.get("dup") or 1))):
@@ -255,7 +278,7 @@ async def get(request: web.Request) -> web.Response:
         return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
     prediction.get_requests += 1
     if prediction.get_requests <= int(prediction.directives.get("ratelimit") or 0):
-        return envelope_error(429, "Too many requests", "RATE_LIMITED", {"Retry-After": "1"})
+        return envelope_error(429, "Too many requests", "RATE_LIMIT_EXCEEDED", {"Retry-After": "1"})
     return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url))
 
 
@@ -266,10 +289,8 @@ async def cancel(request: web.Request) -> web.Response:
     prediction = app[PREDICTIONS].get(request.match_info["id"])
     if prediction is None:
         return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
-    if prediction.status not in ("succeeded", "failed", "cancelled"):
-        prediction.status = "cancelled"
-        prediction.completed_at = datetime.now(UTC)
-        prediction.completed_monotonic = time.monotonic()
+    if prediction.status not in TERMINAL:
+        prediction.settle("cancelled")
         _spawn(app, _callback(app, prediction, "canceled", prediction.view(app[SIM_SETTINGS].public_url)))
     return web.json_response(prediction.view(app[SIM_SETTINGS].public_url))
 
