@@ -108,11 +108,16 @@ def parse_prediction(payload: Any) -> Prediction:
     model = payload.get("model")
     if isinstance(model, dict):
         model = model.get("name")
+    status = status.strip().lower()
+    error = _error_text(payload.get("error"))
+    response = payload.get("response")
+    if error is None and status == "failed" and isinstance(response, str) and response.strip():
+        error = response.strip()  # where Skytells' SDK reads a failed prediction's message from
     return Prediction(
         id=pid.strip(),
-        status=status.strip().lower(),
+        status=status,
         output=output,
-        error=_error_text(payload.get("error")),
+        error=error,
         model=model if isinstance(model, str) else None,
     )
 

@@ -297,6 +297,23 @@ SHAPES: list[tuple[str, Any, str, str, list[str], str | None]] = [
     ("canceled", {"status": "canceled"}, "canceled", "canceled", [], None),
     ("failed with message", {"status": "failed", "error": "NSFW content"}, "failed", "failed", [], "NSFW content"),
     ("failed with object", {"status": "failed", "error": {"message": "GPU lost"}}, "failed", "failed", [], "GPU lost"),
+    # Skytells' own SDK reads a failed prediction's message from `response` when `error` is empty.
+    (
+        "failed, message in response",
+        {"status": "failed", "error": None, "response": "OOM"},
+        "failed",
+        "failed",
+        [],
+        "OOM",
+    ),
+    (
+        "succeeded, response ignored",
+        {"status": "succeeded", "output": [URL_A], "response": "ok"},
+        "succeeded",
+        "succeeded",
+        [URL_A],
+        None,
+    ),
     ("status in capitals", {"status": "SUCCEEDED", "output": [URL_A]}, "succeeded", "succeeded", [URL_A], None),
     ("unknown status", {"status": "warming_up"}, "processing", "warming_up", [], None),
     ("envelope", "envelope", "succeeded", "succeeded", [URL_A], None),
