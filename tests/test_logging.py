@@ -83,6 +83,14 @@ async def test_one_generation_is_followed_across_the_services_by_its_ids(service
     assert any(about_generation(line) for line in persister), persister
     assert {line.get("request_id") for line in persister} <= gateway_request_ids, persister
 
+    # The consumer's per-event outcome lines (they carry `attempt`) are written outside the block that found the
+    # generation, and still name it.
+    def outcome(line: dict) -> bool:
+        return line.get("prediction_id") == prediction_id and "attempt" in line
+
+    outcomes = [line for line in await _wait_for_lines(services, "persister", outcome) if outcome(line)]
+    assert outcomes and all(line.get("generation_id") == generation_id for line in outcomes), outcomes
+
     # Any line that mentions either id in its text carries it as a field too, so a filter on fields misses none.
     for label in SERVICES:
         for line in _lines(services, label):
