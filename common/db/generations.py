@@ -8,7 +8,7 @@ generation or regress one, whatever the interleaving.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 
 import asyncpg
@@ -41,23 +41,9 @@ class Generation:
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Generation:
-        return cls(
-            id=record["id"],
-            user_id=record["user_id"],
-            prediction_id=record["prediction_id"],
-            model=record["model"],
-            prompt=record["prompt"],
-            status=record["status"],
-            output_url=record["output_url"],
-            output_urls=tuple(record["output_urls"] or ()),
-            error=record["error"],
-            idempotency_key=record["idempotency_key"],
-            request_hash=record["request_hash"],
-            request_id=record["request_id"],
-            created_at=record["created_at"],
-            updated_at=record["updated_at"],
-            completed_at=record["completed_at"],
-        )
+        values = {field.name: record[field.name] for field in fields(cls)}
+        values["output_urls"] = tuple(values["output_urls"] or ())
+        return cls(**values)
 
 
 def _one(record: asyncpg.Record | None) -> Generation | None:

@@ -205,9 +205,10 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             # It finished at Skytells before the cancel reached it; its callback brings the outcome.
             raise ApiError(409, f"Generation already finished ({status})")
         async with request.app[POOL].acquire() as conn:
+            ended = None
             if status == "canceled":
-                await generations.mark_ended(conn, generation.id, "canceled", None)
-            current = await generations.get_for_user(conn, generation.id, user_id)
+                ended = await generations.mark_ended(conn, generation.id, "canceled", None)
+            current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
     return web.json_response(generation_json(current or generation))
 
