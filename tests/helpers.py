@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 from typing import Any
 
 import httpx
 
-TERMINAL = ("succeeded", "failed", "canceled")
+from common.predictions import TERMINAL
 
 
 async def wait_for_status(
@@ -17,7 +18,7 @@ async def wait_for_status(
     generation_id: str,
     headers: dict[str, str],
     timeout: float = 30.0,
-    statuses: tuple[str, ...] = TERMINAL,
+    statuses: Collection[str] = TERMINAL,
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
@@ -28,4 +29,4 @@ async def wait_for_status(
         if body["status"] in statuses:
             return body
         await asyncio.sleep(0.1)
-    raise AssertionError(f"generation {generation_id} did not reach {statuses} in {timeout}s: {body}")
+    raise AssertionError(f"generation {generation_id} did not reach {sorted(statuses)} in {timeout}s: {body}")

@@ -18,8 +18,8 @@ import httpx
 
 from common.broker import Broker
 from common.events import PredictionEvent
+from common.predictions import parse_prediction
 from common.settings import Settings
-from common.skytells import parse_prediction
 from common.storage import open_s3
 
 SIM_KEY = {"x-api-key": "sim-key"}

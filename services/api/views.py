@@ -14,6 +14,7 @@ from aiohttp import web
 from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
+from common.predictions import Status
 from common.skytells import SkytellsError
 from common.web import ApiError
 from services.api import openapi
@@ -201,13 +202,13 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             logger.warning("Skytells refused the cancel: %s", exc.message, extra={"skytells_status": exc.status})
             raise skytells_failure(exc) from None
         status = prediction.studio_status
-        if status in ("succeeded", "failed"):
+        if status in (Status.SUCCEEDED, Status.FAILED):
             # It finished at Skytells before the cancel reached it; its callback brings the outcome.
             raise ApiError(409, f"Generation already finished ({status})")
         async with request.app[POOL].acquire() as conn:
             ended = None
-            if status == "canceled":
-                ended = await generations.mark_ended(conn, generation.id, "canceled", None)
+            if status is Status.CANCELED:
+                ended = await generations.mark_ended(conn, generation.id, Status.CANCELED, None)
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
     return web.json_response(generation_json(current or generation))

@@ -40,7 +40,7 @@ from common.broker import (
 from common.errors import BrokerUnavailable, GenerationNotYetKnown, TransientError, UpstreamUnavailable
 from common.events import PredictionEvent
 from common.settings import Settings
-from services.persister.metrics import DEAD_LETTERS, EVENTS, RETRIES
+from services.persister.metrics import DEAD_LETTERS, EVENTS, RETRIES, Outcome
 from services.persister.processor import Processor
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ class Consumer:
             event = PredictionEvent.from_json(message.body)
         except ValueError as exc:
             logger.error("unreadable event dead-lettered: %s", exc, extra={"message_id": message.message_id})
-            EVENTS.labels("unreadable").inc()
+            EVENTS.labels(Outcome.UNREADABLE).inc()
             DEAD_LETTERS.inc()
             await message.reject(requeue=False)  # the queue's dead-letter routing takes it to the dead queue
             return
@@ -270,13 +270,13 @@ class Consumer:
             await self.broker.publish_to_queue(target, copy)
         except BrokerUnavailable:
             logger.warning("could not schedule the retry; returning the message to the queue")
-            EVENTS.labels("returned").inc()
+            EVENTS.labels(Outcome.RETURNED).inc()
             await message.nack(requeue=True)
             return
         if last:
-            EVENTS.labels("dead_lettered").inc()
+            EVENTS.labels(Outcome.DEAD_LETTERED).inc()
             DEAD_LETTERS.inc()
         else:
-            EVENTS.labels("retried").inc()
+            EVENTS.labels(Outcome.RETRIED).inc()
             RETRIES.inc()
         await message.ack()

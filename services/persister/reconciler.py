@@ -22,9 +22,10 @@ from common.broker import Broker
 from common.db import generations
 from common.db.generations import Generation
 from common.events import PredictionEvent
+from common.predictions import TERMINAL
 from common.settings import Settings
-from common.skytells import TERMINAL, SkytellsClient, SkytellsError
-from services.persister.metrics import RECONCILED
+from common.skytells import SkytellsClient, SkytellsError
+from services.persister.metrics import RECONCILED, Reconciled
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Reconciler:
                 expiry_s = generations.unsubmitted_expiry_s(self.settings.skytells_timeout_s)
                 expired = await generations.expire_unsubmitted(conn, expiry_s)
                 if expired:
-                    RECONCILED.labels("unsubmitted_failed").inc(expired)
+                    RECONCILED.labels(Reconciled.UNSUBMITTED_FAILED).inc(expired)
                     logger.warning("ended %d generations whose create call was lost", expired)
                 stale = await generations.list_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
                 now = time.monotonic()
@@ -91,23 +92,23 @@ class Reconciler:
             except SkytellsError as exc:
                 if exc.status == 429:
                     pause = min(exc.retry_after or DEFAULT_RETRY_AFTER_S, MAX_RETRY_AFTER_S)
-                    RECONCILED.labels("rate_limited").inc()
+                    RECONCILED.labels(Reconciled.RATE_LIMITED).inc()
                     logger.info("Skytells rate-limited the reconciler; waiting %gs", pause)
                     await asyncio.sleep(pause)
                     continue
                 if exc.status == 502 and exc.error_id:
                     await self._unknown(conn, generation, exc)
                     return 0
-                RECONCILED.labels("error").inc()
+                RECONCILED.labels(Reconciled.ERROR).inc()
                 logger.warning("could not look the prediction up at Skytells: %s", exc)
                 return 0
         if prediction.studio_status not in TERMINAL:
-            RECONCILED.labels("unfinished").inc()
+            RECONCILED.labels(Reconciled.UNFINISHED).inc()
             return 0
         event = PredictionEvent.from_prediction(prediction, "reconciler")
         await self.broker.publish_event(event)
         self._published[prediction.id] = time.monotonic()
-        RECONCILED.labels("published").inc()
+        RECONCILED.labels(Reconciled.PUBLISHED).inc()
         logger.info("published the %s event whose callback never came", event.status)
         return 1
 
@@ -116,7 +117,7 @@ class Reconciler:
         error = f"Skytells does not know prediction {generation.prediction_id} ({exc.error_id})"
         ended = await generations.mark_failed_if_created_before(conn, generation.id, error, limit)
         if ended is not None:
-            RECONCILED.labels("unknown_failed").inc()
+            RECONCILED.labels(Reconciled.UNKNOWN_FAILED).inc()
             logger.warning("generation failed: %s for over %gs", error, limit)
         else:
-            RECONCILED.labels("unknown").inc()
+            RECONCILED.labels(Reconciled.UNKNOWN).inc()
