@@ -14,7 +14,7 @@ from common import log as logs
 from common.settings import Settings, SettingsError
 from devstack.processes import StartError
 from devstack.stack import Stack, simulator_env
-from services.api.auth import issue_token
+from devstack.tokens import issue_token
 
 logger = logging.getLogger("devstack")
 

@@ -15,7 +15,7 @@ import pytest
 from common.settings import Settings
 from devstack.processes import free_port
 from devstack.stack import Stack, simulator_env
-from services.api.auth import issue_token
+from devstack.tokens import issue_token
 
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 

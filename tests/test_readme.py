@@ -11,7 +11,7 @@ from pathlib import Path
 
 from common.broker import DEAD_QUEUE, EXCHANGE, QUEUE
 from common.settings import API_REQUIRED, PERSISTER_REQUIRED, WEBHOOK_REQUIRED, env_names
-from services.api.auth import issue_token
+from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
