@@ -1,5 +1,5 @@
 """Service logs: one JSON object per line, and one generation followed across api -> webhook -> persister by
-the ids on its lines (SPEC section 1)."""
+the ids on its lines."""
 
 from __future__ import annotations
 

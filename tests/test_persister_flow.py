@@ -65,7 +65,7 @@ async def test_cdn_503_is_retried_then_the_exact_bytes_are_stored(http, sim, db,
     assert record["completed_at"] is not None and record["error"] is None
     objects = await stored_objects(settings, gid)
     assert objects == {key: (await cdn_bytes(http, sim, prediction["id"]), "image/png")}
-    public = await http.get(record["output_url"])  # anonymous read, SPEC section 7
+    public = await http.get(record["output_url"])  # anonymous read: the bucket policy
     assert public.status_code == 200 and public.content == objects[key][0]
     after = await metrics_of(http, persister_port)
     assert metric(after, "studio_persister_retries_total") >= metric(before, "studio_persister_retries_total") + 2
@@ -197,7 +197,7 @@ async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_e
 
 
 async def test_starts_without_the_skytells_key_with_the_reconciler_off(services):
-    # SPEC section 2 requires SKYTELLS_API_KEY of the API only; the persister still consumes without it.
+    # SKYTELLS_API_KEY is required of the API only; the persister still consumes without it.
     port = free_port()
     env = {"PERSISTER_PORT": str(port), "SKYTELLS_API_KEY": ""}
     process = services.start_service("persister", env=env, label="persister-keyless")  # waits for /readyz

@@ -1,4 +1,4 @@
-"""The gateway's contract for one callback (SPEC section 4), against the session's gateway and broker.
+"""The gateway's contract for one callback, against the session's gateway and broker.
 
 Events are observed through a private queue bound to `studio.predictions`, so these tests see exactly what the
 gateway published without taking messages from the persister.
