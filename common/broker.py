@@ -25,7 +25,6 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractRobustConnection,
-    HeadersType,
 )
 
 from common.errors import BrokerUnavailable
@@ -173,13 +172,8 @@ class Broker:
     async def close(self) -> None:
         await self.connection.close()
 
-    async def publish_event(
-        self, event: PredictionEvent, headers: HeadersType | None = None, timeout: float = PUBLISH_TIMEOUT_S
-    ) -> None:
+    async def publish_event(self, event: PredictionEvent, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         """Return only once RabbitMQ has confirmed the event; else raise BrokerUnavailable."""
-        if headers:
-            await self._publish(self.exchange, event_message(event, headers), event.routing_key, timeout)
-            return
         # The gateway's hot path goes straight to the aiormq channel: aio-pika's Message and Exchange layers
         # cost about 40% of the CPU of a publish. Same confirm, `mandatory` and return-raising channel.
         properties = aiormq.spec.Basic.Properties(

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from common.broker import Broker
+from common.broker import QUEUE, Broker, event_message
 from common.storage import open_s3
 from devstack.processes import free_port
 from tests.helpers import eventually, metric, metrics_of
@@ -186,7 +186,7 @@ async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_e
     earlier = b"\x89PNG\r\n\x1a\n" + b"stored by attempt one"
     async with open_s3(settings) as s3:
         await s3.put_object(Bucket=settings.s3_bucket, Key=f"generations/{gid}.png", Body=earlier)
-    await broker.publish_event(event_of(prediction), headers={"x-attempt": 2})
+    await broker.publish_to_queue(QUEUE, event_message(event_of(prediction), {"x-attempt": 2}))
 
     record = await wait_row(db, gid)
 
