@@ -12,7 +12,7 @@ help:
 	@echo "make test    install, then run the test suite against real servers"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
-	@echo "make up/down docker compose up (with the simulator unless SKYTELLS_API_KEY is set) / down"
+	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 	@echo "make lock    refresh requirements*.lock from pyproject.toml (ARGS=--upgrade moves every pin)"
 
@@ -55,11 +55,12 @@ bench: install
 migrate: install
 	$(PY) -m common.migrate
 
-# Without a Skytells key, compose runs the simulator too (the `sim` profile), as `make run` does.
-COMPOSE_PROFILE = $(if $(SKYTELLS_API_KEY),,--profile sim)
+# .env decides what compose runs (.env.example: the simulator's profile); made once, with random secrets.
+up: .env
+	docker compose up -d --build
 
-up:
-	docker compose $(COMPOSE_PROFILE) up -d --build
+.env:
+	$(PYTHON) -m devstack.compose_env
 
 down:
 	docker compose --profile sim down
