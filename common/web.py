@@ -1,4 +1,4 @@
-"""What every aiohttp service shares: JSON errors, request ids, /healthz, /readyz, /metrics."""
+"""What every aiohttp service shares: JSON errors, request ids, an access log, /healthz, /readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -11,17 +11,21 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from common import log as logs
 from common.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("studio.access")
 
 Check = Callable[[], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# The ids a request's handling learned (its request id, and what handlers `annotate`), for its access line.
+LOG_IDS = "log_ids"
 
 HTTP_REQUESTS = Counter(
     "studio_http_requests_total", "HTTP requests answered, by route and status", ["route", "method", "status"]
@@ -79,10 +83,44 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         except Exception:
             logger.exception("unhandled error", extra={"route": route, "method": request.method})
             response = json_error(500, "Internal server error")
+        finally:
+            request[LOG_IDS] = logs.current()
     response.headers[REQUEST_ID_HEADER] = request_id
     HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
     return response
+
+
+_NO_IDS: Mapping[str, Any] = {}
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per answered request, refused ones included: aiohttp calls it for every response, those to
+    requests it could not even parse too (no handler ran for them, so they have no request id). It carries the
+    ids the request's handling learned, so a line about one generation names it as every other line does.
+
+    The line is cheap on a hot path: one `logging` call, and none at all (nor any timing) when the level filters
+    it out, since aiohttp asks `enabled` once per connection."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        method, path, status = request.method, request.path, response.status
+        self.logger.info(
+            "%s %s %d",
+            method,
+            path,
+            status,
+            extra={
+                **request.get(LOG_IDS, _NO_IDS),
+                "method": method,
+                "path": path,
+                "status": status,
+                "latency_ms": round(time * 1000, 2),
+            },
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
 
 
 def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
@@ -115,7 +153,16 @@ def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
 
 def run(app: web.Application, port: int, **kwargs: Any) -> None:
     """`web.run_app` owns the lifecycle: SIGTERM stops accepting and lets in-flight requests finish."""
-    web.run_app(app, host="0.0.0.0", port=port, print=None, shutdown_timeout=30, **kwargs)  # noqa: S104
+    web.run_app(
+        app,
+        host="0.0.0.0",  # noqa: S104
+        port=port,
+        print=None,
+        shutdown_timeout=30,
+        access_log_class=AccessLog,
+        access_log=access_logger,
+        **kwargs,
+    )
 
 
 def boot(service: str, required: Sequence[str]) -> Settings:

@@ -12,16 +12,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from devstack.processes import ManagedProcess, StartError, free_port, wait_until
+from devstack import apt
+from devstack.processes import ManagedProcess, free_port, wait_until
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RUN_AS = "rabbitmq"
-_apt_lock = threading.Lock()
-_apt_updated = False
 # Erlang's port mapper daemon outlives the node that spawned it; when it was not running before our first node,
 # the last of our nodes to stop takes it down too, so stopping leaves nothing of ours behind.
 _epmd_ours = False
@@ -32,28 +30,6 @@ def _epmd(command: str) -> bool:
         return subprocess.run(["epmd", command], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-def ensure_installed() -> None:
-    """Install rabbitmq-server with apt when it is missing (as root: `apt-get update` once, then install)."""
-    global _apt_updated
-    if SERVER.exists():
-        return
-    if os.geteuid() != 0:
-        raise StartError(
-            "rabbitmq-server is not installed and we are not root to install it: "
-            "run `apt-get install -y rabbitmq-server`"
-        )
-    with _apt_lock:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if not _apt_updated:
-            subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-            _apt_updated = True
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env, capture_output=True, text=True
-        )
-        if done.returncode != 0 or not SERVER.exists():
-            raise StartError(f"apt-get install rabbitmq-server failed: {done.stderr.strip()[-2000:]}")
 
 
 def amqp_handshake(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -132,7 +108,7 @@ class RabbitMQ:
 
     def start(self, timeout: float = 90.0) -> RabbitMQ:
         global _epmd_ours
-        ensure_installed()
+        apt.ensure_installed("rabbitmq-server", SERVER)
         _epmd_ours = _epmd_ours or not _epmd("-names")
         self._prepare()
         return self.resume(timeout)

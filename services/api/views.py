@@ -169,6 +169,7 @@ async def _own_generation(request: web.Request, user_id: str) -> Generation:
         generation = await generations.get_for_user(conn, generation_id, user_id)
     if generation is None:
         raise ApiError(404, "Not found")
+    logs.annotate(generation_id=str(generation.id), prediction_id=generation.prediction_id)
     return generation
 
 
