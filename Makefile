@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 help:
-	@echo "make run     install, then start the whole stack locally (Ctrl-C stops it)"
+	@echo "make run     install, then start the whole stack locally, data kept in .devstack/ (Ctrl-C stops it)"
 	@echo "make test    install, then run the test suite against real servers"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
@@ -38,8 +38,12 @@ lock:
 	$(BUILD_REQUIRES) | $(LOCK) $(ARGS) pyproject.toml - --extra dev -o requirements-dev.lock
 	$(BUILD_REQUIRES) | $(LOCK) pyproject.toml - -c requirements-dev.lock -o requirements.lock
 
+# Data (database, broker, bucket) kept across runs in this folder; `make run DEVSTACK_DATA_DIR=` for a fresh,
+# temporary one.
+DEVSTACK_DATA_DIR ?= $(CURDIR)/.devstack
+
 run: install
-	$(PY) -m devstack
+	DEVSTACK_DATA_DIR='$(DEVSTACK_DATA_DIR)' $(PY) -m devstack
 
 test: install
 	$(PY) -m pytest

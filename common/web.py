@@ -151,11 +151,11 @@ def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
     app.router.add_get("/metrics", metrics)
 
 
-def run(app: web.Application, port: int, **kwargs: Any) -> None:
+def run(app: web.Application, host: str, port: int, **kwargs: Any) -> None:
     """`web.run_app` owns the lifecycle: SIGTERM stops accepting and lets in-flight requests finish."""
     web.run_app(
         app,
-        host="0.0.0.0",  # noqa: S104
+        host=host,
         port=port,
         print=None,
         shutdown_timeout=30,

@@ -24,4 +24,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     settings = boot("webhook", WEBHOOK_REQUIRED)
-    run(create_app(settings), settings.webhook_port)
+    run(create_app(settings), settings.bind_host, settings.webhook_port)
