@@ -1,4 +1,4 @@
-"""Small waits shared by tests: polling until something observable happens, with a bounded deadline."""
+"""What tests share: polling until something observable happens (bounded), and reading a service's log."""
 
 from __future__ import annotations
 
@@ -30,3 +30,21 @@ async def wait_for_status(
             return body
         await asyncio.sleep(0.1)
     raise AssertionError(f"generation {generation_id} did not reach {sorted(statuses)} in {timeout}s: {body}")
+
+
+class ServiceLog:
+    """What a service of the test stack logged from the moment this was made (its log is one JSON object a line)."""
+
+    def __init__(self, stack: Any, label: str) -> None:
+        self.label = label
+        self.path = stack.work_dir / "logs" / f"{label}.log"
+        self.offset = self.path.stat().st_size
+
+    def lines(self) -> list[str]:
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            return log.read().decode("utf-8", "replace").splitlines()
+
+    def tracebacks(self) -> list[str]:
+        """Lines carrying a traceback: a logged exception, or one that reached stderr as plain text."""
+        return [line for line in self.lines() if '"exc_info"' in line or "Traceback (most recent call last)" in line]
