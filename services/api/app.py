@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import httpx
 from aiohttp import web
 
 from common.db.pool import create_pool
@@ -12,8 +13,13 @@ from common.settings import API_REQUIRED, Settings
 from common.skytells import SkytellsClient
 from common.web import add_probes, boot, error_middleware, run
 from services.api import views
+from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
-from services.api.keys import POOL, SETTINGS, SKYTELLS
+from services.api.jwks import Jwks
+from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS
+
+# The identity provider's keys are fetched while a request waits for them: a bounded wait.
+JWKS_TIMEOUT_S = 5.0
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -34,11 +40,23 @@ async def _skytells(app: web.Application) -> AsyncIterator[None]:
     await app[SKYTELLS].aclose()
 
 
+async def _auth(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.auth_jwks_url:
+        app[AUTH] = Authenticator(settings)
+        yield
+        return
+    async with httpx.AsyncClient(timeout=JWKS_TIMEOUT_S) as http:
+        app[AUTH] = Authenticator(settings, Jwks(settings.auth_jwks_url, http))
+        yield
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_skytells)
+    app.cleanup_ctx.append(_auth)
 
     async def database_ready() -> None:
         async with app[POOL].acquire(timeout=2) as conn:
