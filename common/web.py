@@ -1,4 +1,5 @@
-"""What every aiohttp service shares: JSON errors, request ids, an access log, /healthz, /readyz, /metrics."""
+"""What every aiohttp service shares: JSON errors, request ids, header values, an access log, /healthz,
+/readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-Id"
 # The ids a request's handling learned (its request id, and what handlers `annotate`), for its access line.
 LOG_IDS = "log_ids"
+MAX_REQUEST_ID = 128
 
 HTTP_REQUESTS = Counter(
     "studio_http_requests_total", "HTTP requests answered, by route and status", ["route", "method", "status"]
@@ -48,6 +50,47 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def printable_ascii(value: str) -> bool:
+    """True when every byte the client sent for this value was printable ASCII (0x20-0x7e).
+
+    aiohttp decodes header bytes as UTF-8 with `surrogateescape`: bytes outside UTF-8 arrive as lone surrogates,
+    which no encoder (PyJWT's, asyncpg's) accepts, and control bytes would forge log lines. Both fail here.
+    """
+    return value.isascii() and value.isprintable()
+
+
+def read_header(
+    request: web.Request,
+    name: str,
+    *,
+    max_length: int,
+    repeatable: bool = False,
+    status: int = 400,
+    headers: Mapping[str, str] | None = None,
+) -> str | None:
+    """A header's value, None when absent; ApiError `status` when it is not 1 to `max_length` printable ASCII
+    characters, or is repeated and not `repeatable`. Repeatable fields (Prefer) are joined with ", " as
+    RFC 9110 section 5.3 combines them, and the whole is checked, so no copy escapes the check."""
+    values = request.headers.getall(name, ())
+    if not values:
+        return None
+    if len(values) > 1 and not repeatable:
+        raise ApiError(status, f"Invalid {name} header: sent more than once", headers)
+    value = ", ".join(values)
+    if not 1 <= len(value) <= max_length or not printable_ascii(value):
+        raise ApiError(status, f"Invalid {name} header: 1 to {max_length} printable ASCII characters", headers)
+    return value
+
+
+def _request_id(request: web.Request) -> str:
+    """The client's X-Request-Id when it is a sane id; otherwise a new one. It is echoed, logged and stored, so
+    nothing else a client sends there goes anywhere."""
+    sent = request.headers.get(REQUEST_ID_HEADER)
+    if sent is not None and 1 <= len(sent) <= MAX_REQUEST_ID and printable_ascii(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -64,7 +107,7 @@ _KEPT_HEADERS = ("Allow", "Retry-After")
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes JSON; anything unexpected is logged once and answered with a generic 500."""
-    request_id = request.headers.get(REQUEST_ID_HEADER, "")[:100] or uuid.uuid4().hex
+    request_id = _request_id(request)
     request["request_id"] = request_id
     started = time.perf_counter()
     route = _route_name(request)
