@@ -15,13 +15,23 @@ help:
 	@echo "make up/down docker compose up (with the simulator unless SKYTELLS_API_KEY is set) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 
-install: $(STAMP)
+# The page's tests drive Debian's Chromium; Playwright cannot download a browser here, nor does it need to.
+CHROMIUM := /usr/bin/chromium
+
+install: $(STAMP) $(CHROMIUM)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing (the page's browser tests need it): apt-get install -y chromium" >&2; \
+	fi
 
 run: install
 	$(PY) -m devstack

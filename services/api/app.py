@@ -14,6 +14,7 @@ from common.web import add_probes, boot, error_middleware, run
 from services.api import views
 from services.api.bodies import MAX_BODY
 from services.api.keys import POOL, SETTINGS, SKYTELLS
+from services.api.page import add_page
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction)
     app.router.add_get("/api/generations", views.list_generations)
     app.router.add_get("/api/openapi.json", views.openapi_document)
+    add_page(app, settings)
     return app
 
 
