@@ -71,8 +71,8 @@ function sentence(error, action) {
   if (status === 0) return "Studio can't be reached right now. Check your connection, then try again.";
   if (status === 401) return "Your sign-in is no longer valid: the token is missing, expired or not accepted. Sign in again with a new token.";
   if (status === 429) {
-    const limit = state.quota ? `${state.quota} images` : "as many images as your quota allows";
-    return `You already have ${limit} in progress, the most your quota allows. Wait for one to finish or cancel one, then try again.`;
+    const held = state.quota ? `${state.quota} images in progress, the most your quota allows` : "as many images in progress as your quota allows";
+    return `You already have ${held}. Wait for one to finish or cancel one, then try again.`;
   }
   if (status === 503) return `Studio is busy right now: the image service asked it to slow down. Try again in ${seconds(error.retryAfter)}.`;
   if (status === 502) return detail ? `The image service refused this request: ${clause(detail)}.` : "The image service refused this request. Try again later.";
