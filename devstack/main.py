@@ -1,4 +1,4 @@
-"""`python -m devstack`: the whole of Studio on this machine, in the foreground, until Ctrl-C (SPEC section 9)."""
+"""`python -m devstack`: the whole of Studio on this machine, in the foreground, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from common import log as logs
 from common.settings import Settings, SettingsError
 from devstack.processes import StartError
 from devstack.stack import Stack, simulator_env
-from services.api.auth import issue_token
+from devstack.tokens import issue_token
 
 logger = logging.getLogger("devstack")
 

@@ -35,8 +35,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from common.settings import DEFAULT_ALLOWED_MODELS
+from devstack.tokens import issue_token
 from services.api import openapi
-from services.api.auth import issue_token
 from tests.conftest import JWT_SECRET
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))

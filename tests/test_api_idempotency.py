@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from services.api.auth import issue_token
+from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET, Urls
 
 

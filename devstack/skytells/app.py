@@ -3,7 +3,7 @@
 Behaviour is steered per prediction by directives in the prompt (`#sim:delay=2 #sim:dup=3`), so black-box
 tests drive it through Studio's public API. `GET /_sim/predictions` lists what it was asked, for tests.
 
-Besides SPEC section 8's directives, for the persister's failure paths: `#sim:outputs=N` (N outputs),
+Besides the directives the README lists, for the persister's failure paths: `#sim:outputs=N` (N outputs),
 `#sim:cdnbusy=N` (the CDN answers 503 to the first N requests), `#sim:cdngone` (the output is already gone),
 `#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
 Content-Length), `#sim:cdnslow=S` (the CDN body takes about S seconds;
@@ -31,6 +31,7 @@ import aiohttp
 from aiohttp import web
 
 from common import log as logs
+from common.predictions import SkytellsStatus, from_skytells
 from common.signing import SIGNATURE_HEADER, sign
 from devstack.skytells import png
 
@@ -38,7 +39,6 @@ logger = logging.getLogger(__name__)
 
 DIRECTIVE = re.compile(r"#sim:([a-z]+)(?:=([^\s#]+))?")
 CALLBACK_ATTEMPTS = 8
-TERMINAL = ("succeeded", "failed", "cancelled")
 # Skytells' own error ids (the official SDK's `ApiErrorId`), by the HTTP status it sends them with.
 ERROR_IDS = {
     400: "INVALID_PARAMETER",
@@ -83,7 +83,7 @@ class SimPrediction:
     webhook_url: str | None
     events: tuple[str, ...]
     directives: dict[str, str]
-    status: str = "pending"
+    status: str = SkytellsStatus.PENDING
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -204,19 +204,19 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
     settings = app[SIM_SETTINGS]
     delay = float(prediction.directives.get("delay") or settings.delay_s)
     await asyncio.sleep(min(0.2, delay / 2))
-    if prediction.status == "cancelled":
+    if prediction.status == SkytellsStatus.CANCELLED:
         return
-    prediction.status = "started"
+    prediction.status = SkytellsStatus.STARTED
     prediction.started_at = datetime.now(UTC)
     started_payload = prediction.view(settings.public_url)
     if "late" not in prediction.directives:
         await _callback(app, prediction, "started", started_payload)
     await asyncio.sleep(max(0.0, delay - min(0.2, delay / 2)))
-    if prediction.status == "cancelled":
+    if prediction.status == SkytellsStatus.CANCELLED:
         return
     if "fail" in prediction.directives:
         prediction.error = "Simulated failure: the model could not generate this image"
-        prediction.settle("failed")
+        prediction.settle(SkytellsStatus.FAILED)
     else:
         size = prediction.directives.get("size")
         prompt = str(prediction.input.get("prompt"))
@@ -227,9 +227,9 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
             prediction.outputs = [png.of_size(int(size)) for _ in range(count)]
         else:
             prediction.outputs = [png.gradient(f"{prompt}{prediction.id}{n}") for n in range(count)]
-        prediction.settle("succeeded")
+        prediction.settle(SkytellsStatus.SUCCEEDED)
     final = prediction.view(settings.public_url)
-    event = "completed" if prediction.status == "succeeded" else prediction.status
+    event = "completed" if prediction.status == SkytellsStatus.SUCCEEDED else prediction.status
     for _ in range(max(1, int(prediction.directives.get("dup") or 1))):
         await _callback(app, prediction, event, final)
     if "late" in prediction.directives:
@@ -289,8 +289,8 @@ async def cancel(request: web.Request) -> web.Response:
     prediction = app[PREDICTIONS].get(request.match_info["id"])
     if prediction is None:
         return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
-    if prediction.status not in TERMINAL:
-        prediction.settle("cancelled")
+    if not from_skytells(prediction.status).terminal:
+        prediction.settle(SkytellsStatus.CANCELLED)
         _spawn(app, _callback(app, prediction, "canceled", prediction.view(app[SIM_SETTINGS].public_url)))
     return web.json_response(prediction.view(app[SIM_SETTINGS].public_url))
 

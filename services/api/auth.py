@@ -24,10 +24,3 @@ def authenticate(request: web.Request, secret: str) -> str:
     if not isinstance(subject, str) or not subject.strip():
         raise ApiError(401, "Invalid token", {"WWW-Authenticate": "Bearer"})
     return subject
-
-
-def issue_token(secret: str, user_id: str, ttl_s: int = 86400) -> str:
-    """A token for `user_id` (devstack's demo user, tests)."""
-    import time
-
-    return jwt.encode({"sub": user_id, "exp": int(time.time()) + ttl_s}, secret, algorithm="HS256")

@@ -20,6 +20,8 @@ MAX_PROMPT = 500
 MAX_IDEMPOTENCY_KEY = 200
 DEFAULT_MODEL = "truefusion-pro"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+PREFER_HEADER = "Prefer"
+MAX_WAIT_S = 60  # longest, and default, `Prefer: wait`
 
 
 @dataclass(frozen=True)
@@ -82,3 +84,26 @@ def idempotency_key(request: web.Request) -> str | None:
     if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= char <= "~" for char in key):
         raise ApiError(400, "Invalid Idempotency-Key: 1 to 200 printable characters")
     return key
+
+
+def prefer_wait(request: web.Request) -> int | None:
+    """Seconds asked for by `Prefer: wait` or `Prefer: wait=N` (RFC 7240; at most 60), or None.
+
+    A preference that cannot be read (`wait=soon`, `wait=0`) is ignored, as the RFC asks; a header that is not
+    printable ASCII at all is a 400 like any other malformed header.
+    """
+    values = request.headers.getall(PREFER_HEADER, [])
+    if not all(" " <= char <= "~" or char == "\t" for value in values for char in value):
+        raise ApiError(400, "Invalid Prefer header: printable ASCII only")
+    for value in values:
+        for preference in value.split(","):
+            name, _, raw = preference.split(";", 1)[0].partition("=")
+            if name.strip().lower() != "wait":
+                continue
+            raw = raw.strip().strip('"')
+            if not raw:
+                return MAX_WAIT_S
+            if not raw.isdigit() or int(raw) < 1:
+                return None
+            return min(int(raw), MAX_WAIT_S)
+    return None

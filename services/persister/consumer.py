@@ -33,14 +33,13 @@ from common.broker import (
     DEAD_QUEUE,
     QUEUE,
     Broker,
+    RetrySchedule,
     delay_queue_name,
-    download_retry_delays,
-    retry_delays,
 )
 from common.errors import BrokerUnavailable, GenerationNotYetKnown, TransientError, UpstreamUnavailable
 from common.events import PredictionEvent
 from common.settings import Settings
-from services.persister.metrics import DEAD_LETTERS, EVENTS, RETRIES
+from services.persister.metrics import DEAD_LETTERS, EVENTS, RETRIES, Outcome
 from services.persister.processor import Processor
 
 logger = logging.getLogger(__name__)
@@ -60,36 +59,18 @@ def _database_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
 
 
-def all_delays(settings: Settings) -> list[float]:
-    """Every delay either schedule uses, so each has its delay queue declared."""
-    return sorted(set(_long_delays(settings)) | set(_download_delays(settings)))
-
-
-def _long_delays(settings: Settings) -> list[float]:
-    return retry_delays(settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts)
-
-
-def _download_delays(settings: Settings) -> list[float]:
-    return download_retry_delays(
-        settings.retry_base_s,
-        settings.retry_max_s,
-        settings.persister_max_attempts,
-        settings.download_retry_window_s,
-    )
-
-
 class Consumer:
     def __init__(self, settings: Settings, broker: Broker, processor: Processor) -> None:
         self.settings = settings
         self.broker = broker
         self.processor = processor
-        self.delays = _long_delays(settings)
-        self.download_delays = _download_delays(settings)
+        schedule = RetrySchedule.from_settings(settings)
+        self.delays = list(schedule.long)
+        self.download_delays = list(schedule.download)
         self.channel: AbstractChannel | None = None
         self.queue: AbstractQueue | None = None
         self.tag: str | None = None
         self.in_flight: set[asyncio.Task[Any]] = set()
-        self.resubscriptions = 0
         self._stopping = False
         self._missing_since: float | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -177,7 +158,6 @@ class Consumer:
         logger.warning("consumer missing at the broker; subscribing again on a new channel")
         old = self.channel
         await self._subscribe()
-        self.resubscriptions += 1
         self._missing_since = None
         self._last_delivery = time.monotonic()
         if old is not None:
@@ -222,7 +202,7 @@ class Consumer:
             event = PredictionEvent.from_json(message.body)
         except ValueError as exc:
             logger.error("unreadable event dead-lettered: %s", exc, extra={"message_id": message.message_id})
-            EVENTS.labels("unreadable").inc()
+            EVENTS.labels(Outcome.UNREADABLE).inc()
             DEAD_LETTERS.inc()
             await message.reject(requeue=False)  # the queue's dead-letter routing takes it to the dead queue
             return
@@ -270,13 +250,13 @@ class Consumer:
             await self.broker.publish_to_queue(target, copy)
         except BrokerUnavailable:
             logger.warning("could not schedule the retry; returning the message to the queue")
-            EVENTS.labels("returned").inc()
+            EVENTS.labels(Outcome.RETURNED).inc()
             await message.nack(requeue=True)
             return
         if last:
-            EVENTS.labels("dead_lettered").inc()
+            EVENTS.labels(Outcome.DEAD_LETTERED).inc()
             DEAD_LETTERS.inc()
         else:
-            EVENTS.labels("retried").inc()
+            EVENTS.labels(Outcome.RETRIED).inc()
             RETRIES.inc()
         await message.ack()

@@ -1,4 +1,4 @@
-"""`POST /api/webhooks`: verify, normalise, publish with confirms, and only then answer 200 (SPEC section 4).
+"""`POST /api/webhooks`: verify, normalise, publish with confirms, and only then answer 200 (docs/architecture.md).
 
 The order is the cheapest refusal first: size (before reading), signature (before parsing), payload, and
 only then the broker. Every outcome is counted once in `studio_webhook_callbacks_total`.
@@ -15,8 +15,8 @@ from aiohttp import web
 from common import log as logs
 from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
+from common.predictions import parse_prediction
 from common.signing import SIGNATURE_HEADER, verify
-from common.skytells import parse_prediction
 from common.web import ApiError
 from services.webhook.keys import BROKER, SETTINGS
 from services.webhook.metrics import IN_FLIGHT, PUBLISH_SECONDS, Outcome, count
