@@ -13,7 +13,8 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from common.db import generations
-from services.api.auth import issue_token
+from common.predictions import Status
+from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET
 
 CHROMIUM = "/usr/bin/chromium"
@@ -121,7 +122,6 @@ async def test_token_from_the_fragment_signs_in_then_leaves_the_address_bar(visi
 
     assert page.url == f"{urls.api}/"
     assert await page.evaluate("sessionStorage.getItem('studio.token')") == token
-    assert await page.evaluate("history.length") == 1
     assert not [url for url in visit.requests if token in url]  # sent only in the Authorization header
     await expect(page.locator("#live")).to_have_text("Live")  # the per-user event stream is open
 
@@ -163,15 +163,17 @@ async def test_a_failed_generation_shows_its_error(visit, urls, user_id):
     await expect(card.locator(".badge")).to_have_text("Failed")
 
 
-async def test_cancel_ends_an_unfinished_generation(visit, urls, user_id, http):
+async def test_cancel_ends_an_unfinished_generation(visit, urls, user_id, http, settings):
     page = await _open(visit, urls.api, _token(user_id))
     generation_id = await _generate(page, "a very slow painting #sim:delay=60")
     card = page.locator(f'.card[data-id="{generation_id}"]')
     await expect(card).to_have_attribute("data-status", "processing")
+    await expect(page.locator("#quota-text")).to_have_text(f"1 of {settings.quota_max_active} in progress")
 
     await card.get_by_role("button", name="Cancel").click()
 
     await expect(card).to_have_attribute("data-status", "canceled")
+    await expect(page.locator("#quota-text")).to_have_text(f"0 of {settings.quota_max_active} in progress")
     await expect(card.get_by_role("button", name="Cancel")).to_be_hidden()
     assert (await _final_state(http, urls, user_id, generation_id))["status"] == "canceled"
 
@@ -236,7 +238,7 @@ async def test_older_generations_come_by_cursor_newest_first(visit, urls, user_i
                 db, user_id=user_id, model="truefusion-pro", prompt=f"archived {n:02d}", max_active=1000
             )
             assert row is not None
-            await generations.mark_ended(db, row.id, "failed", "archived")
+            await generations.mark_ended(db, row.id, Status.FAILED, "archived")
         ids.append(str(row.id))
     page = await _open(visit, urls.api, _token(user_id))
     cards = page.locator(".card")
@@ -247,3 +249,56 @@ async def test_older_generations_come_by_cursor_newest_first(visit, urls, user_i
     await expect(cards).to_have_count(30)
     assert [await card.get_attribute("data-id") for card in await cards.all()] == ids[::-1]
     await expect(page.get_by_role("button", name="Show older generations")).to_be_hidden()
+
+
+async def test_keyboard_alone_at_a_phones_width(browser, urls, user_id):
+    context = await browser.new_context(viewport={"width": 360, "height": 740})
+    page = (visit := Visit(context, await context.new_page())).page
+    try:
+        await _open(visit, urls.api, _token(user_id))
+        await page.focus(".skip")  # the first focusable element of the document
+
+        order = ["Skip to the prompt"]
+        for _ in range(4):
+            await page.keyboard.press("Tab")
+            order.append(await page.evaluate("document.activeElement.id"))
+        assert order == ["Skip to the prompt", "sign-out", "prompt", "model", "generate"]
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+        assert outline != "none"  # the focused control is visibly marked
+
+        await page.keyboard.press("Shift+Tab")
+        await page.keyboard.press("Shift+Tab")
+        await page.keyboard.type("a fox in the snow")
+        await page.keyboard.press("Tab")
+        await page.keyboard.press("Tab")
+        await page.keyboard.press("Enter")
+
+        card = page.locator(".card", has_text="a fox in the snow")
+        await expect(card).to_have_attribute("data-status", "succeeded")
+        await expect(page.locator("#announcer")).to_have_text("“a fox in the snow” is ready.")
+        assert await page.evaluate("document.documentElement.scrollWidth") <= 360  # nothing wider than the phone
+        box = await card.bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360
+    finally:
+        await context.close()
+    assert visit.problems == []
+
+
+async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, settings, tmp_path, request):
+    page = await _open(visit, urls.api, _token(user_id))
+    prompts = ["a teacup full of stars", "a city of glass at night", "a fox in the snow", "a lighthouse at dawn"]
+    finished = [await _generate(page, prompt) for prompt in prompts]
+    failed = await _generate(page, "an impossible staircase #sim:fail")
+
+    for generation_id in finished:
+        await page.wait_for_function(IMAGE_SHOWN, arg=generation_id)
+    await expect(page.locator(f'.card[data-id="{failed}"] .error')).to_be_visible()
+    shown = [await card.get_attribute("data-id") for card in await page.locator(".card").all()]
+    assert shown == [failed, *reversed(finished)]  # newest first
+    await expect(page.locator("#quota-text")).to_have_text(f"0 of {settings.quota_max_active} in progress")
+
+    path = tmp_path / "page.png"
+    await page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    reporter.write_line(f"page screenshot: {path}")

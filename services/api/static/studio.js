@@ -6,6 +6,7 @@
 const TOKEN_KEY = "studio.token";
 const PAGE_SIZE = 24;
 const TERMINAL = new Set(["succeeded", "failed", "canceled"]);
+const stage = (status) => (TERMINAL.has(status) ? 2 : status === "processing" ? 1 : 0);
 const LABELS = { queued: "Queued", processing: "Processing", succeeded: "Ready", failed: "Failed", canceled: "Canceled" };
 // The server comments every 15 s on an idle stream; this much silence means the connection is gone.
 const STREAM_SILENCE_MS = 40000;
@@ -159,19 +160,21 @@ function render(card, generation) {
   }
 }
 
-// Shows a generation, newest first; terminal states never change, so a late or repeated event is ignored.
+// Shows a generation, newest first. Terminal states never change and a status only moves forward,
+// so a late or repeated event (the stream replays what the create answer already said) changes nothing.
 function upsert(generation, { older = false } = {}) {
   let card = state.cards.get(generation.id);
-  if (card && TERMINAL.has(card.status)) return;
+  if (card && stage(generation.status) <= stage(card.status)) return;
   if (!card) {
     card = newCard(generation);
     const grid = $("grid");
     if (older) {
       grid.append(card.element);
     } else {
-      const after = [...state.cards.values()].find((other) => other.createdAt < card.createdAt);
+      // The grid is newest first: the new card goes before the first one older than it.
+      const after = [...grid.children].find((element) => state.cards.get(element.dataset.id).createdAt < card.createdAt);
       if (!after && state.cursor) return; // older than what is shown: it arrives with "Show older"
-      grid.insertBefore(card.element, after ? after.element : null);
+      grid.insertBefore(card.element, after ?? null);
     }
     state.cards.set(generation.id, card);
     $("empty").hidden = true;
