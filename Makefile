@@ -16,7 +16,10 @@ help:
 	@echo "make migrate apply database migrations to DATABASE_URL"
 	@echo "make lock    refresh requirements*.lock from pyproject.toml (ARGS=--upgrade moves every pin)"
 
-install: $(STAMP)
+# The page's tests drive Debian's Chromium; Playwright cannot download a browser here, nor does it need to.
+CHROMIUM := /usr/bin/chromium
+
+install: $(STAMP) $(CHROMIUM)
 
 # Every package comes from the hashed lock; the project itself is installed without fetching anything, so a
 # dependency pyproject.toml names but the lock lacks stops here instead of being resolved anew.
@@ -41,6 +44,13 @@ lock:
 # Data (database, broker, bucket) kept across runs in this folder; `make run DEVSTACK_DATA_DIR=` for a fresh,
 # temporary one.
 DEVSTACK_DATA_DIR ?= $(CURDIR)/.devstack
+
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing (the page's browser tests need it): apt-get install -y chromium" >&2; \
+	fi
 
 run: install
 	DEVSTACK_DATA_DIR='$(DEVSTACK_DATA_DIR)' $(PY) -m devstack

@@ -22,6 +22,7 @@ from common.events import PredictionEvent
 from common.predictions import Status
 from common.settings import Settings
 from common.storage import PREFIX, existing_keys, public_url, upload_stream
+from common.updates import Notify, ignore_change
 from services.persister.download import open_output
 from services.persister.metrics import PERSIST_SECONDS, STORED_BYTES, Outcome
 
@@ -34,11 +35,19 @@ def object_key(generation_id: Any, index: int, extension: str) -> str:
 
 
 class Processor:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, s3: Any, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        s3: Any,
+        http: httpx.AsyncClient,
+        notify: Notify = ignore_change,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.s3 = s3
         self.http = http
+        self.notify = notify  # told of every committed change, for the live updates
 
     async def handle(self, event: PredictionEvent, retry: bool = True) -> Outcome:
         """Apply the event; returns the outcome's name. Raises TransientError to be retried later.
@@ -61,12 +70,14 @@ class Processor:
         if event.status is Status.PROCESSING:
             async with self.pool.acquire() as conn:
                 moved = await generations.mark_processing(conn, generation.id)
+            self.notify(moved)
             return Outcome.PROCESSING if moved else Outcome.STALE
         return Outcome.IGNORED
 
     async def _end(self, generation: Generation, status: Status, error: str | None) -> Outcome:
         async with self.pool.acquire() as conn:
             ended = await generations.mark_ended(conn, generation.id, status, error)
+        self.notify(ended)
         if ended is None:
             return Outcome.DUPLICATE
         logger.info("generation ended %s", status, extra={"error": error})
@@ -90,6 +101,7 @@ class Processor:
             return Outcome.REJECTED if ended is Outcome.FAILED else ended
         async with self.pool.acquire() as conn:
             done = await generations.mark_succeeded(conn, generation.id, urls)
+        self.notify(done)
         if done is None:
             return Outcome.DUPLICATE
         seconds = time.perf_counter() - started

@@ -25,6 +25,7 @@ from common.events import PredictionEvent
 from common.predictions import TERMINAL
 from common.settings import Settings
 from common.skytells import SkytellsClient, SkytellsError
+from common.updates import Notify, ignore_change
 from services.persister.metrics import RECONCILED, Reconciled
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,19 @@ DEFAULT_RETRY_AFTER_S = 5.0
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, broker: Broker, skytells: SkytellsClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        skytells: SkytellsClient,
+        notify: Notify = ignore_change,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.broker = broker
         self.skytells = skytells
+        self.notify = notify  # told of every committed change, for the live updates
         self._published: dict[str, float] = {}
 
     async def run(self) -> None:
@@ -116,6 +125,7 @@ class Reconciler:
         limit = self.settings.reconcile_unknown_after_s
         error = f"Skytells does not know prediction {generation.prediction_id} ({exc.error_id})"
         ended = await generations.mark_failed_if_created_before(conn, generation.id, error, limit)
+        self.notify(ended)
         if ended is not None:
             RECONCILED.labels(Reconciled.UNKNOWN_FAILED).inc()
             logger.warning("generation failed: %s for over %gs", error, limit)
