@@ -63,6 +63,15 @@ def from_skytells(skytells_status: str) -> Status:
     return _FROM_SKYTELLS.get(skytells_status.lower(), Status.PROCESSING)
 
 
+class SkytellsEvent(StrEnum):
+    """The callbacks a prediction's webhook can subscribe to (`completed` covers every terminal status)."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
 @dataclass(frozen=True)
 class Prediction:
     """A prediction as Skytells describes it, in an API answer or a callback."""

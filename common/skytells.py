@@ -19,7 +19,7 @@ import httpx
 from prometheus_client import Counter, Histogram
 
 from common.errors import StudioError
-from common.predictions import Prediction, parse_prediction
+from common.predictions import Prediction, SkytellsEvent, parse_prediction
 
 SKYTELLS_LATENCY = Histogram(
     "studio_skytells_request_duration_seconds",
@@ -175,7 +175,7 @@ class SkytellsClient:
             {
                 "model": model,
                 "input": {"prompt": prompt, "width": 1024, "height": 1024},
-                "webhook": {"url": webhook_url, "events": ["started", "completed", "failed", "canceled"]},
+                "webhook": {"url": webhook_url, "events": [str(event) for event in SkytellsEvent]},
             },
         )
 

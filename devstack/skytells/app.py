@@ -36,7 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from common import log as logs
-from common.predictions import SkytellsStatus, from_skytells
+from common.predictions import SkytellsEvent, SkytellsStatus, from_skytells
 from common.signing import SIGNATURE_HEADER, sign
 from devstack.skytells import admin
 from devstack.skytells.model import (
@@ -106,7 +106,7 @@ async def create(request: web.Request) -> web.Response:
     raw_webhook = body.get("webhook")
     webhook: dict[str, Any] = raw_webhook if isinstance(raw_webhook, dict) else {}
     raw_events = webhook.get("events")
-    events: list[Any] = raw_events if isinstance(raw_events, list) else ["completed"]
+    events: list[Any] = raw_events if isinstance(raw_events, list) else [SkytellsEvent.COMPLETED]
     prediction = SimPrediction(
         id=f"pred_{uuid.uuid4().hex}",
         model=body["model"],
@@ -145,7 +145,7 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
     prediction.started_at = datetime.now(UTC)
     started_payload = prediction.view(settings.public_url)
     if "late" not in prediction.directives:
-        await _callback(app, prediction, "started", started_payload)
+        await _callback(app, prediction, SkytellsEvent.STARTED, started_payload)
     await asyncio.sleep(max(0.0, delay - min(0.2, delay / 2)))
     if prediction.status == SkytellsStatus.CANCELLED:
         return
@@ -160,11 +160,11 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
         prediction.output_requests = [0] * len(outputs)
         prediction.settle(SkytellsStatus.SUCCEEDED)
     final = prediction.view(settings.public_url)
-    event = "completed" if prediction.status == SkytellsStatus.SUCCEEDED else prediction.status
+    event = SkytellsEvent.COMPLETED if prediction.status == SkytellsStatus.SUCCEEDED else SkytellsEvent.FAILED
     for _ in range(max(1, int(prediction.directives.get("dup") or 1))):
         await _callback(app, prediction, event, final)
     if "late" in prediction.directives:
-        await _callback(app, prediction, "started", started_payload)
+        await _callback(app, prediction, SkytellsEvent.STARTED, started_payload)
 
 
 NOT_AN_IMAGE = b"<html>this is not an image</html>"
@@ -190,8 +190,8 @@ async def _make_outputs(app: web.Application, prediction: SimPrediction) -> list
 async def _callback(app: web.Application, prediction: SimPrediction, event: str, payload: dict[str, Any]) -> None:
     if prediction.webhook_url is None or "drop" in prediction.directives:
         return
-    terminal = event in ("completed", "failed", "canceled")
-    if event not in prediction.events and not (terminal and "completed" in prediction.events):
+    terminal = event != SkytellsEvent.STARTED
+    if event not in prediction.events and not (terminal and SkytellsEvent.COMPLETED in prediction.events):
         return
     if "envelope" in prediction.directives:
         payload = {
@@ -243,7 +243,7 @@ async def cancel(request: web.Request) -> web.Response:
     if not from_skytells(prediction.status).terminal:
         prediction.canceled = True
         prediction.settle(SkytellsStatus.CANCELLED)
-        _spawn(app, _callback(app, prediction, "canceled", prediction.view(app[SIM_SETTINGS].public_url)))
+        _spawn(app, _callback(app, prediction, SkytellsEvent.CANCELED, prediction.view(app[SIM_SETTINGS].public_url)))
     return web.json_response(prediction.view(app[SIM_SETTINGS].public_url))
 
 

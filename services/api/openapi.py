@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.predictions import Status
 from services.api.bodies import DEFAULT_MODEL, IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY, MAX_PROMPT
 from services.api.paging import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -258,7 +259,7 @@ def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     ],
                     "properties": {
                         "id": {"type": "string", "format": "uuid"},
-                        "status": {"enum": ["queued", "processing", "succeeded", "failed", "canceled"]},
+                        "status": {"enum": [str(status) for status in Status]},
                         "model": {"type": "string"},
                         "prompt": {"type": "string"},
                         "outputUrl": {"type": ["string", "null"]},

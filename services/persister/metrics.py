@@ -6,14 +6,16 @@ from enum import StrEnum
 
 from prometheus_client import Counter, Histogram
 
+from common.predictions import Status
+
 
 class Outcome(StrEnum):
     """What became of one event: the `outcome` label of `studio_persister_events_total`."""
 
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    PROCESSING = "processing"
+    SUCCEEDED = Status.SUCCEEDED
+    FAILED = Status.FAILED
+    CANCELED = Status.CANCELED
+    PROCESSING = Status.PROCESSING
     REJECTED = "rejected"  # success reported, but the output was refused: the generation ended `failed`
     DUPLICATE = "duplicate"  # the generation had already ended
     STALE = "stale"  # `processing` for a generation already further along
