@@ -11,7 +11,7 @@ from common.db.pool import create_pool
 from common.migrate import apply_migrations
 from common.settings import API_REQUIRED, Settings
 from common.skytells import SkytellsClient
-from common.web import add_probes, boot, error_middleware, run
+from common.web import add_probes, boot, error_middleware, expect_handler, run
 from services.api import views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
@@ -63,11 +63,11 @@ def create_app(settings: Settings) -> web.Application:
             await conn.fetchval("SELECT 1")
 
     add_probes(app, {"database": database_ready})
-    app.router.add_post("/api/generate", views.generate)
-    app.router.add_get("/api/predictions/{id}", views.get_prediction)
-    app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction)
-    app.router.add_get("/api/generations", views.list_generations)
-    app.router.add_get("/api/openapi.json", views.openapi_document)
+    app.router.add_post("/api/generate", views.generate, expect_handler=expect_handler)
+    app.router.add_get("/api/predictions/{id}", views.get_prediction, expect_handler=expect_handler)
+    app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction, expect_handler=expect_handler)
+    app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)
+    app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
     return app
 
 

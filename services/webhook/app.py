@@ -9,7 +9,7 @@ from aiohttp import web
 from common.broker import retry_delays
 from common.errors import BrokerUnavailable
 from common.settings import WEBHOOK_REQUIRED, Settings
-from common.web import add_probes, boot, error_middleware, run
+from common.web import add_probes, boot, error_middleware, expect_handler, run
 from services.webhook import views
 from services.webhook.keys import BROKER, SETTINGS
 from services.webhook.publisher import BrokerLink
@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> web.Application:
             raise BrokerUnavailable("not connected to RabbitMQ")
 
     add_probes(app, {"broker": broker_ready})
-    app.router.add_post("/api/webhooks", views.receive)
+    app.router.add_post("/api/webhooks", views.receive, expect_handler=expect_handler)
     return app
 
 
