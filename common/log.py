@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 _EMPTY: dict[str, Any] = {}  # never mutated: `annotate` leaves it alone
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("studio_log_context", default=_EMPTY)  # noqa: B039
 
@@ -60,6 +62,27 @@ def configure(service: str, level: str = "INFO") -> None:
     sys.excepthook = _log_uncaught
     for noisy in ("aiormq", "aio_pika", "botocore", "aiobotocore", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _MalformedRequests) for f in server.filters):
+        server.addFilter(_MalformedRequests())
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a bad request line, a control byte in a header, broken
+    chunking or compression) as an error with its parser's traceback, after answering it 400, and a client that
+    left mid-request likewise. Those are a stranger's doing, not the service's: one info line naming it, so a
+    traceback in the log always means a fault of ours. (Handlers' own errors are logged by the error middleware.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        while error is not None and not isinstance(error, (HttpProcessingError, ConnectionResetError)):
+            error = error.__cause__ or error.__context__  # (a payload error wraps the parser's)
+        if error is not None:
+            reason = str(error).strip().splitlines()
+            record.msg, record.args = "refused a malformed request: %s", (" ".join(reason[:2])[:200],)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
 
 
 def _log_uncaught(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:

@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
@@ -91,13 +91,31 @@ def _request_id(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def expect_handler(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue` is honoured; any other expectation is a 417 in JSON. (aiohttp's default answer runs
+    before any middleware and echoes the value: for bytes outside UTF-8 it fails with a plain-text 500.)"""
+    if request.headers.get(hdrs.EXPECT, "").lower() == "100-continue" and request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # as aiohttp's own does: the interim answer is not the response
+        return None
+    return json_error(417, "Unsupported Expect header: only 100-continue is")
+
+
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+UNROUTED = "/{unrouted:.*}"
+
+
 def _route_name(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None else "unmatched"
+    return resource.canonical if resource is not None and resource.canonical != UNROUTED else "unmatched"
 
 
 # Headers of aiohttp's own errors that tell the client what to do next (405's Allow is required by RFC 9110).
@@ -123,9 +141,14 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = exc.reason if exc.status != 413 else "Request body too large"
             kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
             response = json_error(exc.status, message, kept)
-        except Exception:
-            logger.exception("unhandled error", extra={"route": route, "method": request.method})
-            response = json_error(500, "Internal server error")
+        except Exception as exc:
+            if isinstance(exc, ConnectionResetError) and _client_gone(request):
+                # Its client left mid-request (a truncated body): nobody waits for the answer, and no fault of ours.
+                logger.info("client went away before its request was read", extra={"route": route})
+                response = json_error(400, "Request incomplete")
+            else:
+                logger.exception("unhandled error", extra={"route": route, "method": request.method})
+                response = json_error(500, "Internal server error")
         finally:
             request[LOG_IDS] = logs.current()
     response.headers[REQUEST_ID_HEADER] = request_id
@@ -167,7 +190,8 @@ class AccessLog(AbstractAccessLogger):
 
 
 def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
-    """`/healthz` (the process runs), `/readyz` (each named dependency answers), `/metrics`."""
+    """`/healthz` (the process runs), `/readyz` (each named dependency answers), `/metrics`; and the 404/405 of
+    every other path."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -189,9 +213,22 @@ def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    async def unrouted(request: web.Request) -> web.StreamResponse:
+        allowed: set[str] = set()
+        for resource in request.app.router.resources():
+            if resource is not request.match_info.route.resource:
+                allowed |= (await resource.resolve(request))[1]
+        if allowed:
+            raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+        raise web.HTTPNotFound()
+
+    app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
+    app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
+    app.router.add_get("/metrics", metrics, expect_handler=expect_handler)
+    # Every request reaches a route of ours, so aiohttp's own route-level code never answers a stranger: its
+    # handling of `Expect` runs before any middleware. aiohttp tries longer path prefixes first, so this
+    # catch-all is matched last, whenever the service's routes are added.
+    app.router.add_route("*", UNROUTED, unrouted, expect_handler=expect_handler)
 
 
 def run(app: web.Application, host: str, port: int, **kwargs: Any) -> None:

@@ -160,3 +160,15 @@ async def test_read_header_joins_a_repeatable_header_and_checks_every_copy(echo_
     assert await _read(echo_port, "Prefer", *both, query=b"?many") == (200, "wait=5, respond-async")
     assert (await _read(echo_port, "Prefer", b"wait=5", b"\xff", query=b"?many"))[0] == 400
     assert (await _read(echo_port, "Prefer", *both))[0] == 400  # not repeatable: two copies are ambiguous
+
+
+@pytest.mark.parametrize("path", [b"/api/generate", b"/no/such/path"], ids=["a route", "no route"])
+async def test_an_expect_header_of_any_bytes_is_a_json_417_and_100_continue_works(services, urls, user_id, path):
+    log = ServiceLog(services, "api")
+    for expect in (b"\xff\xfe", b"something-else"):
+        [answer] = await exchange(_port(urls), request(b"POST", path, [(b"Expect", expect), JSON], BODY))
+        assert answer.status == 417 and set(answer.json()) == {"error"}, answer.body
+    headers = [(b"Authorization", _bearer(user_id)), (b"Expect", b"100-continue"), JSON]
+    [answer] = await exchange(_port(urls), request(b"POST", path, headers, BODY))
+    assert answer.status == (201 if path == b"/api/generate" else 404), answer.body
+    assert log.tracebacks() == []

@@ -31,19 +31,24 @@ class WireError(AssertionError):
     """The server's bytes are not HTTP/1.1: a failure of the server, not of the client's request."""
 
 
-async def _read_answer(reader: asyncio.StreamReader) -> Answer | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial.strip():
-            raise WireError(f"connection closed inside an answer's head: {exc.partial[:200]!r}") from None
-        return None
-    except ConnectionResetError:
-        return None
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    version, _, rest = status_line.partition(" ")
-    if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
-        raise WireError(f"not an HTTP status line: {status_line!r}")
+async def _read_answer(reader: asyncio.StreamReader, head: bytes | None = None) -> Answer | None:
+    """The next final answer on the connection (interim 1xx ones are skipped), None at its end."""
+    while True:
+        try:
+            head = head or await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial.strip():
+                raise WireError(f"connection closed inside an answer's head: {exc.partial[:200]!r}") from None
+            return None
+        except ConnectionResetError:
+            return None
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        version, _, rest = status_line.partition(" ")
+        if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+            raise WireError(f"not an HTTP status line: {status_line!r}")
+        if not rest.startswith("1"):
+            break
+        head = None
     headers = {}
     for line in lines:
         if line:
@@ -63,12 +68,22 @@ async def _read_answer(reader: asyncio.StreamReader) -> Answer | None:
 
 
 async def exchange(
-    port: int, request: bytes | Sequence[bytes], *, expect: int = 1, half_close: bool = False, timeout: float = 20
+    port: int,
+    request: bytes | Sequence[bytes],
+    *,
+    expect: int = 1,
+    half_close: bool = False,
+    grace: float = 0.25,
+    timeout: float = 20,
 ) -> list[Answer]:
     """Send `request` (pieces written one after another) and collect up to `expect` answers, fewer when the
-    server closes the connection first. `half_close` ends the client's side after writing, as a client that
-    sends a truncated request and gives up does. A server that neither answers nor closes within `timeout` is
-    an error: a stranger must not be able to hold a connection that way for free."""
+    server closes the connection first. A server that neither answers nor closes within `timeout` is an error: a
+    stranger must not be able to hold a connection that way for free.
+
+    `half_close` is for requests whose framing may be cut short (the server would wait for the rest): after
+    `grace` seconds without an answer the client ends its side, as a client that gives up does. (aiohttp closes
+    a connection whose client has ended its side, so the grace lets a complete request be answered first.)
+    """
     reader, writer = await asyncio.open_connection(HOST, port)
     answers: list[Answer] = []
     try:
@@ -76,11 +91,23 @@ async def exchange(
             writer.write(piece)
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
-        if half_close and writer.can_write_eof():
-            writer.write_eof()
+        head = None
+        if half_close:
+            try:  # readuntil consumes nothing until it finds the end of a head: safe to time out
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), grace)
+            except TimeoutError:
+                pass
+            except asyncio.IncompleteReadError as exc:
+                if exc.partial.strip():
+                    raise WireError(f"connection closed inside an answer's head: {exc.partial[:200]!r}") from None
+            except ConnectionError:
+                pass
+            with contextlib.suppress(ConnectionError, OSError):
+                writer.write_eof()
         async with asyncio.timeout(timeout):
-            while len(answers) < expect and (answer := await _read_answer(reader)) is not None:
+            while len(answers) < expect and (answer := await _read_answer(reader, head)) is not None:
                 answers.append(answer)
+                head = None
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from common import resources
 from common.settings import API_REQUIRED, Settings
-from common.web import add_probes, boot, error_middleware, run
+from common.web import add_probes, boot, error_middleware, expect_handler, run
 from services.api import cors, streams, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
@@ -44,14 +44,14 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(live_updates)
     app.on_response_prepare.append(cors.add_cors_headers)
     add_probes(app, {"database": resources.database_probe(app, POOL)})
-    app.router.add_post("/api/generate", views.generate)
-    app.router.add_get("/api/predictions/{id}", views.get_prediction)
-    app.router.add_get("/api/predictions/{id}/events", streams.generation_events)
-    app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction)
-    app.router.add_get("/api/generations", views.list_generations)
-    app.router.add_get("/api/generations/events", streams.user_events)
-    app.router.add_get("/api/me", views.me)
-    app.router.add_get("/api/openapi.json", views.openapi_document)
+    app.router.add_post("/api/generate", views.generate, expect_handler=expect_handler)
+    app.router.add_get("/api/predictions/{id}", views.get_prediction, expect_handler=expect_handler)
+    app.router.add_get("/api/predictions/{id}/events", streams.generation_events, expect_handler=expect_handler)
+    app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction, expect_handler=expect_handler)
+    app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)
+    app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
+    app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
+    app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
     add_page(app, settings)
     return app
 

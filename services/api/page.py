@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from common.settings import Settings
+from common.web import expect_handler
 from services.api.bodies import DEFAULT_MODEL, MAX_PROMPT
 
 STATIC = Path(__file__).parent / "static"
@@ -76,6 +77,6 @@ def add_page(app: web.Application, settings: Settings) -> None:
     async def page_config(_: web.Request) -> web.Response:
         return web.json_response(config)
 
-    app.router.add_get("/", index)
-    app.router.add_get("/static/{name}", asset)
-    app.router.add_get("/api/config", page_config)
+    app.router.add_get("/", index, expect_handler=expect_handler)
+    app.router.add_get("/static/{name}", asset, expect_handler=expect_handler)
+    app.router.add_get("/api/config", page_config, expect_handler=expect_handler)
