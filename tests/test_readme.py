@@ -102,7 +102,9 @@ def test_the_limits_table_says_what_the_code_enforces():
     assert limits["`limit` of `GET /api/generations`"] == f"1 to {MAX_LIMIT}"
     calling = _section("Calling the API")
     assert "403 when the body's `userId` is not the token's user" in calling
-    assert "### Tokens" in calling and "`AUTH_JWT_SECRET`" in calling.split("### Tokens", 1)[1]
+    tokens = calling.split("### Tokens", 1)[1]
+    for name in ("AUTH_JWT_SECRET", "AUTH_JWKS_URL", "AUTH_JWT_AUDIENCE", "AUTH_JWT_ISSUER"):
+        assert f"`{name}`" in tokens and name in env_names(), name
 
 
 def test_the_lock_and_how_to_upgrade_it_are_explained():
