@@ -16,7 +16,17 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from common.settings import API_REQUIRED, PERSISTER_REQUIRED, WEBHOOK_REQUIRED, Settings, env_names
+from common.settings import (
+    API,
+    API_REQUIRED,
+    PERSISTER,
+    PERSISTER_REQUIRED,
+    WEBHOOK,
+    WEBHOOK_REQUIRED,
+    Settings,
+    declared,
+    env_names,
+)
 from devstack import apt, compose_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +35,16 @@ SERVICES: dict = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 OURS = {"migrate", "api", "webhook", "persister", "skytells-sim"}
-STUDIO = {"migrate": (), "api": API_REQUIRED, "webhook": WEBHOOK_REQUIRED, "persister": PERSISTER_REQUIRED}
+# Studio container -> (the variables its process reads, those it cannot start without).
+STUDIO = {
+    name: ({var.env for var in declared().values() if reader in var.readers}, required)
+    for name, reader, required in (
+        ("api", API, API_REQUIRED),
+        ("webhook", WEBHOOK, WEBHOOK_REQUIRED),
+        ("persister", PERSISTER, PERSISTER_REQUIRED),
+    )
+}
+STUDIO["migrate"] = ({"DATABASE_URL", "LOG_LEVEL"}, ())  # it only migrates, and logs
 ONE_SHOT = {"migrate", "minio-init"}
 SCALED = {"api", "webhook", "persister"}
 PROXIES = {"api-proxy": ("api", 8080), "webhook-proxy": ("webhook", 8081)}
@@ -36,6 +55,7 @@ WIRED = {
     "S3_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+    "BIND_HOST",  # the proxies and healthchecks reach a container on its own address
     "API_PORT",
     "WEBHOOK_PORT",
     "PERSISTER_PORT",
@@ -111,27 +131,31 @@ def test_every_service_is_there():
     assert set(SERVICES) == expected
 
 
-def test_every_setting_reaches_every_studio_service(docker_compose, dotenv, tmp_path):
+def test_every_setting_reaches_the_studio_services_that_read_it(docker_compose, dotenv, tmp_path):
     passed = set(env_names()) - WIRED
     env = {**dotenv, **{name: SAMPLES.get(name, env_names()[name]) for name in passed if name not in dotenv}}
     rendered = _rendered(docker_compose, tmp_path, env)
-    for name, required in STUDIO.items():
+    for name, (reads, required) in STUDIO.items():
         environment = rendered[name]["environment"]
-        assert set(environment) == set(env_names()), f"{name}: {set(env_names()) ^ set(environment)}"
-        for variable in passed:
+        assert set(environment) == reads, f"{name}: {reads ^ set(environment)}"
+        for variable in reads & passed:
             assert environment[variable] == env[variable], f"{name}: {variable}"
-        # What the container gets is a configuration the service starts with.
-        settings = Settings.from_env(environment, required=required)
-        assert settings.persister_max_attempts == 3 and settings.allowed_models == ("truefusion-edge",)
+        # What the container gets is a configuration its process starts with.
+        Settings.from_env(environment, required=required)
+    for name in ("webhook", "persister"):
+        assert rendered[name]["environment"]["PERSISTER_MAX_ATTEMPTS"] == "3"
+    assert rendered["api"]["environment"]["ALLOWED_MODELS"] == "truefusion-edge"
+    # Least privilege: the gateway holds no database, storage or API secret.
+    assert not {"DATABASE_URL", "AWS_SECRET_ACCESS_KEY", "SKYTELLS_API_KEY", "AUTH_JWT_SECRET"} & STUDIO["webhook"][0]
 
 
 def test_an_unset_setting_stays_unset_so_the_service_default_applies(docker_compose, dotenv, tmp_path):
     env = {name: value for name, value in dotenv.items() if name in SECRETS}
     environment = _rendered(docker_compose, tmp_path, env)["api"]["environment"]
     unset = {name for name, value in environment.items() if value is None}
-    assert unset == set(env_names()) - WIRED - set(SECRETS)
+    assert unset == STUDIO["api"][0] - WIRED - set(SECRETS)
     defaults = Settings.from_env({k: v for k, v in environment.items() if v is not None}, required=API_REQUIRED)
-    assert defaults.persister_max_attempts == int(env_names()["PERSISTER_MAX_ATTEMPTS"])
+    assert defaults.allowed_models == tuple(env_names()["ALLOWED_MODELS"].split(","))
 
 
 @pytest.mark.parametrize("profile", [[], ["--profile", "sim"]], ids=["skytells", "simulator"])
@@ -150,14 +174,19 @@ def test_make_ups_env_runs_the_simulator_with_secrets_found_nowhere_in_the_repos
     sim = rendered["skytells-sim"]["environment"]
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     repository = "".join((ROOT / path).read_text(errors="replace") for path in tracked if (ROOT / path).is_file())
-    for name in ("api", "webhook", "persister"):
-        environment = rendered[name]["environment"]
-        assert environment["SKYTELLS_API_KEY"] == sim["SIM_API_KEY"]
-        assert environment["SKYTELLS_WEBHOOK_SECRET"] == sim["SIM_WEBHOOK_SECRET"]
-        assert environment["SKYTELLS_BASE_URL"] == "http://skytells-sim:8090/v1"
-        assert "skytells-sim" in environment["OUTPUT_ALLOWED_HOSTS"]
-        for secret in ("SKYTELLS_API_KEY", "SKYTELLS_WEBHOOK_SECRET", "AUTH_JWT_SECRET"):
-            assert len(environment[secret]) >= 32 and environment[secret] not in repository, secret
+    services = {name: rendered[name]["environment"] for name in ("api", "webhook", "persister")}
+    assert services["api"]["SKYTELLS_API_KEY"] == services["persister"]["SKYTELLS_API_KEY"] == sim["SIM_API_KEY"]
+    assert services["webhook"]["SKYTELLS_WEBHOOK_SECRET"] == sim["SIM_WEBHOOK_SECRET"]
+    assert dotenv["SKYTELLS_BASE_URL"] == "http://skytells-sim:8090/v1"
+    assert (
+        services["api"]["SKYTELLS_BASE_URL"]
+        == services["persister"]["SKYTELLS_BASE_URL"]
+        == "http://skytells-sim:8090/v1"
+    )
+    assert "skytells-sim" in services["persister"]["OUTPUT_ALLOWED_HOSTS"]
+    secrets = {name: value for environment in services.values() for name, value in environment.items()}
+    for secret in ("SKYTELLS_API_KEY", "SKYTELLS_WEBHOOK_SECRET", "AUTH_JWT_SECRET"):
+        assert len(secrets[secret]) >= 32 and secrets[secret] not in repository, secret
     # A second .env is not the first one's secrets again.
     assert compose_env.fill("AUTH_JWT_SECRET=\n") != compose_env.fill("AUTH_JWT_SECRET=\n")
 
