@@ -22,8 +22,7 @@ class Event:
 
 async def read_events(response: httpx.Response) -> AsyncIterator[Event]:
     """Each complete event of the stream, in order; comment lines (keep-alives) are skipped."""
-    kind, ident = "message", None
-    data: list[str] = []
+    kind, ident, data = "message", None, list[str]()
     async for line in response.aiter_lines():
         if not line:
             if data:

@@ -10,6 +10,7 @@ from typing import Any
 
 from common.predictions import Status
 from services.api.bodies import DEFAULT_MODEL, IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY, MAX_PROMPT
+from services.api.openapi_live import add_live
 from services.api.paging import DEFAULT_LIMIT, MAX_LIMIT
 
 JSON = "application/json"
@@ -49,6 +50,10 @@ _ID_PARAMETER = {
 
 
 def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
+    return add_live(_document(allowed_models), _ID_PARAMETER)
+
+
+def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
     retry_after = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
     secured: list[dict[str, list[str]]] = [{"bearerAuth": []}]
     return {

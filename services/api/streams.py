@@ -12,33 +12,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from common.db import changes
-from common.updates import Update, moment_of
-from common.web import REQUEST_ID_HEADER, ApiError
+from common.updates import Update
+from common.web import REQUEST_ID_HEADER
 from services.api.hub import Inbox
 from services.api.keys import HUB, POOL
+from services.api.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, frame, last_event_id, moment_after
 from services.api.views import _own_generation, _parse_id, _user
 from services.api.waiting import client_connected
 
-KEEPALIVE_S = 15.0
-KEEPALIVE = b": keep-alive\n\n"
-LAST_EVENT_ID_HEADER = "Last-Event-ID"
 # Most unfinished (plus, on resume, changed) generations a per-user stream opens with.
 OPENING_LIMIT = 1000
-EVENT_STREAM = "text/event-stream"
-
-
-def frame(update: Update) -> bytes:
-    return b"event: generation\nid: %d\ndata: %s\n\n" % (update.version, update.data)
-
-
-def last_event_id(request: web.Request) -> int | None:
-    """The `Last-Event-ID` a reconnecting client sends back: one of our event ids, or a 400."""
-    raw = request.headers.get(LAST_EVENT_ID_HEADER)
-    if raw is None or raw == "":
-        return None
-    if not (len(raw) <= 19 and raw.isascii() and raw.isdigit()):
-        raise ApiError(400, "Invalid Last-Event-ID: send back the id of an event of this stream")
-    return int(raw)
 
 
 async def _open(request: web.Request) -> web.StreamResponse:
@@ -91,11 +74,7 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
 
 async def user_events(request: web.Request) -> web.StreamResponse:
     user_id = await _user(request)
-    after = last_event_id(request)
-    try:
-        changed_after = None if after is None else moment_of(after)
-    except OverflowError:
-        raise ApiError(400, "Invalid Last-Event-ID: send back the id of an event of this stream") from None
+    changed_after = moment_after(request)
     alive = lambda: client_connected(request)  # noqa: E731
     with request.app[HUB].watch(alive, user_id=user_id) as inbox:
         async with request.app[POOL].acquire() as conn:
