@@ -251,7 +251,7 @@ async def test_older_generations_come_by_cursor_newest_first(visit, urls, user_i
     await expect(page.get_by_role("button", name="Show older generations")).to_be_hidden()
 
 
-async def test_keyboard_alone_at_a_phones_width(browser, urls, user_id):
+async def test_keyboard_alone_at_a_phones_width(browser, urls, user_id, tmp_path):
     context = await browser.new_context(viewport={"width": 360, "height": 740})
     page = (visit := Visit(context, await context.new_page())).page
     try:
@@ -279,6 +279,7 @@ async def test_keyboard_alone_at_a_phones_width(browser, urls, user_id):
         assert await page.evaluate("document.documentElement.scrollWidth") <= 360  # nothing wider than the phone
         box = await card.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360
+        await page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
     finally:
         await context.close()
     assert visit.problems == []

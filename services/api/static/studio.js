@@ -117,6 +117,9 @@ function newCard(generation) {
   const time = element.querySelector("time");
   time.dateTime = generation.createdAt;
   time.textContent = when.format(new Date(generation.createdAt));
+  const named = generation.prompt.length > 60 ? `${generation.prompt.slice(0, 60)}…` : generation.prompt;
+  element.querySelector(".cancel").setAttribute("aria-label", `Cancel “${named}”`);
+  element.querySelector(".open").setAttribute("aria-label", `Open the image of “${named}”`);
   element.querySelector(".cancel").addEventListener("click", () => cancel(generation.id, element));
   return { element, status: null, createdAt: Date.parse(generation.createdAt) };
 }
