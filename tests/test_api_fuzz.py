@@ -86,6 +86,8 @@ def test_document_is_valid_openapi_3_1_covering_every_route(document):
         "/api/predictions/{id}/events",
         "/api/me",
         "/api/openapi.json",
+        "/api/config",
+        "/",
         "/healthz",
         "/readyz",
         "/metrics",
