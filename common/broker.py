@@ -15,7 +15,6 @@ queue nor a dead-letter hop ever drops a message silently. Publishing uses publi
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
@@ -31,13 +30,16 @@ from aio_pika.abc import (
 from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
 
-log = logging.getLogger(__name__)
-
 EXCHANGE = "studio.predictions"
 QUEUE = "studio.persister"
 DEAD_QUEUE = "studio.persister.dead"
 DELAY_QUEUE_PREFIX = "studio.persister.delay."
 ATTEMPT_HEADER = "x-attempt"
+# Why a message is in the dead-letter queue, for whoever has to decide what to do with it (`redrive list`).
+DEAD_REASON_HEADER = "x-dead-reason"
+DEAD_ATTEMPTS_HEADER = "x-attempts"
+FIRST_FAILURE_HEADER = "x-first-failure-at"  # ISO-8601; carried by every retry copy from the first failure on
+LAST_FAILURE_HEADER = "x-last-failure-at"
 PUBLISH_TIMEOUT_S = 5.0
 # How often a robust connection retries after losing RabbitMQ (aio-pika's default, 5 s, keeps callbacks
 # answered 503 for seconds after the broker is back), and how long one connection attempt may take.

@@ -8,19 +8,19 @@ import math
 import uuid
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
-from common.skytells import SkytellsError
+from common.skytells import SkytellsError, SkytellsTimeout, callback_url
 from common.web import ApiError
 from services.api import openapi
 from services.api.auth import authenticate
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, read_json_object
 from services.api.keys import POOL, SETTINGS, SKYTELLS
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
+from services.api.submission import record_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ async def _reserve(
     while True:
         async with request.app[POOL].acquire() as conn, conn.transaction():
             await generations.lock_user(conn, user_id)
-            expired = await generations.expire_unsubmitted(conn, expiry_s, user_id)
+            expired = await generations.expire_unsubmitted(conn, expiry_s, settings.reconcile_unknown_after_s, user_id)
             if expired:
                 logger.warning("ended %d generations whose create call was lost", expired, extra={"user": user_id})
             existing = await generations.get_by_idempotency_key(conn, user_id, key) if key else None
@@ -101,8 +101,8 @@ async def _reserve(
                 return created, False
         if existing.request_hash != wanted.fingerprint:
             raise ApiError(409, "Idempotency-Key was already used with a different request")
-        if existing.prediction_id is not None or existing.terminal:
-            return existing, True
+        if existing.prediction_id is not None or existing.terminal or existing.submit_timed_out_at is not None:
+            return existing, True  # (a timed-out create call: the generation waits for its callback)
         # The first request with this key is still waiting for Skytells: wait for its outcome. If Skytells
         # refuses it, its key is released and the next round makes a fresh attempt.
         if asyncio.get_running_loop().time() > deadline:
@@ -123,8 +123,17 @@ async def generate(request: web.Request) -> web.Response:
     with logs.bind(generation_id=str(generation.id)):
         try:
             prediction = await request.app[SKYTELLS].create_prediction(
-                wanted.model, wanted.prompt, settings.public_webhook_url
+                wanted.model, wanted.prompt, callback_url(settings.public_webhook_url, generation.id)
             )
+        except SkytellsTimeout:
+            # Skytells may still make the prediction: the generation stays queued for its callback (which finds
+            # it by the id in the callback URL) and a repeat with the same Idempotency-Key returns it.
+            async with pool.acquire() as conn:
+                await generations.mark_submit_timed_out(conn, generation.id)
+            logger.warning("Skytells did not answer the create call in time; waiting for its callback")
+            raise ApiError(
+                503, "Skytells did not answer in time; the generation waits for it", {"Retry-After": "5"}
+            ) from None
         except SkytellsError as exc:
             # The row exists before Skytells is called; ending it `failed` releases its quota slot.
             async with pool.acquire() as conn:
@@ -136,18 +145,9 @@ async def generate(request: web.Request) -> web.Response:
             )
             raise skytells_failure(exc) from None
         with logs.bind(prediction_id=prediction.id):
-            try:
-                async with pool.acquire() as conn:
-                    updated = await generations.set_prediction(
-                        conn, generation.id, prediction.id, prediction.studio_status
-                    )
-            except asyncpg.UniqueViolationError:
-                # Skytells handed out an id another generation already has: never attach one prediction twice.
-                async with pool.acquire() as conn:
-                    await generations.fail_submission(conn, generation.id, "Skytells returned a duplicate id")
-                raise ApiError(502, "Skytells returned a prediction id already in use") from None
+            updated = await record_prediction(request.app, generation, prediction)
             logger.info("generation created", extra={"model": wanted.model})
-    return _generation_response(updated or generation, 201)
+    return _generation_response(updated, 201)
 
 
 def _parse_id(raw: str) -> uuid.UUID:

@@ -24,11 +24,13 @@ from common.settings import PERSISTER_REQUIRED, Settings
 from common.skytells import SkytellsClient
 from common.storage import check_bucket, open_s3
 from common.web import add_probes, boot, error_middleware, run
-from services.persister.consumer import Consumer, all_delays
+from services.persister.consumer import Consumer
+from services.persister.handling import Handler
 from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS
 from services.persister.processor import Processor
 from services.persister.reconciler import Reconciler
 from services.persister.redrive import redrive
+from services.persister.routing import Router, all_delays
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +76,9 @@ async def _broker(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
-    processor = Processor(app[SETTINGS], app[POOL], app[S3], app[HTTP])
-    consumer = Consumer(app[SETTINGS], app[BROKER], processor)
+    settings = app[SETTINGS]
+    handler = Handler(Processor(settings, app[POOL], app[S3], app[HTTP]), Router(settings, app[BROKER]))
+    consumer = Consumer(app[BROKER], settings.persister_prefetch, handler)
     app[CONSUMER] = consumer
     await consumer.start()
     yield

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Collection
 from typing import Any
 
@@ -45,8 +46,7 @@ class Processor:
         `retry` says an earlier attempt at this very message may have stored some outputs already (a retry or a
         redelivery); only then is it worth asking S3 first.
         """
-        async with self.pool.acquire() as conn:
-            generation = await generations.get_by_prediction_id(conn, event.prediction_id)
+        generation = await self._find(event)
         if generation is None:
             raise GenerationNotYetKnown(f"no generation has prediction id {event.prediction_id} yet")
         # Into the consumer's block, so its outcome and retry lines carry the generation too.
@@ -62,6 +62,25 @@ class Processor:
                 moved = await generations.mark_processing(conn, generation.id)
             return "processing" if moved else "stale"
         return "ignored"
+
+    async def _find(self, event: PredictionEvent) -> Generation | None:
+        """The generation by prediction id, else by the generation id the callback URL carried: the create call
+        that would have recorded the prediction id timed out, or its API process died before writing it."""
+        async with self.pool.acquire() as conn:
+            generation = await generations.get_by_prediction_id(conn, event.prediction_id)
+            if generation is not None or event.generation_id is None:
+                return generation
+            try:
+                generation_id = uuid.UUID(event.generation_id)
+            except ValueError:
+                return None
+            bound = await generations.bind_prediction(conn, generation_id, event.prediction_id)
+            if bound is None:  # bound meanwhile, by the API's own write or a concurrent callback
+                return await generations.get_by_prediction_id(conn, event.prediction_id)
+        logger.warning(
+            "prediction bound to its generation by the id in its callback", extra={"generation_id": str(bound.id)}
+        )
+        return bound
 
     async def _end(self, generation: Generation, status: str, error: str | None) -> str:
         async with self.pool.acquire() as conn:

@@ -11,7 +11,7 @@ import aio_pika
 
 from common.broker import ATTEMPT_HEADER, DEAD_QUEUE, QUEUE, Broker
 from common.settings import Settings
-from services.persister.consumer import all_delays
+from services.persister.routing import all_delays
 
 logger = logging.getLogger(__name__)
 
