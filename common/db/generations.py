@@ -71,9 +71,10 @@ RETURNING *
 EXPIRE_UNSUBMITTED = """
 UPDATE generations
 SET status = 'failed', idempotency_key = NULL, completed_at = now(), updated_at = now(),
-    error = CASE WHEN submit_timed_out_at IS NULL THEN $2 ELSE $4 END
+    error = CASE WHEN submit_timed_out_at IS NULL THEN $2::text ELSE $4::text END
 WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
-  AND created_at < now() - make_interval(secs => CASE WHEN submit_timed_out_at IS NULL THEN $1 ELSE $3 END)
+  AND created_at < now()
+      - make_interval(secs => CASE WHEN submit_timed_out_at IS NULL THEN $1::float8 ELSE $3::float8 END)
 RETURNING id
 """
 EXPIRE_UNSUBMITTED_OF_USER = EXPIRE_UNSUBMITTED.replace("RETURNING id", "  AND user_id = $5\nRETURNING id")
