@@ -1,6 +1,6 @@
 # Thin targets over `python -m ...`; every target installs what it needs first.
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint bench up down migrate clean
+.PHONY: help install run test lint bench up down migrate redrive clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,6 +14,7 @@ help:
 	@echo "make bench   print the benchmark table"
 	@echo "make up/down docker compose up (with the simulator unless SKYTELLS_API_KEY is set) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
+	@echo "make redrive the dead-letter queue at AMQP_URL: ARGS=list, ARGS='move --all', ARGS='discard ID...'"
 
 install: $(STAMP)
 
@@ -39,6 +40,11 @@ bench: install
 
 migrate: install
 	$(PY) -m common.migrate
+
+# make redrive ARGS=list | ARGS="move --all" | ARGS="move ID..." | ARGS="discard ID..." (no ARGS: list)
+ARGS ?= list
+redrive: install
+	$(PY) -m services.persister redrive $(ARGS)
 
 # Without a Skytells key, compose runs the simulator too (the `sim` profile), as `make run` does.
 COMPOSE_PROFILE = $(if $(SKYTELLS_API_KEY),,--profile sim)
