@@ -134,6 +134,8 @@ _VARS: dict[str, _Var] = {
     "download_retry_window_s": _Var("DOWNLOAD_RETRY_WINDOW_S", _seconds, "180"),
     "download_connect_timeout_s": _Var("DOWNLOAD_CONNECT_TIMEOUT_S", _positive_seconds, "5"),
     "download_read_timeout_s": _Var("DOWNLOAD_READ_TIMEOUT_S", _positive_seconds, "20"),
+    # The whole download, however the bytes trickle in: a slow CDN cannot hold a message past it.
+    "download_deadline_s": _Var("DOWNLOAD_DEADLINE_S", _positive_seconds, "120"),
     # A prediction Skytells still does not know this long after its generation was created ends `failed`.
     "reconcile_unknown_after_s": _Var("RECONCILE_UNKNOWN_AFTER_S", _seconds, "3600"),
 }
@@ -179,6 +181,7 @@ class Settings:
     download_retry_window_s: float
     download_connect_timeout_s: float
     download_read_timeout_s: float
+    download_deadline_s: float
     reconcile_unknown_after_s: float
 
     @classmethod

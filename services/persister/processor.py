@@ -6,6 +6,7 @@ duplicates of one event at once, both may upload the (identical) object but only
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -18,7 +19,7 @@ import httpx
 from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
-from common.errors import GenerationNotYetKnown, PermanentError
+from common.errors import GenerationNotYetKnown, PermanentError, UpstreamUnavailable
 from common.events import PredictionEvent
 from common.settings import Settings
 from common.storage import PREFIX, existing_keys, public_url, upload_stream
@@ -122,8 +123,15 @@ class Processor:
             if key.startswith(stem) and "." not in key[len(stem) :]:
                 logger.info("output %d already stored by an earlier attempt", index, extra={"key": key})
                 return public_url(settings, key)
-        async with open_output(self.http, url, settings.output_allowed_hosts, settings.output_max_bytes) as out:
-            key = object_key(generation.id, index, out.extension)
-            size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        try:
+            # Read timeouts bound each wait for bytes; this bounds the whole, so a CDN that trickles cannot hold
+            # the message (and a consumer slot) without end, nor past the drain at shutdown.
+            async with asyncio.timeout(settings.download_deadline_s):
+                allowed, limit = settings.output_allowed_hosts, settings.output_max_bytes
+                async with open_output(self.http, url, allowed, limit) as out:
+                    key = object_key(generation.id, index, out.extension)
+                    size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"download did not finish within {settings.download_deadline_s:g}s") from None
         STORED_BYTES.inc(size)
         return public_url(settings, key)
