@@ -32,8 +32,11 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_broker)
 
     async def broker_ready() -> None:
-        if not app[BROKER].ready:
+        link = app[BROKER]
+        if link.broker is None or not link.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        # Connected is not enough: under a memory or disk alarm every callback would wait 5 s for its 503.
+        await link.broker.check_unblocked()
 
     add_probes(app, {"broker": broker_ready})
     app.router.add_post("/api/webhooks", views.receive)
