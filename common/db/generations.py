@@ -89,12 +89,14 @@ WHERE id = $1 AND prediction_id IS NULL AND status IN ('queued', 'processing')
 RETURNING *
 """
 
-# Skytells refused the create call: the generation ends `failed` and its Idempotency-Key is released, so only
-# generations that reached Skytells are ever replayed and a retry after a 502/503 tries again.
+# Skytells refused the create call (or Studio could not record its answer): the generation ends `failed` and
+# its Idempotency-Key is released, so only generations that reached Skytells are ever replayed and a retry after
+# a 502/503 tries again. One whose prediction id did get written (a commit whose answer was lost) is left to
+# that prediction's callbacks.
 FAIL_SUBMISSION = """
 UPDATE generations
 SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
-WHERE id = $1 AND status IN ('queued', 'processing')
+WHERE id = $1 AND status IN ('queued', 'processing') AND prediction_id IS NULL
 RETURNING *
 """
 

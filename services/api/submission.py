@@ -1,4 +1,4 @@
-"""Recording the prediction Skytells accepted: a paid prediction must never be orphaned.
+"""After Skytells' answer to a create call (or its silence): a paid prediction must never be orphaned.
 
 Once Skytells has answered, its prediction costs money whether or not Studio remembers it. So a failed write of
 its id is retried for a few seconds; if the database still refuses, the prediction is canceled at Skytells, the
@@ -6,6 +6,8 @@ generation ends `failed` (freeing its quota slot and Idempotency-Key) where the 
 client gets a 503 with `Retry-After`. Should even that fail, nothing is lost: the callback URL carries the
 generation id, so the persister binds the prediction to its generation when the callback comes, and the
 generation cannot hold quota past the lost-create-call expiry.
+
+A create call that timed out is no failure either: the generation waits for its callback the same way.
 """
 
 from __future__ import annotations
@@ -56,6 +58,20 @@ async def record_prediction(app: web.Application, generation: Generation, predic
         return updated
     await _abandon(app, generation, prediction)
     raise ApiError(503, "Studio could not record the generation; please try again", {"Retry-After": "2"})
+
+
+async def await_callback(app: web.Application, generation: Generation) -> None:
+    """The create call timed out: Skytells may still make the prediction. The generation stays queued for its
+    callback (which finds it by the id in the callback URL), and a repeat with its Idempotency-Key returns it."""
+    logger.warning("Skytells did not answer the create call in time; waiting for its callback")
+    try:
+        async with app[POOL].acquire() as conn:
+            await generations.mark_submit_timed_out(conn, generation.id)
+    except Exception as exc:
+        if not _database_failure(exc):
+            raise
+        # Unmarked, it waits only as long as a lost create call does; its callback still finds it meanwhile.
+        logger.error("could not mark the create call as unanswered: %r", exc)
 
 
 async def _abandon(app: web.Application, generation: Generation, prediction: Prediction) -> None:

@@ -20,7 +20,7 @@ from services.api.auth import authenticate
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, read_json_object
 from services.api.keys import POOL, SETTINGS, SKYTELLS
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
-from services.api.submission import record_prediction
+from services.api.submission import await_callback, record_prediction
 
 logger = logging.getLogger(__name__)
 
@@ -126,11 +126,7 @@ async def generate(request: web.Request) -> web.Response:
                 wanted.model, wanted.prompt, callback_url(settings.public_webhook_url, generation.id)
             )
         except SkytellsTimeout:
-            # Skytells may still make the prediction: the generation stays queued for its callback (which finds
-            # it by the id in the callback URL) and a repeat with the same Idempotency-Key returns it.
-            async with pool.acquire() as conn:
-                await generations.mark_submit_timed_out(conn, generation.id)
-            logger.warning("Skytells did not answer the create call in time; waiting for its callback")
+            await await_callback(request.app, generation)
             raise ApiError(
                 503, "Skytells did not answer in time; the generation waits for it", {"Retry-After": "5"}
             ) from None
