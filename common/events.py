@@ -1,4 +1,4 @@
-"""The completion event that travels from the gateway (or the reconciler) to the persister (SPEC section 5)."""
+"""The completion event that travels from the gateway (or the reconciler) to the persister (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from common.skytells import Prediction
+from common.predictions import Prediction, Status
 
 Source = Literal["webhook", "reconciler"]
 
@@ -21,7 +21,7 @@ _EVENT_NAMESPACE = uuid.UUID("5b0b6a38-6a8e-4d8e-9d0f-6f1f0c2e7a11")
 class PredictionEvent:
     event_id: str
     prediction_id: str
-    status: str
+    status: Status
     skytells_status: str
     output: tuple[str, ...]
     error: str | None
@@ -96,7 +96,7 @@ class PredictionEvent:
             return cls(
                 event_id=texts["eventId"],
                 prediction_id=texts["predictionId"],
-                status=texts["status"],
+                status=Status(texts["status"]),
                 skytells_status=texts["skytellsStatus"],
                 output=tuple(output),
                 error=optional["error"],

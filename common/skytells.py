@@ -8,11 +8,9 @@ message, so the API can pass it on to the user.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import time
 import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -22,6 +20,7 @@ import httpx
 from prometheus_client import Counter, Histogram
 
 from common.errors import StudioError
+from common.predictions import Prediction, parse_prediction
 
 SKYTELLS_LATENCY = Histogram(
     "studio_skytells_request_duration_seconds",
@@ -36,91 +35,6 @@ SKYTELLS_FAILURES = Counter(
 )
 # Longest error message passed on from Skytells: it ends up in responses and in the database.
 MAX_MESSAGE = 1000
-
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
-ACTIVE = ("queued", "processing")
-
-_STATUS_MAP = {
-    "pending": "queued",
-    "starting": "queued",
-    "queued": "queued",
-    "started": "processing",
-    "processing": "processing",
-    "succeeded": "succeeded",
-    "failed": "failed",
-    "cancelled": "canceled",
-    "canceled": "canceled",
-}
-
-
-def studio_status(skytells_status: str) -> str:
-    """Map a Skytells status to Studio's; an unknown one counts as still running (SPEC section 4)."""
-    return _STATUS_MAP.get(skytells_status.lower(), "processing")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    id: str
-    status: str  # Skytells' own spelling
-    output: tuple[str, ...]
-    error: str | None
-    model: str | None
-
-    @property
-    def studio_status(self) -> str:
-        return studio_status(self.status)
-
-
-def _error_text(value: Any) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        message = value.get("message") or value.get("detail")
-        if isinstance(message, str) and message:
-            return message
-    return json.dumps(value)
-
-
-def parse_prediction(payload: Any) -> Prediction:
-    """Normalise a prediction: bare or in a `{type, created_at, data}` envelope; output as list, str or null.
-
-    Raises ValueError when there is no usable prediction id and status.
-    """
-    if isinstance(payload, dict) and isinstance(payload.get("data"), dict) and "type" in payload:
-        payload = payload["data"]
-    if not isinstance(payload, dict):
-        raise ValueError("payload is not a JSON object")
-    pid, status = payload.get("id"), payload.get("status")
-    if not isinstance(pid, str) or not pid.strip() or len(pid) > 200:
-        raise ValueError("payload has no prediction id")
-    if not isinstance(status, str) or not status.strip():
-        raise ValueError("payload has no prediction status")
-    raw_output = payload.get("output")
-    if raw_output is None:
-        output: tuple[str, ...] = ()
-    elif isinstance(raw_output, str):
-        output = (raw_output,)
-    elif isinstance(raw_output, list) and all(isinstance(item, str) for item in raw_output):
-        output = tuple(raw_output)
-    else:
-        raise ValueError("output must be a URL, a list of URLs, or null")
-    model = payload.get("model")
-    if isinstance(model, dict):
-        model = model.get("name")
-    status = status.strip().lower()
-    error = _error_text(payload.get("error"))
-    response = payload.get("response")
-    if error is None and status == "failed" and isinstance(response, str) and response.strip():
-        error = response.strip()  # where Skytells' SDK reads a failed prediction's message from
-    return Prediction(
-        id=pid.strip(),
-        status=status,
-        output=output,
-        error=error,
-        model=model if isinstance(model, str) else None,
-    )
 
 
 # The query parameter of the callback URL that carries Studio's generation id (see `callback_url`).
@@ -157,10 +71,6 @@ class SkytellsError(StudioError):
         self.status = status
         self.error_id = error_id
         self.retry_after = retry_after
-
-    @property
-    def transient(self) -> bool:
-        return self.status == 0 or self.status == 429 or self.status >= 500
 
     @property
     def reason(self) -> str:

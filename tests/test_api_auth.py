@@ -11,7 +11,7 @@ import jwt
 import jwt.warnings
 import pytest
 
-from services.api.auth import issue_token
+from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET
 
 OTHER_SECRET = "another-secret-of-at-least-32-bytes-xx"

@@ -7,7 +7,7 @@ import base64
 
 import pytest
 
-from services.api.auth import issue_token
+from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET
 
 

@@ -13,8 +13,7 @@ from datetime import datetime
 
 import asyncpg
 
-TERMINAL_STATUSES = ("succeeded", "failed", "canceled")
-ACTIVE_STATUSES = ("queued", "processing")
+from common.predictions import Status
 
 
 @dataclass(frozen=True)
@@ -24,7 +23,7 @@ class Generation:
     prediction_id: str | None
     model: str
     prompt: str
-    status: str
+    status: Status
     output_url: str | None
     output_urls: tuple[str, ...]
     error: str | None
@@ -39,12 +38,13 @@ class Generation:
 
     @property
     def terminal(self) -> bool:
-        return self.status in TERMINAL_STATUSES
+        return self.status.terminal
 
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Generation:
         values = {field.name: record[field.name] for field in fields(cls)}
         values["output_urls"] = tuple(values["output_urls"] or ())
+        values["status"] = Status(values["status"])
         return cls(**values)
 
 
@@ -231,7 +231,7 @@ async def get_by_prediction_id(conn: asyncpg.Connection, prediction_id: str) -> 
 
 
 async def set_prediction(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, prediction_id: str, status: str
+    conn: asyncpg.Connection, generation_id: uuid.UUID, prediction_id: str, status: Status
 ) -> Generation | None:
     return _one(await conn.fetchrow(SET_PREDICTION, generation_id, prediction_id, status))
 
@@ -258,10 +258,10 @@ async def mark_succeeded(
 
 
 async def mark_ended(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, status: str, error: str | None
+    conn: asyncpg.Connection, generation_id: uuid.UUID, status: Status, error: str | None
 ) -> Generation | None:
     """Terminal `failed` or `canceled`; None when the generation had already ended."""
-    if status not in ("failed", "canceled"):
+    if status not in (Status.FAILED, Status.CANCELED):
         raise ValueError(f"not an unsuccessful terminal status: {status}")
     return _one(await conn.fetchrow(MARK_ENDED, generation_id, status, error))
 

@@ -13,13 +13,17 @@ from typing import Any
 
 from aiohttp import web
 
-from common.web import ApiError
+from common.db.text import storable
+from common.web import ApiError, read_header
 
 MAX_BODY = 64 * 1024
 MAX_PROMPT = 500
 MAX_IDEMPOTENCY_KEY = 200
 DEFAULT_MODEL = "truefusion-pro"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+PREFER_HEADER = "Prefer"
+MAX_WAIT_S = 60  # longest, and default, `Prefer: wait`
+MAX_PREFER = 1000  # a Prefer header longer than this is not a preference list but an attack
 
 
 @dataclass(frozen=True)
@@ -49,19 +53,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can produce
-        return False
-    return True
-
-
 def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_id: str) -> GenerateRequest:
     prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not _storable(prompt) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
+    if not isinstance(prompt, str) or not storable(prompt) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
         raise ApiError(400, "Invalid prompt")
     model = body.get("model", DEFAULT_MODEL)
     if not isinstance(model, str) or model not in allowed_models:
@@ -76,9 +70,26 @@ def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_i
 
 def idempotency_key(request: web.Request) -> str | None:
     """The validated `Idempotency-Key` header: 1 to 200 printable ASCII characters, or absent."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
+    return read_header(request, IDEMPOTENCY_HEADER, max_length=MAX_IDEMPOTENCY_KEY)
+
+
+def prefer_wait(request: web.Request) -> int | None:
+    """Seconds asked for by `Prefer: wait` or `Prefer: wait=N` (RFC 7240; at most 60), or None.
+
+    A preference that cannot be read (`wait=soon`, `wait=0`) is ignored, as the RFC asks; a header that is not
+    printable ASCII at all is a 400 like any other malformed header.
+    """
+    value = read_header(request, PREFER_HEADER, max_length=MAX_PREFER, repeatable=True)
+    if value is None:
         return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= char <= "~" for char in key):
-        raise ApiError(400, "Invalid Idempotency-Key: 1 to 200 printable characters")
-    return key
+    for preference in value.split(","):
+        name, _, raw = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        raw = raw.strip().strip('"')
+        if not raw:
+            return MAX_WAIT_S
+        if not raw.isdigit() or int(raw) < 1:
+            return None
+        return min(int(raw), MAX_WAIT_S)
+    return None

@@ -173,6 +173,27 @@ def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/config": {
+                "get": {
+                    "operationId": "config",
+                    "summary": "What a client may ask for: the allowed models, the default one, the prompt limit",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The page reads this before it offers the generate form",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Config"}}},
+                        }
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "Studio's web page (its script and stylesheet are under /static/)",
+                    "security": [],
+                    "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {}}}}},
+                }
+            },
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
@@ -259,6 +280,16 @@ def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     "properties": {
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Generation"}},
                         "nextCursor": {"type": ["string", "null"]},
+                    },
+                },
+                "Config": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["models", "defaultModel", "maxPromptLength"],
+                    "properties": {
+                        "models": {"type": "array", "items": {"enum": list(allowed_models)}},
+                        "defaultModel": {"enum": list(allowed_models)},
+                        "maxPromptLength": {"const": MAX_PROMPT},
                     },
                 },
                 "Error": {

@@ -20,9 +20,10 @@ from aiohttp import web
 
 from common.db import generations
 from common.db.generations import Generation
-from common.skytells import Prediction, SkytellsError
+from common.predictions import Prediction
+from common.skytells import SkytellsError
 from common.web import ApiError
-from services.api.keys import POOL, SKYTELLS
+from services.api.keys import POOL, SKYTELLS, UPDATES
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,8 @@ async def record_prediction(app: web.Application, generation: Generation, predic
         except asyncpg.UniqueViolationError:
             # Skytells handed out an id another generation already has: never attach one prediction twice.
             async with pool.acquire() as conn:
-                await generations.fail_submission(conn, generation.id, "Skytells returned a duplicate id")
+                failed = await generations.fail_submission(conn, generation.id, "Skytells returned a duplicate id")
+            app[UPDATES].notify(failed)
             raise ApiError(502, "Skytells returned a prediction id already in use") from None
         except Exception as exc:
             if not _database_failure(exc):
@@ -55,6 +57,7 @@ async def record_prediction(app: web.Application, generation: Generation, predic
             continue
         if updated is None:  # another prediction was bound to it meanwhile: this one is surplus
             break
+        app[UPDATES].notify(updated)
         return updated
     await _abandon(app, generation, prediction)
     raise ApiError(503, "Studio could not record the generation; please try again", {"Retry-After": "2"})
@@ -84,7 +87,7 @@ async def _abandon(app: web.Application, generation: Generation, prediction: Pre
         logger.error("could not cancel the unrecorded prediction at Skytells: %s", exc.message)
     try:
         async with app[POOL].acquire() as conn:
-            await generations.fail_submission(conn, generation.id, NOT_RECORDED_ERROR)
+            app[UPDATES].notify(await generations.fail_submission(conn, generation.id, NOT_RECORDED_ERROR))
     except Exception as exc:
         if not _database_failure(exc):
             raise

@@ -1,4 +1,4 @@
-"""Request handlers of the API (SPEC section 3)."""
+"""Request handlers of the API; `openapi.py` documents what each one answers."""
 
 from __future__ import annotations
 
@@ -6,21 +6,22 @@ import asyncio
 import logging
 import math
 import uuid
-from typing import Any
 
 from aiohttp import web
 
 from common import log as logs
-from common.db import generations
+from common.db import changes, generations
 from common.db.generations import Generation
+from common.predictions import Status
 from common.skytells import SkytellsError, SkytellsTimeout, callback_url
+from common.updates import generation_json
 from common.web import ApiError
 from services.api import openapi
-from services.api.auth import authenticate
-from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, read_json_object
-from services.api.keys import POOL, SETTINGS, SKYTELLS
+from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
+from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.submission import await_callback, record_prediction
+from services.api.waiting import wait_for_end
 
 logger = logging.getLogger(__name__)
 
@@ -29,32 +30,15 @@ REPLAY_WAIT_S = 30.0
 REPLAY_POLL_S = 0.05
 
 
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
+def _generation_response(generation: Generation, status: int = 200, wait_s: int | None = None) -> web.Response:
+    headers = {"Location": f"/api/predictions/{generation.id}"}
+    if wait_s is not None:
+        headers["Preference-Applied"] = f"wait={wait_s}"
+    return web.json_response(generation_json(generation), status=status, headers=headers)
 
 
-def generation_json(generation: Generation) -> dict[str, Any]:
-    return {
-        "id": str(generation.id),
-        "status": generation.status,
-        "model": generation.model,
-        "prompt": generation.prompt,
-        "outputUrl": generation.output_url,
-        "outputUrls": list(generation.output_urls),
-        "error": generation.error,
-        "createdAt": _iso(generation.created_at),
-        "completedAt": _iso(generation.completed_at),
-    }
-
-
-def _generation_response(generation: Generation, status: int = 200) -> web.Response:
-    return web.json_response(
-        generation_json(generation), status=status, headers={"Location": f"/api/predictions/{generation.id}"}
-    )
-
-
-def _user(request: web.Request) -> str:
-    return authenticate(request, request.app[SETTINGS].auth_jwt_secret)
+async def _user(request: web.Request) -> str:
+    return await request.app[AUTH].user_id(request)
 
 
 def skytells_failure(exc: SkytellsError) -> ApiError:
@@ -111,13 +95,23 @@ async def _reserve(
 
 
 async def generate(request: web.Request) -> web.Response:
-    user_id = _user(request)
+    user_id = await _user(request)
+    wait_s = prefer_wait(request)
+    generation, status = await _create(request, user_id)
+    if wait_s is None:
+        return _generation_response(generation, status)
+    # Held until the generation ends or the time is up, woken by the live updates; no connection held meanwhile.
+    return _generation_response(await wait_for_end(request, generation, wait_s), status, wait_s)
+
+
+async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
+    """The generation made (201) or, for a repeated Idempotency-Key, the one made first (200)."""
     settings = request.app[SETTINGS]
     key = idempotency_key(request)
     wanted = parse_generate(await read_json_object(request), settings.allowed_models, user_id)
     generation, replay = await _reserve(request, user_id, wanted, key)
     if replay:
-        return _generation_response(generation, 200)
+        return generation, 200
 
     pool = request.app[POOL]
     with logs.bind(generation_id=str(generation.id)):
@@ -133,7 +127,7 @@ async def generate(request: web.Request) -> web.Response:
         except SkytellsError as exc:
             # The row exists before Skytells is called; ending it `failed` releases its quota slot.
             async with pool.acquire() as conn:
-                await generations.fail_submission(conn, generation.id, exc.message)
+                request.app[UPDATES].notify(await generations.fail_submission(conn, generation.id, exc.message))
             logger.warning(
                 "Skytells refused the prediction: %s",
                 exc.message,
@@ -143,7 +137,7 @@ async def generate(request: web.Request) -> web.Response:
         with logs.bind(prediction_id=prediction.id):
             updated = await record_prediction(request.app, generation, prediction)
             logger.info("generation created", extra={"model": wanted.model})
-    return _generation_response(updated, 201)
+    return updated, 201
 
 
 def _parse_id(raw: str) -> uuid.UUID:
@@ -164,15 +158,16 @@ async def _own_generation(request: web.Request, user_id: str) -> Generation:
         generation = await generations.get_for_user(conn, generation_id, user_id)
     if generation is None:
         raise ApiError(404, "Not found")
+    logs.annotate(generation_id=str(generation.id), prediction_id=generation.prediction_id)
     return generation
 
 
 async def get_prediction(request: web.Request) -> web.Response:
-    return web.json_response(generation_json(await _own_generation(request, _user(request))))
+    return web.json_response(generation_json(await _own_generation(request, await _user(request))))
 
 
 async def list_generations(request: web.Request) -> web.Response:
-    user_id = _user(request)
+    user_id = await _user(request)
     limit = parse_limit(request.query.get("limit"))
     before = decode_cursor(request.query.get("cursor"))
     async with request.app[POOL].acquire() as conn:
@@ -183,7 +178,7 @@ async def list_generations(request: web.Request) -> web.Response:
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
-    user_id = _user(request)
+    user_id = await _user(request)
     generation = await _own_generation(request, user_id)
     if generation.terminal:
         raise ApiError(409, f"Generation already finished ({generation.status})")
@@ -197,16 +192,26 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             logger.warning("Skytells refused the cancel: %s", exc.message, extra={"skytells_status": exc.status})
             raise skytells_failure(exc) from None
         status = prediction.studio_status
-        if status in ("succeeded", "failed"):
+        if status in (Status.SUCCEEDED, Status.FAILED):
             # It finished at Skytells before the cancel reached it; its callback brings the outcome.
             raise ApiError(409, f"Generation already finished ({status})")
         async with request.app[POOL].acquire() as conn:
             ended = None
-            if status == "canceled":
-                ended = await generations.mark_ended(conn, generation.id, "canceled", None)
+            if status is Status.CANCELED:
+                ended = await generations.mark_ended(conn, generation.id, Status.CANCELED, None)
+                request.app[UPDATES].notify(ended)
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
     return web.json_response(generation_json(current or generation))
+
+
+async def me(request: web.Request) -> web.Response:
+    user_id = await _user(request)
+    async with request.app[POOL].acquire() as conn:
+        active = await changes.count_active(conn, user_id)
+    return web.json_response(
+        {"userId": user_id, "activeGenerations": active, "quota": request.app[SETTINGS].quota_max_active}
+    )
 
 
 async def openapi_document(request: web.Request) -> web.Response:

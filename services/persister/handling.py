@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from common import log as logs
 from common.errors import GenerationNotYetKnown, TransientError, UpstreamUnavailable
 from common.events import PredictionEvent
-from services.persister.metrics import EVENTS
+from services.persister.metrics import EVENTS, Outcome
 from services.persister.processor import Processor
 from services.persister.routing import Router, attempt_of
 
@@ -39,7 +39,7 @@ class Handler:
             event = PredictionEvent.from_json(message.body)
         except ValueError as exc:
             logger.error("undecodable event dead-lettered: %s", exc, extra={"message_id": message.message_id})
-            EVENTS.labels("unreadable").inc()
+            EVENTS.labels(Outcome.UNREADABLE).inc()
             await self.router.dead_letter(message, attempt, f"undecodable event: {exc}")
             return
         with logs.bind(prediction_id=event.prediction_id, event_id=event.event_id, request_id=event.request_id):

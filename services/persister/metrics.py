@@ -2,7 +2,39 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from prometheus_client import Counter, Histogram
+
+
+class Outcome(StrEnum):
+    """What became of one event: the `outcome` label of `studio_persister_events_total`."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    PROCESSING = "processing"
+    REJECTED = "rejected"  # success reported, but the output was refused: the generation ended `failed`
+    DUPLICATE = "duplicate"  # the generation had already ended
+    STALE = "stale"  # `processing` for a generation already further along
+    IGNORED = "ignored"  # a status that changes nothing (still queued)
+    UNREADABLE = "unreadable"
+    RETRIED = "retried"
+    DEAD_LETTERED = "dead_lettered"
+    RETURNED = "returned"  # the retry could not be scheduled: back to the queue
+
+
+class Reconciled(StrEnum):
+    """What the reconciler made of one generation: the `result` label of `studio_persister_reconciled_total`."""
+
+    PUBLISHED = "published"
+    UNFINISHED = "unfinished"
+    UNKNOWN = "unknown"
+    UNKNOWN_FAILED = "unknown_failed"
+    UNSUBMITTED_FAILED = "unsubmitted_failed"
+    RATE_LIMITED = "rate_limited"
+    ERROR = "error"
+
 
 EVENTS = Counter("studio_persister_events", "Events handled, by outcome", ["outcome"])
 RETRIES = Counter("studio_persister_retries", "Events sent to a delay queue to be retried")

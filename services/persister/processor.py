@@ -1,4 +1,4 @@
-"""What the persister does with one event, idempotently (SPEC section 6).
+"""What the persister does with one event, idempotently (docs/architecture.md).
 
 The database is the arbiter: the terminal write is a conditional UPDATE, so when two replicas handle
 duplicates of one event at once, both may upload the (identical) object but only one row change wins.
@@ -21,10 +21,12 @@ from common.db import generations
 from common.db.generations import Generation
 from common.errors import GenerationNotYetKnown, PermanentError, UpstreamUnavailable
 from common.events import PredictionEvent
+from common.predictions import Status
 from common.settings import Settings
 from common.storage import PREFIX, existing_keys, public_url, upload_stream
+from common.updates import Notify, ignore_change
 from services.persister.download import open_output
-from services.persister.metrics import PERSIST_SECONDS, STORED_BYTES
+from services.persister.metrics import PERSIST_SECONDS, STORED_BYTES, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +37,21 @@ def object_key(generation_id: Any, index: int, extension: str) -> str:
 
 
 class Processor:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, s3: Any, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        s3: Any,
+        http: httpx.AsyncClient,
+        notify: Notify = ignore_change,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.s3 = s3
         self.http = http
+        self.notify = notify  # told of every committed change, for the live updates
 
-    async def handle(self, event: PredictionEvent, retry: bool = True) -> str:
+    async def handle(self, event: PredictionEvent, retry: bool = True) -> Outcome:
         """Apply the event; returns the outcome's name. Raises TransientError to be retried later.
 
         `retry` says an earlier attempt at this very message may have stored some outputs already (a retry or a
@@ -53,16 +63,17 @@ class Processor:
         # Into the consumer's block, so its outcome and retry lines carry the generation too.
         logs.annotate(generation_id=str(generation.id))
         if generation.terminal:
-            return "duplicate"
-        if event.status == "succeeded":
+            return Outcome.DUPLICATE
+        if event.status is Status.SUCCEEDED:
             return await self._succeeded(generation, event, retry)
-        if event.status in ("failed", "canceled"):
+        if event.status in (Status.FAILED, Status.CANCELED):
             return await self._end(generation, event.status, event.error)
-        if event.status == "processing":
+        if event.status is Status.PROCESSING:
             async with self.pool.acquire() as conn:
                 moved = await generations.mark_processing(conn, generation.id)
-            return "processing" if moved else "stale"
-        return "ignored"
+            self.notify(moved)
+            return Outcome.PROCESSING if moved else Outcome.STALE
+        return Outcome.IGNORED
 
     async def _find(self, event: PredictionEvent) -> Generation | None:
         """The generation by prediction id, else by the generation id the callback URL carried: the create call
@@ -78,22 +89,22 @@ class Processor:
             bound = await generations.bind_prediction(conn, generation_id, event.prediction_id)
             if bound is None:  # bound meanwhile, by the API's own write or a concurrent callback
                 return await generations.get_by_prediction_id(conn, event.prediction_id)
-        logger.warning(
-            "prediction bound to its generation by the id in its callback", extra={"generation_id": str(bound.id)}
-        )
+        logs.annotate(generation_id=str(bound.id))
+        logger.warning("prediction bound to its generation by the id in its callback")
         return bound
 
-    async def _end(self, generation: Generation, status: str, error: str | None) -> str:
+    async def _end(self, generation: Generation, status: Status, error: str | None) -> Outcome:
         async with self.pool.acquire() as conn:
             ended = await generations.mark_ended(conn, generation.id, status, error)
+        self.notify(ended)
         if ended is None:
-            return "duplicate"
+            return Outcome.DUPLICATE
         logger.info("generation ended %s", status, extra={"error": error})
-        return status
+        return Outcome(status.value)
 
-    async def _succeeded(self, generation: Generation, event: PredictionEvent, retry: bool) -> str:
+    async def _succeeded(self, generation: Generation, event: PredictionEvent, retry: bool) -> Outcome:
         if not event.output:
-            return await self._end(generation, "failed", "Skytells reported success without an output")
+            return await self._end(generation, Status.FAILED, "Skytells reported success without an output")
         started = time.perf_counter()
         # Objects a previous attempt stored completely (a put or a completed multipart upload is atomic) are
         # kept: a retry after a database outage then needs no second download, possibly after the CDN expired it.
@@ -105,16 +116,17 @@ class Processor:
                 urls.append(await self._store(generation, index, url, stored))
         except PermanentError as exc:
             logger.warning("output rejected: %s", exc)
-            ended = await self._end(generation, "failed", f"Could not store the output: {exc}")
-            return "rejected" if ended == "failed" else ended
+            ended = await self._end(generation, Status.FAILED, f"Could not store the output: {exc}")
+            return Outcome.REJECTED if ended is Outcome.FAILED else ended
         async with self.pool.acquire() as conn:
             done = await generations.mark_succeeded(conn, generation.id, urls)
+        self.notify(done)
         if done is None:
-            return "duplicate"
+            return Outcome.DUPLICATE
         seconds = time.perf_counter() - started
         PERSIST_SECONDS.observe(seconds)
         logger.info("generation succeeded", extra={"outputs": len(urls), "seconds": round(seconds, 3)})
-        return "succeeded"
+        return Outcome.SUCCEEDED
 
     async def _store(self, generation: Generation, index: int, url: str, stored: Collection[str]) -> str:
         settings = self.settings

@@ -1,4 +1,4 @@
-"""Reconciliation: a lost callback never loses an image.
+"""Reconciliation (docs/failure-model.md): a lost callback never loses an image.
 
 Every `RECONCILE_INTERVAL_S`, the replica that wins a PostgreSQL advisory lock asks Skytells about the
 generations still unfinished `RECONCILE_AFTER_S` after their creation, least recently checked first (a batch
@@ -24,9 +24,11 @@ from common.broker import Broker
 from common.db import generations, reconciliation
 from common.db.generations import Generation
 from common.events import PredictionEvent
+from common.predictions import TERMINAL
 from common.settings import Settings
-from common.skytells import TERMINAL, SkytellsClient, SkytellsError
-from services.persister.metrics import RECONCILED
+from common.skytells import SkytellsClient, SkytellsError
+from common.updates import Notify, ignore_change
+from services.persister.metrics import RECONCILED, Reconciled
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +41,19 @@ DEFAULT_RETRY_AFTER_S = 5.0
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, broker: Broker, skytells: SkytellsClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        skytells: SkytellsClient,
+        notify: Notify = ignore_change,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.broker = broker
         self.skytells = skytells
+        self.notify = notify  # told of every committed change, for the live updates
         self._published: dict[str, float] = {}
 
     async def run(self) -> None:
@@ -69,7 +79,7 @@ class Reconciler:
                 expiry_s = generations.unsubmitted_expiry_s(self.settings.skytells_timeout_s)
                 expired = await generations.expire_unsubmitted(conn, expiry_s, self.settings.reconcile_unknown_after_s)
                 if expired:
-                    RECONCILED.labels("unsubmitted_failed").inc(expired)
+                    RECONCILED.labels(Reconciled.UNSUBMITTED_FAILED).inc(expired)
                     logger.warning("ended %d generations whose create call was lost", expired)
                 stale = await reconciliation.claim_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
                 now = time.monotonic()
@@ -93,23 +103,23 @@ class Reconciler:
             except SkytellsError as exc:
                 if exc.status == 429:
                     pause = min(exc.retry_after or DEFAULT_RETRY_AFTER_S, MAX_RETRY_AFTER_S)
-                    RECONCILED.labels("rate_limited").inc()
+                    RECONCILED.labels(Reconciled.RATE_LIMITED).inc()
                     logger.info("Skytells rate-limited the reconciler; waiting %gs", pause)
                     await asyncio.sleep(pause)
                     continue
                 if exc.status == 502 and exc.error_id:
                     await self._unknown(conn, generation, exc)
                     return 0
-                RECONCILED.labels("error").inc()
+                RECONCILED.labels(Reconciled.ERROR).inc()
                 logger.warning("could not look the prediction up at Skytells: %s", exc)
                 return 0
         if prediction.studio_status not in TERMINAL:
-            RECONCILED.labels("unfinished").inc()
+            RECONCILED.labels(Reconciled.UNFINISHED).inc()
             return 0
         event = PredictionEvent.from_prediction(prediction, "reconciler")
         await self.broker.publish_event(event)
         self._published[prediction.id] = time.monotonic()
-        RECONCILED.labels("published").inc()
+        RECONCILED.labels(Reconciled.PUBLISHED).inc()
         logger.info("published the %s event whose callback never came", event.status)
         return 1
 
@@ -117,8 +127,9 @@ class Reconciler:
         limit = self.settings.reconcile_unknown_after_s
         error = f"Skytells does not know prediction {generation.prediction_id} ({exc.error_id})"
         ended = await reconciliation.mark_failed_if_created_before(conn, generation.id, error, limit)
+        self.notify(ended)
         if ended is not None:
-            RECONCILED.labels("unknown_failed").inc()
+            RECONCILED.labels(Reconciled.UNKNOWN_FAILED).inc()
             logger.warning("generation failed: %s for over %gs", error, limit)
         else:
-            RECONCILED.labels("unknown").inc()
+            RECONCILED.labels(Reconciled.UNKNOWN).inc()

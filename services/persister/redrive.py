@@ -30,9 +30,9 @@ from common.broker import (
     LAST_FAILURE_HEADER,
     QUEUE,
     Broker,
+    RetrySchedule,
 )
 from common.settings import Settings
-from services.persister.routing import all_delays
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def _age(raw: Any) -> float | None:
 
 async def sweep(settings: Settings, decide: Callable[[DeadMessage], Action]) -> list[tuple[DeadMessage, Action]]:
     """Go through the dead queue once, moving, discarding or keeping each message; what was done to which."""
-    broker = await Broker.connect(settings.amqp_url, all_delays(settings))
+    broker = await Broker.connect(settings.amqp_url, RetrySchedule.from_settings(settings).all)
     done: list[tuple[DeadMessage, Action]] = []
     kept: list[AbstractIncomingMessage] = []
     try:

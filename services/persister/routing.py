@@ -25,13 +25,12 @@ from common.broker import (
     FIRST_FAILURE_HEADER,
     LAST_FAILURE_HEADER,
     Broker,
+    RetrySchedule,
     delay_queue_name,
-    download_retry_delays,
-    retry_delays,
 )
 from common.errors import BrokerUnavailable
 from common.settings import Settings
-from services.persister.metrics import DEAD_LETTERS, EVENTS, RETRIES
+from services.persister.metrics import DEAD_LETTERS, EVENTS, RETRIES, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -44,30 +43,13 @@ def attempt_of(message: AbstractIncomingMessage) -> int:
     return raw if isinstance(raw, int) and raw >= 1 else 1
 
 
-def long_delays(settings: Settings) -> list[float]:
-    return retry_delays(settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts)
-
-
-def download_delays(settings: Settings) -> list[float]:
-    return download_retry_delays(
-        settings.retry_base_s,
-        settings.retry_max_s,
-        settings.persister_max_attempts,
-        settings.download_retry_window_s,
-    )
-
-
-def all_delays(settings: Settings) -> list[float]:
-    """Every delay either schedule uses, so each has its delay queue declared."""
-    return sorted(set(long_delays(settings)) | set(download_delays(settings)))
-
-
 class Router:
     def __init__(self, settings: Settings, broker: Broker) -> None:
         self.max_attempts = settings.persister_max_attempts
         self.broker = broker
-        self.delays = long_delays(settings)
-        self.download_delays = download_delays(settings)
+        schedule = RetrySchedule.from_settings(settings)
+        self.delays = schedule.long
+        self.download_delays = schedule.download
 
     async def retry_later(
         self, message: AbstractIncomingMessage, attempt: int, reason: str, *, download: bool = False
@@ -82,7 +64,7 @@ class Router:
         logger.warning("attempt %d failed, retrying in %gs: %s", attempt, delay, reason)
         headers = {**self._failure_headers(message), ATTEMPT_HEADER: attempt + 1, "x-last-error": reason[:MAX_REASON]}
         if await self._forward(message, delay_queue_name(delay), headers):
-            EVENTS.labels("retried").inc()
+            EVENTS.labels(Outcome.RETRIED).inc()
             RETRIES.inc()
 
     async def dead_letter(self, message: AbstractIncomingMessage, attempt: int, reason: str) -> None:
@@ -93,7 +75,7 @@ class Router:
             DEAD_ATTEMPTS_HEADER: attempt,
         }
         if await self._forward(message, DEAD_QUEUE, headers):
-            EVENTS.labels("dead_lettered").inc()
+            EVENTS.labels(Outcome.DEAD_LETTERED).inc()
             DEAD_LETTERS.inc()
 
     @staticmethod
@@ -118,7 +100,7 @@ class Router:
             await self.broker.publish_to_queue(queue, copy)
         except BrokerUnavailable:
             logger.warning("could not move the message to %s; returning it to the queue", queue)
-            EVENTS.labels("returned").inc()
+            EVENTS.labels(Outcome.RETURNED).inc()
             await message.nack(requeue=True)
             return False
         await message.ack()
