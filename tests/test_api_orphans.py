@@ -14,8 +14,8 @@ from common.skytells import callback_url
 from devstack.processes import free_port
 from devstack.stack import Stack
 from services.api.submission import NOT_RECORDED_ERROR
-from tests.helpers import wait_for_status
-from tests.persister_kit import SIM_KEY, cdn_bytes, insert_generation, stored_objects, wait_row, wait_until
+from tests.helpers import eventually, wait_for_status
+from tests.persister_kit import SIM_KEY, cdn_bytes, insert_generation, stored_objects, wait_row
 
 # Refuses to give a still unfinished generation its prediction id while the prompt says
 # `refuse-writes:N:SEQUENCE`, N times in all (a sequence counts them: it is not rolled back with the write).
@@ -50,7 +50,7 @@ async def _refusals(db, times: int) -> str:
 
 
 async def _sim_predictions(http: httpx.AsyncClient, sim: str, marker: str) -> list[dict]:
-    view = (await http.get(f"{sim}/_sim/predictions")).json()["predictions"]
+    view = (await http.get(f"{sim}/_sim/predictions")).json()
     return [p for p in view if marker in (p["prompt"] or "")]
 
 
@@ -87,7 +87,7 @@ async def test_a_prediction_whose_id_cannot_be_written_is_canceled_and_answered_
         found = await refusing_db.fetchval("SELECT prediction_id FROM generations WHERE id = $1", record["id"])
         return found == prediction["id"]
 
-    await wait_until("the canceled prediction bound to its generation", bound, timeout=30)
+    await eventually("the canceled prediction bound to its generation", bound, timeout=30)
 
 
 async def test_an_api_killed_before_writing_the_prediction_id_loses_nothing(http, urls, services, db):

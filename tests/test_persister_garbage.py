@@ -13,17 +13,8 @@ import pytest
 
 from common.broker import DEAD_QUEUE, QUEUE, Broker
 from common.events import PredictionEvent
-from tests.persister_kit import (
-    dead_messages,
-    event_of,
-    insert_generation,
-    metric,
-    metrics_of,
-    publish,
-    sim_prediction,
-    wait_row,
-    wait_until,
-)
+from tests.helpers import eventually, metric, metrics_of
+from tests.persister_kit import dead_messages, event_of, insert_generation, publish, sim_prediction, wait_row
 
 
 @pytest.fixture(scope="module")
@@ -107,15 +98,15 @@ async def test_messages_that_are_no_event_are_dead_lettered_at_once_with_the_rea
         mine = [m for m in dead if m.message_id in ids]
         return mine if len(mine) == len(ids) else None
 
-    mine = await wait_until("every undecodable message in the dead-letter queue", all_dead, timeout=20)
+    mine = await eventually("every undecodable message in the dead-letter queue", all_dead, timeout=20)
     for message in mine:
         headers = message.headers or {}
         assert str(headers["x-dead-reason"]).startswith("undecodable event"), headers
         assert headers["x-attempts"] == 1
     after = await metrics_of(http, persister_port)
     assert metric(after, "studio_persister_retries_total") == metric(before, "studio_persister_retries_total")
-    assert metric(after, "studio_persister_events_total", 'outcome="unreadable"') >= metric(
-        before, "studio_persister_events_total", 'outcome="unreadable"'
+    assert metric(after, "studio_persister_events_total", outcome="unreadable") >= metric(
+        before, "studio_persister_events_total", outcome="unreadable"
     ) + len(ids)
     # Nothing of ours is left in the dead-letter queue for the tests after this one.
     await _drop_dead(broker, set(ids))

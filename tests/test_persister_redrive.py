@@ -13,8 +13,9 @@ from collections.abc import AsyncIterator
 import aio_pika
 import pytest
 
-from common.broker import ATTEMPT_HEADER, QUEUE, Broker
-from tests.persister_kit import dead_messages, event_of, insert_generation, sim_prediction, wait_row, wait_until
+from common.broker import ATTEMPT_HEADER, QUEUE, Broker, event_message
+from tests.helpers import eventually
+from tests.persister_kit import dead_messages, event_of, insert_generation, sim_prediction, wait_row
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +47,7 @@ async def test_list_then_move_one_back_and_discard_another(http, urls, services,
     # An event for a prediction nobody has, on its last attempt (it dies after one), and a message that is no event.
     prediction = await sim_prediction(http, urls.simulator, "dead then revived")
     event = event_of(prediction)
-    await broker.publish_event(event, headers={ATTEMPT_HEADER: settings.persister_max_attempts})
+    await broker.publish_to_queue(QUEUE, event_message(event, {ATTEMPT_HEADER: settings.persister_max_attempts}))
     garbage_id = f"garbage-{uuid.uuid4().hex}"
     await broker.publish_to_queue(QUEUE, aio_pika.Message(b"not an event", message_id=garbage_id))
 
@@ -54,7 +55,7 @@ async def test_list_then_move_one_back_and_discard_another(http, urls, services,
         ids = {json.loads(b).get("eventId") if b.startswith(b"{") else b for b in await dead_messages(broker)}
         return event.event_id in ids and b"not an event" in ids
 
-    await wait_until("both messages in the dead-letter queue", both_dead, timeout=30)
+    await eventually("both messages in the dead-letter queue", both_dead, timeout=30)
 
     listing = await _redrive(services, "list")
 

@@ -10,7 +10,8 @@ import uuid
 
 from common.signing import SIGNATURE_HEADER, sign
 from devstack.stack import Stack
-from tests.persister_kit import insert_generation, wait_row, wait_until
+from tests.helpers import eventually
+from tests.persister_kit import insert_generation, wait_row
 
 
 async def _ready(http, webhook: str) -> tuple[int, dict]:
@@ -36,7 +37,7 @@ async def test_readyz_names_rabbitmq_while_it_blocks_the_connection(http, urls, 
             status, body = await _ready(http, urls.webhook)
             return (status, body) if status == 503 else None
 
-        status, body = await wait_until("the gateway to report the blocked connection", blocked, timeout=30)
+        status, body = await eventually("the gateway to report the blocked connection", blocked, timeout=30)
         assert "broker" in body["failing"] and "blocked" in body["failing"]["broker"], body
     finally:
         await asyncio.to_thread(rabbitmq.ctl, "set_vm_memory_high_watermark", "0.4")
@@ -44,5 +45,5 @@ async def test_readyz_names_rabbitmq_while_it_blocks_the_connection(http, urls, 
     async def ready_again() -> bool:
         return (await _ready(http, urls.webhook))[0] == 200
 
-    await wait_until("the gateway to be ready once the alarm clears", ready_again, timeout=30)
+    await eventually("the gateway to be ready once the alarm clears", ready_again, timeout=30)
     assert (await wait_row(db, gid, statuses=("processing",), timeout=30))["status"] == "processing"
