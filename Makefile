@@ -1,6 +1,6 @@
 # Thin targets over `python -m ...`; every target installs what it needs first.
 .DEFAULT_GOAL := help
-.PHONY: help install lock run test lint bench up down migrate clean
+.PHONY: help install lock run test lint bench up down migrate redrive clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,6 +15,7 @@ help:
 	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 	@echo "make lock    refresh requirements*.lock from pyproject.toml (ARGS=--upgrade moves every pin)"
+	@echo "make redrive the dead-letter queue at AMQP_URL: REDRIVE=list (default), REDRIVE='move --all', REDRIVE='discard ID...'"
 
 # The page's tests drive Debian's Chromium; Playwright cannot download a browser here, nor does it need to.
 CHROMIUM := /usr/bin/chromium
@@ -68,6 +69,11 @@ bench: install
 
 migrate: install
 	$(PY) -m common.migrate
+
+# make redrive REDRIVE=list | REDRIVE="move --all" | REDRIVE="move ID..." | REDRIVE="discard ID..." (default: list)
+REDRIVE ?= list
+redrive: install
+	$(PY) -m services.persister redrive $(REDRIVE)
 
 # .env decides what compose runs (.env.example: the simulator's profile); made once, with random secrets.
 up: .env

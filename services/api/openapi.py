@@ -101,7 +101,12 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "413": _error("Body over 64 KiB"),
                         "429": _error("Quota exceeded: QUOTA_MAX_ACTIVE generations already queued or processing"),
                         "502": _error("Skytells failed the call; its message when it gave one"),
-                        "503": _error("Skytells is rate-limiting Studio", retry_after),
+                        "503": _error(
+                            "Skytells is rate-limiting Studio; or it did not answer in time (the generation stays"
+                            " queued for its callback: repeat with the same Idempotency-Key to get it); or Studio"
+                            " could not record the prediction (it was canceled): retry after Retry-After",
+                            retry_after,
+                        ),
                     },
                 }
             },

@@ -7,20 +7,20 @@ import logging
 import math
 import uuid
 
-import asyncpg
 from aiohttp import web
 
 from common import log as logs
 from common.db import changes, generations
 from common.db.generations import Generation
 from common.predictions import Status
-from common.skytells import SkytellsError
+from common.skytells import SkytellsError, SkytellsTimeout, callback_url
 from common.updates import generation_json
 from common.web import ApiError
 from services.api import openapi
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
 from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
+from services.api.submission import await_callback, record_prediction
 from services.api.waiting import wait_for_end
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ async def _reserve(
     while True:
         async with request.app[POOL].acquire() as conn, conn.transaction():
             await generations.lock_user(conn, user_id)
-            expired = await generations.expire_unsubmitted(conn, expiry_s, user_id)
+            expired = await generations.expire_unsubmitted(conn, expiry_s, settings.reconcile_unknown_after_s, user_id)
             if expired:
                 logger.warning("ended %d generations whose create call was lost", expired, extra={"user": user_id})
             existing = await generations.get_by_idempotency_key(conn, user_id, key) if key else None
@@ -85,8 +85,8 @@ async def _reserve(
                 return created, False
         if existing.request_hash != wanted.fingerprint:
             raise ApiError(409, "Idempotency-Key was already used with a different request")
-        if existing.prediction_id is not None or existing.terminal:
-            return existing, True
+        if existing.prediction_id is not None or existing.terminal or existing.submit_timed_out_at is not None:
+            return existing, True  # (a timed-out create call: the generation waits for its callback)
         # The first request with this key is still waiting for Skytells: wait for its outcome. If Skytells
         # refuses it, its key is released and the next round makes a fresh attempt.
         if asyncio.get_running_loop().time() > deadline:
@@ -117,8 +117,13 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
     with logs.bind(generation_id=str(generation.id)):
         try:
             prediction = await request.app[SKYTELLS].create_prediction(
-                wanted.model, wanted.prompt, settings.public_webhook_url
+                wanted.model, wanted.prompt, callback_url(settings.public_webhook_url, generation.id)
             )
+        except SkytellsTimeout:
+            await await_callback(request.app, generation)
+            raise ApiError(
+                503, "Skytells did not answer in time; the generation waits for it", {"Retry-After": "5"}
+            ) from None
         except SkytellsError as exc:
             # The row exists before Skytells is called; ending it `failed` releases its quota slot.
             async with pool.acquire() as conn:
@@ -130,20 +135,9 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
             )
             raise skytells_failure(exc) from None
         with logs.bind(prediction_id=prediction.id):
-            try:
-                async with pool.acquire() as conn:
-                    updated = await generations.set_prediction(
-                        conn, generation.id, prediction.id, prediction.studio_status
-                    )
-                request.app[UPDATES].notify(updated)
-            except asyncpg.UniqueViolationError:
-                # Skytells handed out an id another generation already has: never attach one prediction twice.
-                async with pool.acquire() as conn:
-                    failed = await generations.fail_submission(conn, generation.id, "Skytells returned a duplicate id")
-                request.app[UPDATES].notify(failed)
-                raise ApiError(502, "Skytells returned a prediction id already in use") from None
+            updated = await record_prediction(request.app, generation, prediction)
             logger.info("generation created", extra={"model": wanted.model})
-    return updated or generation, 201
+    return updated, 201
 
 
 def _parse_id(raw: str) -> uuid.UUID:

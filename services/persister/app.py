@@ -24,11 +24,13 @@ from common.settings import PERSISTER_REQUIRED, Settings
 from common.storage import check_bucket, open_s3
 from common.updates import UpdatePublisher
 from common.web import add_probes, boot, error_middleware, run
+from services.persister import redrive
 from services.persister.consumer import Consumer
+from services.persister.handling import Handler
 from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS, UPDATES
 from services.persister.processor import Processor
 from services.persister.reconciler import Reconciler
-from services.persister.redrive import redrive
+from services.persister.routing import Router
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +75,13 @@ async def _updates(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
-    processor = Processor(app[SETTINGS], app[POOL], app[S3], app[HTTP], notify=app[UPDATES].notify)
+    settings = app[SETTINGS]
+    processor = Processor(settings, app[POOL], app[S3], app[HTTP], notify=app[UPDATES].notify)
     consumer: Consumer | None = None
 
     async def start(broker: Broker) -> None:
         nonlocal consumer
-        consumer = Consumer(app[SETTINGS], broker, processor)
+        consumer = Consumer(broker, settings.persister_prefetch, Handler(processor, Router(settings, broker)))
         await consumer.start()
         app[CONSUMER] = consumer
 
@@ -146,10 +149,9 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     settings = boot("persister", PERSISTER_REQUIRED)
-    if sys.argv[1:] == ["redrive"]:
-        moved = asyncio.run(redrive(settings))
-        sys.stdout.write(f"moved {moved} dead messages back to the persister queue\n")
+    if sys.argv[1:2] == ["redrive"]:
+        sys.stdout.write(asyncio.run(redrive.command(settings, sys.argv[2:])))
         return
     if sys.argv[1:]:
-        sys.exit(f"unknown command {' '.join(sys.argv[1:])!r}; usage: python -m services.persister [redrive]")
+        sys.exit(f"unknown command {' '.join(sys.argv[1:])!r}; usage: python -m services.persister [redrive ...]")
     run(create_app(settings), settings.bind_host, settings.persister_port)

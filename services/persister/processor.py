@@ -6,8 +6,10 @@ duplicates of one event at once, both may upload the (identical) object but only
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Collection
 from typing import Any
 
@@ -17,7 +19,7 @@ import httpx
 from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
-from common.errors import GenerationNotYetKnown, PermanentError
+from common.errors import GenerationNotYetKnown, PermanentError, UpstreamUnavailable
 from common.events import PredictionEvent
 from common.predictions import Status
 from common.settings import Settings
@@ -55,8 +57,7 @@ class Processor:
         `retry` says an earlier attempt at this very message may have stored some outputs already (a retry or a
         redelivery); only then is it worth asking S3 first.
         """
-        async with self.pool.acquire() as conn:
-            generation = await generations.get_by_prediction_id(conn, event.prediction_id)
+        generation = await self._find(event)
         if generation is None:
             raise GenerationNotYetKnown(f"no generation has prediction id {event.prediction_id} yet")
         # Into the consumer's block, so its outcome and retry lines carry the generation too.
@@ -73,6 +74,24 @@ class Processor:
             self.notify(moved)
             return Outcome.PROCESSING if moved else Outcome.STALE
         return Outcome.IGNORED
+
+    async def _find(self, event: PredictionEvent) -> Generation | None:
+        """The generation by prediction id, else by the generation id the callback URL carried: the create call
+        that would have recorded the prediction id timed out, or its API process died before writing it."""
+        async with self.pool.acquire() as conn:
+            generation = await generations.get_by_prediction_id(conn, event.prediction_id)
+            if generation is not None or event.generation_id is None:
+                return generation
+            try:
+                generation_id = uuid.UUID(event.generation_id)
+            except ValueError:
+                return None
+            bound = await generations.bind_prediction(conn, generation_id, event.prediction_id)
+            if bound is None:  # bound meanwhile, by the API's own write or a concurrent callback
+                return await generations.get_by_prediction_id(conn, event.prediction_id)
+        logs.annotate(generation_id=str(bound.id))
+        logger.warning("prediction bound to its generation by the id in its callback")
+        return bound
 
     async def _end(self, generation: Generation, status: Status, error: str | None) -> Outcome:
         async with self.pool.acquire() as conn:
@@ -116,8 +135,15 @@ class Processor:
             if key.startswith(stem) and "." not in key[len(stem) :]:
                 logger.info("output %d already stored by an earlier attempt", index, extra={"key": key})
                 return public_url(settings, key)
-        async with open_output(self.http, url, settings.output_allowed_hosts, settings.output_max_bytes) as out:
-            key = object_key(generation.id, index, out.extension)
-            size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        try:
+            # Read timeouts bound each wait for bytes; this bounds the whole, so a CDN that trickles cannot hold
+            # the message (and a consumer slot) without end, nor past the drain at shutdown.
+            async with asyncio.timeout(settings.download_deadline_s):
+                allowed, limit = settings.output_allowed_hosts, settings.output_max_bytes
+                async with open_output(self.http, url, allowed, limit) as out:
+                    key = object_key(generation.id, index, out.extension)
+                    size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"download did not finish within {settings.download_deadline_s:g}s") from None
         STORED_BYTES.inc(size)
         return public_url(settings, key)
