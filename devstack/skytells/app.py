@@ -15,6 +15,7 @@ is answered once the prediction has ended, as Skytells does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -93,6 +94,8 @@ class SimPrediction:
     callbacks: list[dict[str, Any]] = field(default_factory=list)  # what was sent, for tests
     cdn_requests: int = 0  # for `#sim:cdnbusy=N`
     get_requests: int = 0  # for `#sim:ratelimit=N`
+    canceled: bool = False  # a cancel call ended it
+    digests: list[str] = field(default_factory=list)  # sha256 of each output, made once for the truth view
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # set on reaching a terminal status
 
     def settle(self, status: str) -> None:
@@ -260,6 +263,8 @@ async def _callback(app: web.Application, prediction: SimPrediction, event: str,
         try:
             async with app[HTTP].post(prediction.webhook_url, data=body, headers=headers) as response:
                 record["answers"].append(response.status)
+                if response.status >= 500 and not (response.status == 503 and "Retry-After" in response.headers):
+                    record.setdefault("unexpected", []).append(response.status)  # what the soak counts as wrong
                 if 200 <= response.status < 300:
                     return
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -330,13 +335,26 @@ async def cdn(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _outputs(prediction: SimPrediction, base: str) -> list[dict[str, Any]]:
+    if len(prediction.digests) < len(prediction.outputs):
+        prediction.digests = [hashlib.sha256(data).hexdigest() for data in prediction.outputs]
+    return [
+        {"url": f"{base}/cdn/{prediction.id}/{n}.png", "sha256": digest, "bytes": len(data)}
+        for n, (data, digest) in enumerate(zip(prediction.outputs, prediction.digests, strict=True))
+    ]
+
+
 async def inspect(request: web.Request) -> web.Response:
-    """Test hook: what the simulator was asked and what callbacks it sent."""
+    """Test hook and the soak's truth: what the simulator was asked, what it made, and what callbacks it sent."""
+    base = request.app[SIM_SETTINGS].public_url
     items = [
         {
             "id": p.id,
             "prompt": p.input.get("prompt"),
             "status": p.status,
+            "webhook": p.webhook_url,
+            "outputs": _outputs(p, base),
+            "canceled": p.canceled,
             "callbacks": p.callbacks,
             "cdnRequests": p.cdn_requests,
             "getRequests": p.get_requests,
