@@ -1,4 +1,4 @@
-"""RabbitMQ topology (SPEC section 5) and the confirming publisher.
+"""RabbitMQ topology and the confirming publisher (docs/architecture.md has the whole event flow).
 
     studio.predictions (topic) --prediction.#--> studio.persister (quorum)
                                                     | rejected / over delivery limit
@@ -15,8 +15,8 @@ queue nor a dead-letter hop ever drops a message silently. Publishing uses publi
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
@@ -25,13 +25,11 @@ from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
     AbstractRobustConnection,
-    HeadersType,
 )
 
 from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
-
-log = logging.getLogger(__name__)
+from common.settings import Settings
 
 EXCHANGE = "studio.predictions"
 QUEUE = "studio.persister"
@@ -49,6 +47,27 @@ _QUORUM: dict[str, Any] = {
     "x-dead-letter-strategy": "at-least-once",
     "x-overflow": "reject-publish",
 }
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """The persister's retry delays: `long` for storage, database and unexpected failures, `download` for failed
+    downloads (squeezed into DOWNLOAD_RETRY_WINDOW_S). Every process declares a delay queue for each of `all`."""
+
+    long: tuple[float, ...]
+    download: tuple[float, ...]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetrySchedule:
+        base, ceiling, attempts = settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts
+        return cls(
+            long=tuple(retry_delays(base, ceiling, attempts)),
+            download=tuple(download_retry_delays(base, ceiling, attempts, settings.download_retry_window_s)),
+        )
+
+    @property
+    def all(self) -> tuple[float, ...]:
+        return tuple(sorted(set(self.long) | set(self.download)))
 
 
 def retry_delays(base_s: float, max_s: float, max_attempts: int) -> list[float]:
@@ -153,13 +172,8 @@ class Broker:
     async def close(self) -> None:
         await self.connection.close()
 
-    async def publish_event(
-        self, event: PredictionEvent, headers: HeadersType | None = None, timeout: float = PUBLISH_TIMEOUT_S
-    ) -> None:
+    async def publish_event(self, event: PredictionEvent, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         """Return only once RabbitMQ has confirmed the event; else raise BrokerUnavailable."""
-        if headers:
-            await self._publish(self.exchange, event_message(event, headers), event.routing_key, timeout)
-            return
         # The gateway's hot path goes straight to the aiormq channel: aio-pika's Message and Exchange layers
         # cost about 40% of the CPU of a publish. Same confirm, `mandatory` and return-raising channel.
         properties = aiormq.spec.Basic.Properties(

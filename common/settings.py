@@ -1,18 +1,22 @@
-"""The one place that reads the environment (SPEC section 2).
+"""The one place that reads the environment.
 
-`Settings.from_env` validates every variable at once and raises `SettingsError` naming each bad one, so a
-misconfigured process stops at start with a single message instead of failing later on first use.
+Each setting is declared once, as a field of `Settings`: its variable, parser, default, who reads it and what it
+means. `Settings.from_env` validates every variable at once and raises `SettingsError` naming each bad one, so a
+misconfigured process stops at start with a single message instead of failing later on first use. The README's
+configuration table and the compose file are checked against this declaration by the tests.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import math
+import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-DEFAULT_ALLOWED_MODELS = "truefusion-pro,truefusion-edge,truefusion-2.0"
+API, WEBHOOK, PERSISTER = "api", "webhook", "persister"
+ALL = frozenset({API, WEBHOOK, PERSISTER})
 
 
 class SettingsError(Exception):
@@ -24,49 +28,53 @@ class SettingsError(Exception):
         super().__init__(f"invalid configuration: {listing}")
 
 
-def _str(raw: str) -> str:
+# Parsers: raw text -> value, or ValueError with the sentence that ends up in SettingsError.
+
+
+def _text(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
     return raw
 
 
-def _int(raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError("must be an integer") from None
-    if value < 0:
-        raise ValueError("must not be negative")
-    return value
+def _optional_text(raw: str) -> str:
+    return raw.strip()
 
 
-def _positive_int(raw: str) -> int:
-    value = _int(raw)
-    if value == 0:
-        raise ValueError("must be greater than zero")
-    return value
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError("must be an integer") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low} to {high}")
+        return value
+
+    return parse
 
 
-def _port(raw: str) -> int:
-    value = _int(raw)
-    if not 0 < value < 65536:
-        raise ValueError("must be a port number (1-65535)")
-    return value
+def _seconds(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
+    """A finite number of seconds in [low, high]; `zero` also admits 0 (an age, not a timeout or interval)."""
+
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("must be a number of seconds") from None
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number of seconds")
+        if value == 0 and not zero:  # a zero timeout or interval would fail every call or spin
+            raise ValueError("must be more than zero seconds")
+        if not (low <= value <= high or (zero and value == 0)):
+            raise ValueError(f"must be from {low:g} to {high:g} seconds")
+        return value
+
+    return parse
 
 
-def _seconds(raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError("must be a number of seconds") from None
-    if not value >= 0:  # also rejects NaN
-        raise ValueError("must not be negative")
-    return value
-
-
-def _positive_seconds(raw: str) -> float:
-    value = _seconds(raw)
-    if value == 0:  # a zero timeout or interval would fail every call or spin
-        raise ValueError("must be more than zero seconds")
-    return value
+_PORT = _integer(1, 65535)
+_HOUR, _DAY = 3600.0, 86400.0
 
 
 def _csv(raw: str) -> tuple[str, ...]:
@@ -76,10 +84,19 @@ def _csv(raw: str) -> tuple[str, ...]:
     return items
 
 
+def _optional_csv(raw: str) -> tuple[str, ...]:
+    return _csv(raw) if raw.strip() else ()
+
+
 def _url(*schemes: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
-        parts = urlsplit(raw)
-        if parts.scheme not in schemes or not parts.hostname:
+        try:
+            parts = urlsplit(raw)
+            host = parts.hostname
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            raise ValueError(f"must be a {'/'.join(schemes)} URL") from None
+        if parts.scheme not in schemes or not host:
             raise ValueError(f"must be a {'/'.join(schemes)} URL")
         return raw.rstrip("/") if parts.scheme.startswith("http") else raw
 
@@ -90,124 +107,145 @@ def _optional_url(raw: str) -> str:
     return _url("http", "https")(raw) if raw else ""
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """Exact browser origins: scheme, host and optional port, nothing else."""
+    origins = _optional_csv(raw)
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname or origin != f"{parts.scheme}://{parts.netloc}":
+            raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
+    return origins
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def _bucket(raw: str) -> str:
+    if not _BUCKET.match(raw) or ".." in raw or re.fullmatch(r"[\d.]+", raw):
+        raise ValueError("must be a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)")
+    return raw
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+JWT_SECRET_MIN_BYTES = 32
+
+
+def _jwt_secret(raw: str) -> str:
+    if len(raw.encode()) < JWT_SECRET_MIN_BYTES:  # HS256 with a short key can be brute-forced offline
+        raise ValueError(f"must be at least {JWT_SECRET_MIN_BYTES} bytes")
+    return raw
+
+
 @dataclass(frozen=True)
-class _Var:
+class Var:
+    """How one setting is read: its variable, parser, default (None: none; required where `required` says)."""
+
     env: str
     parse: Callable[[str], Any]
-    default: str | None  # None: no default, the variable must be set when the service requires it
+    default: str | None
+    readers: frozenset[str]
+    doc: str
 
 
-# field name -> how to read it. Order matters only for S3_PUBLIC_BASE_URL, derived after the others.
-_VARS: dict[str, _Var] = {
-    "database_url": _Var(
-        "DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio"
-    ),
-    "amqp_url": _Var("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/"),
-    "s3_endpoint_url": _Var("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000"),
-    "s3_bucket": _Var("S3_BUCKET", _str, "studio-generations"),
-    "s3_public_base_url": _Var("S3_PUBLIC_BASE_URL", _optional_url, ""),
-    "aws_access_key_id": _Var("AWS_ACCESS_KEY_ID", _str, "minioadmin"),
-    "aws_secret_access_key": _Var("AWS_SECRET_ACCESS_KEY", _str, "minioadmin"),
-    "aws_region": _Var("AWS_REGION", _str, "us-east-1"),
-    "skytells_base_url": _Var("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1"),
-    "skytells_api_key": _Var("SKYTELLS_API_KEY", _str, None),
-    "skytells_timeout_s": _Var("SKYTELLS_TIMEOUT_S", _positive_seconds, "15"),
-    "skytells_webhook_secrets": _Var("SKYTELLS_WEBHOOK_SECRET", _csv, None),
-    "public_webhook_url": _Var("PUBLIC_WEBHOOK_URL", _url("http", "https"), "http://127.0.0.1:8081/api/webhooks"),
-    "auth_jwt_secret": _Var("AUTH_JWT_SECRET", _str, None),
-    "quota_max_active": _Var("QUOTA_MAX_ACTIVE", _positive_int, "10"),
-    "allowed_models": _Var("ALLOWED_MODELS", _csv, DEFAULT_ALLOWED_MODELS),
-    "output_allowed_hosts": _Var("OUTPUT_ALLOWED_HOSTS", _csv, "*.skytells.ai,*.skytells.cloud"),
-    "output_max_bytes": _Var("OUTPUT_MAX_BYTES", _positive_int, "52428800"),
-    "reconcile_after_s": _Var("RECONCILE_AFTER_S", _seconds, "120"),
-    "reconcile_interval_s": _Var("RECONCILE_INTERVAL_S", _positive_seconds, "15"),
-    "api_port": _Var("API_PORT", _port, "8080"),
-    "webhook_port": _Var("WEBHOOK_PORT", _port, "8081"),
-    "persister_port": _Var("PERSISTER_PORT", _port, "8082"),
-    "persister_prefetch": _Var("PERSISTER_PREFETCH", _positive_int, "8"),
-    "persister_max_attempts": _Var("PERSISTER_MAX_ATTEMPTS", _positive_int, "10"),
-    "retry_base_s": _Var("RETRY_BASE_S", _positive_seconds, "1"),
-    "retry_max_s": _Var("RETRY_MAX_S", _positive_seconds, "300"),
-    "log_level": _Var("LOG_LEVEL", str.upper, "INFO"),
-    # Persister: failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs
-    # about 5 minutes after completion); storage and database retries follow RETRY_BASE_S/RETRY_MAX_S alone.
-    "download_retry_window_s": _Var("DOWNLOAD_RETRY_WINDOW_S", _seconds, "180"),
-    "download_connect_timeout_s": _Var("DOWNLOAD_CONNECT_TIMEOUT_S", _positive_seconds, "5"),
-    "download_read_timeout_s": _Var("DOWNLOAD_READ_TIMEOUT_S", _positive_seconds, "20"),
-    # A prediction Skytells still does not know this long after its generation was created ends `failed`.
-    "reconcile_unknown_after_s": _Var("RECONCILE_UNKNOWN_AFTER_S", _seconds, "3600"),
-}
-
-# What each process cannot run without (SPEC section 2: "required by the API", "required by the gateway").
-API_REQUIRED = ("SKYTELLS_API_KEY", "AUTH_JWT_SECRET")
-WEBHOOK_REQUIRED = ("SKYTELLS_WEBHOOK_SECRET",)
-# SPEC section 2 requires the key of the API only: a persister without it stores what callbacks bring but
-# cannot run the reconciler, and says so at start.
-PERSISTER_REQUIRED: tuple[str, ...] = ()
+def _setting(env: str, parse: Callable[[str], Any], default: str | None, readers: Collection[str], doc: str) -> Any:
+    return field(metadata={"var": Var(env, parse, default, frozenset(readers), doc)})
 
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str
-    amqp_url: str
-    s3_endpoint_url: str
-    s3_bucket: str
-    s3_public_base_url: str
-    aws_access_key_id: str
-    aws_secret_access_key: str
-    aws_region: str
-    skytells_base_url: str
-    skytells_api_key: str
-    skytells_timeout_s: float
-    skytells_webhook_secrets: tuple[str, ...]
-    public_webhook_url: str
-    auth_jwt_secret: str
-    quota_max_active: int
-    allowed_models: tuple[str, ...]
-    output_allowed_hosts: tuple[str, ...]
-    output_max_bytes: int
-    reconcile_after_s: float
-    reconcile_interval_s: float
-    api_port: int
-    webhook_port: int
-    persister_port: int
-    persister_prefetch: int
-    persister_max_attempts: int
-    retry_base_s: float
-    retry_max_s: float
-    log_level: str
-    download_retry_window_s: float
-    download_connect_timeout_s: float
-    download_read_timeout_s: float
-    reconcile_unknown_after_s: float
+    # fmt: off
+    database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER}, "PostgreSQL DSN")  # noqa: E501
+    amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", ALL, "RabbitMQ URL")  # noqa: E501
+    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
+    s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER}, "bucket for outputs")
+    s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", _optional_url, "", {API, PERSISTER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501
+    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {PERSISTER}, "S3 credentials")
+    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {PERSISTER}, "S3 credentials")  # noqa: E501
+    aws_region: str = _setting("AWS_REGION", _text, "us-east-1", {API, PERSISTER}, "S3 region")
+    skytells_base_url: str = _setting("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
+    skytells_api_key: str = _setting("SKYTELLS_API_KEY", _text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
+    skytells_timeout_s: float = _setting("SKYTELLS_TIMEOUT_S", _seconds(0.1, 300), "15", {API, PERSISTER}, "deadline of one call to Skytells")  # noqa: E501
+    skytells_webhook_secrets: tuple[str, ...] = _setting("SKYTELLS_WEBHOOK_SECRET", _csv, None, {WEBHOOK}, "HMAC key(s) of callbacks, comma-separated (rotation)")  # noqa: E501
+    public_webhook_url: str = _setting("PUBLIC_WEBHOOK_URL", _url("http", "https"), "http://127.0.0.1:8081/api/webhooks", {API}, "callback URL given to Skytells")  # noqa: E501
+    auth_jwt_secret: str = _setting("AUTH_JWT_SECRET", _jwt_secret, None, {API}, "HS256 key for API bearer tokens, at least 32 bytes; required unless `AUTH_JWKS_URL` is set")  # noqa: E501
+    auth_jwks_url: str = _setting("AUTH_JWKS_URL", _optional_url, "", {API}, "JWKS of an identity provider: RS256 and ES256 tokens signed by its keys are accepted too")  # noqa: E501
+    auth_jwt_audience: str = _setting("AUTH_JWT_AUDIENCE", _optional_text, "", {API}, "when set, tokens must carry this `aud`")  # noqa: E501
+    auth_jwt_issuer: str = _setting("AUTH_JWT_ISSUER", _optional_text, "", {API}, "when set, tokens must carry this `iss`")  # noqa: E501
+    cors_allowed_origins: tuple[str, ...] = _setting("CORS_ALLOWED_ORIGINS", _origins, "", {API}, "browser origins allowed to call the API (comma-separated, exact origins)")  # noqa: E501
+    quota_max_active: int = _setting("QUOTA_MAX_ACTIVE", _integer(1, 100_000), "10", {API}, "active (queued + processing) generations allowed per user")  # noqa: E501
+    allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", _csv, "truefusion-pro,truefusion-edge,truefusion-2.0", {API}, "models a request may name, comma-separated; the first is the default")  # noqa: E501
+    output_allowed_hosts: tuple[str, ...] = _setting("OUTPUT_ALLOWED_HOSTS", _csv, "*.skytells.ai,*.skytells.cloud", {PERSISTER}, "hosts the persister may download outputs from (`*.x.com` allowed)")  # noqa: E501
+    output_max_bytes: int = _setting("OUTPUT_MAX_BYTES", _integer(1, 5 * 1024**3), "52428800", {PERSISTER}, "largest output accepted")  # noqa: E501
+    reconcile_after_s: float = _setting("RECONCILE_AFTER_S", _seconds(0, 7 * _DAY, zero=True), "120", {PERSISTER}, "age after which an unfinished generation is checked at Skytells")  # noqa: E501
+    reconcile_interval_s: float = _setting("RECONCILE_INTERVAL_S", _seconds(0.1, _DAY), "15", {PERSISTER}, "pause between two reconciler passes")  # noqa: E501
+    reconcile_unknown_after_s: float = _setting("RECONCILE_UNKNOWN_AFTER_S", _seconds(0, 7 * _DAY, zero=True), "3600", {PERSISTER}, "a prediction Skytells still does not know this long after its generation was created ends `failed`")  # noqa: E501
+    api_port: int = _setting("API_PORT", _PORT, "8080", {API}, "API port")
+    webhook_port: int = _setting("WEBHOOK_PORT", _PORT, "8081", {WEBHOOK}, "webhook gateway port")
+    persister_port: int = _setting("PERSISTER_PORT", _PORT, "8082", {PERSISTER}, "persister port (health and metrics)")  # noqa: E501
+    persister_prefetch: int = _setting("PERSISTER_PREFETCH", _integer(1, 1000), "8", {PERSISTER}, "events one persister handles at once")  # noqa: E501
+    persister_max_attempts: int = _setting("PERSISTER_MAX_ATTEMPTS", _integer(1, 100), "10", {WEBHOOK, PERSISTER}, "attempts at an event before it is dead-lettered")  # noqa: E501
+    retry_base_s: float = _setting("RETRY_BASE_S", _seconds(0.01, _HOUR), "1", {WEBHOOK, PERSISTER}, "first retry delay; it doubles each attempt")  # noqa: E501
+    retry_max_s: float = _setting("RETRY_MAX_S", _seconds(0.01, _DAY), "300", {WEBHOOK, PERSISTER}, "longest retry delay")  # noqa: E501
+    download_retry_window_s: float = _setting("DOWNLOAD_RETRY_WINDOW_S", _seconds(0, _HOUR, zero=True), "180", {PERSISTER}, "failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs minutes after completion)")  # noqa: E501
+    download_connect_timeout_s: float = _setting("DOWNLOAD_CONNECT_TIMEOUT_S", _seconds(0.1, 300), "5", {PERSISTER}, "connect timeout of an output download")  # noqa: E501
+    download_read_timeout_s: float = _setting("DOWNLOAD_READ_TIMEOUT_S", _seconds(0.1, 600), "20", {PERSISTER}, "read timeout of an output download")  # noqa: E501
+    log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", ALL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    # fmt: on
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], required: Collection[str] = ()) -> Settings:
         values: dict[str, Any] = {}
         problems: dict[str, str] = {}
-        for field, var in _VARS.items():
+        for name, var in declared().items():
             raw = environ.get(var.env)
             if raw is None or (raw == "" and var.default is None):
                 if var.default is None:
-                    if var.env in required:
+                    if var.env in required and not _waived(var.env, environ):
                         problems[var.env] = "is required"
-                    values[field] = () if field == "skytells_webhook_secrets" else ""
+                    values[name] = () if name == "skytells_webhook_secrets" else ""
                     continue
                 raw = var.default
             try:
-                values[field] = var.parse(raw)
+                values[name] = var.parse(raw)
             except ValueError as exc:
                 problems[var.env] = str(exc)
         if problems:
             raise SettingsError(problems)
         if not values["s3_public_base_url"]:
-            values["s3_public_base_url"] = f"{values['s3_endpoint_url']}/{values['s3_bucket']}"
+            values["s3_public_base_url"] = (
+                f"{values['s3_endpoint_url']}/{values['s3_bucket']}"
+                if values["s3_endpoint_url"]
+                else f"https://{values['s3_bucket']}.s3.{values['aws_region']}.amazonaws.com"
+            )
         return cls(**values)
 
-    def replace(self, **changes: Any) -> Settings:
-        return dataclasses.replace(self, **changes)
+
+def _waived(env: str, environ: Mapping[str, str]) -> bool:
+    """A requirement another setting stands in for: tokens verified by a JWKS need no shared secret."""
+    return env == "AUTH_JWT_SECRET" and bool(environ.get("AUTH_JWKS_URL"))
+
+
+def declared() -> dict[str, Var]:
+    """Field name -> its declaration, in declaration order."""
+    return {f.name: f.metadata["var"] for f in fields(Settings)}
 
 
 def env_names() -> dict[str, str]:
     """Environment variable name -> its default ('' when required or empty), for docs and checks."""
-    return {var.env: var.default or "" for var in _VARS.values()}
+    return {var.env: var.default or "" for var in declared().values()}
+
+
+# What each process cannot run without. The persister runs without the Skytells key: it stores what callbacks
+# bring but cannot reconcile, and says so at start.
+API_REQUIRED = ("SKYTELLS_API_KEY", "AUTH_JWT_SECRET")
+WEBHOOK_REQUIRED = ("SKYTELLS_WEBHOOK_SECRET",)
+PERSISTER_REQUIRED: tuple[str, ...] = ()

@@ -57,7 +57,7 @@ def public_read_policy(bucket: str) -> str:
 
 
 async def ensure_bucket(client: Any, bucket: str) -> None:
-    """Create the bucket if missing and let anyone read `generations/*` (SPEC section 7)."""
+    """Create the bucket if missing and let anyone read `generations/*` (docs/architecture.md)."""
     try:
         await client.head_bucket(Bucket=bucket)
     except ClientError:

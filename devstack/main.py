@@ -1,4 +1,4 @@
-"""`python -m devstack`: the whole of Studio on this machine, in the foreground, until Ctrl-C (SPEC section 9)."""
+"""`python -m devstack`: the whole of Studio on this machine, in the foreground, until Ctrl-C."""
 
 from __future__ import annotations
 

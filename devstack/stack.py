@@ -1,6 +1,6 @@
 """Bringing up Studio locally: infrastructure where nothing answers yet, the simulator, the three services.
 
-Used by `python -m devstack` (SPEC section 9) and by the test session, so both run the same real servers.
+Used by `python -m devstack` and by the test session, so both run the same real servers.
 """
 
 from __future__ import annotations

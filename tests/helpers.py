@@ -1,15 +1,32 @@
-"""Small waits shared by tests: polling until something observable happens, with a bounded deadline."""
+"""What tests share: one way to wait for something observable (bounded), and one Prometheus reader."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from common.predictions import TERMINAL
+
+
+async def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
+    """Call `check` (sync or async) until it returns something truthy, and return that; fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:g}s")
+        await asyncio.sleep(interval)
 
 
 async def wait_for_status(
@@ -20,13 +37,40 @@ async def wait_for_status(
     timeout: float = 30.0,
     statuses: Collection[str] = TERMINAL,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    body: dict[str, Any] = {}
-    while time.monotonic() < deadline:
+    """The generation as the API shows it, once its status is one of `statuses`."""
+    seen: dict[str, Any] = {}
+
+    async def reached() -> dict[str, Any] | None:
         response = await http.get(f"{api}/api/predictions/{generation_id}", headers=headers)
         assert response.status_code == 200, response.text
-        body = response.json()
-        if body["status"] in statuses:
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"generation {generation_id} did not reach {sorted(statuses)} in {timeout}s: {body}")
+        seen.update(response.json())
+        return seen if seen["status"] in statuses else None
+
+    try:
+        result: dict[str, Any] = await eventually(
+            f"generation {generation_id} to reach {sorted(statuses)}", reached, timeout
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {seen}") from None
+    return result
+
+
+def samples(text: str, name: str) -> list[Sample]:
+    """Every sample called `name` in a Prometheus text page."""
+    return [s for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of the sample `name` whose labels include `labels` (0 when absent)."""
+    for sample in samples(text, name):
+        if all(sample.labels.get(k) == v for k, v in labels.items()):
+            return float(sample.value)
+    return 0.0
+
+
+async def metrics_of(http: httpx.AsyncClient, where: int | str) -> str:
+    """The `/metrics` page of a service, by port or base URL."""
+    base = where if isinstance(where, str) and where.startswith("http") else f"http://127.0.0.1:{where}"
+    response = await http.get(f"{base}/metrics")
+    assert response.status_code == 200
+    return response.text

@@ -8,9 +8,9 @@ events arrive, how often and in which order.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
+from collections.abc import Collection
 from typing import Any
 
 import asyncpg
@@ -18,9 +18,10 @@ import httpx
 
 from common.broker import Broker
 from common.events import PredictionEvent
-from common.predictions import parse_prediction
+from common.predictions import TERMINAL, parse_prediction
 from common.settings import Settings
 from common.storage import open_s3
+from tests.helpers import eventually
 
 SIM_KEY = {"x-api-key": "sim-key"}
 
@@ -93,29 +94,13 @@ async def row(conn: asyncpg.Connection, gid: uuid.UUID) -> asyncpg.Record:
 
 
 async def wait_row(
-    conn: asyncpg.Connection,
-    gid: uuid.UUID,
-    statuses: tuple[str, ...] = ("succeeded", "failed", "canceled"),
-    timeout: float = 60,
+    conn: asyncpg.Connection, gid: uuid.UUID, statuses: Collection[str] = TERMINAL, timeout: float = 60
 ) -> asyncpg.Record:
-    deadline = time.monotonic() + timeout
-    record = await row(conn, gid)
-    while time.monotonic() < deadline:
+    async def reached() -> asyncpg.Record | None:
         record = await row(conn, gid)
-        if record["status"] in statuses:
-            return record
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"generation {gid} did not reach {statuses} within {timeout}s: {dict(record)}")
+        return record if record["status"] in statuses else None
 
-
-async def wait_until(what: str, check: Any, timeout: float = 60, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(interval)
-    raise AssertionError(f"{what} did not happen within {timeout}s")
+    return await eventually(f"generation {gid} to reach {sorted(statuses)}", reached, timeout, interval=0.05)
 
 
 async def publish(broker: Broker, event: PredictionEvent, times: int = 1) -> None:
@@ -139,19 +124,6 @@ async def cdn_bytes(http: httpx.AsyncClient, sim_url: str, prediction_id: str, i
     response = await http.get(f"{sim_url}/cdn/{prediction_id}/{index}.png")
     assert response.status_code == 200
     return response.content
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    """The value of one sample in a Prometheus text page (0 when absent)."""
-    pattern = re.escape(name) + (r"\{" + re.escape(labels) + r"\}" if labels else "") + r" ([0-9.e+-]+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
-
-
-async def metrics_of(http: httpx.AsyncClient, port: int | str) -> str:
-    response = await http.get(f"http://127.0.0.1:{port}/metrics")
-    assert response.status_code == 200
-    return response.text
 
 
 async def dead_messages(broker: Broker) -> list[bytes]:

@@ -34,7 +34,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from common.settings import DEFAULT_ALLOWED_MODELS
+from common.settings import Settings
 from devstack.tokens import issue_token
 from services.api import openapi
 from tests.conftest import JWT_SECRET
@@ -49,6 +49,8 @@ CHECKS = [
     negative_data_rejection,
     ignored_auth,
 ]
+
+DEFAULT_MODELS = Settings.from_env({}).allowed_models
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +94,7 @@ def test_document_is_valid_openapi_3_1_covering_every_route(document):
 # one parametrized test driving schemathesis' hypothesis strategy directly.)
 OPERATIONS = [
     (path, method.upper(), mode)
-    for path, item in openapi.document(tuple(DEFAULT_ALLOWED_MODELS.split(",")))["paths"].items()
+    for path, item in openapi.document(DEFAULT_MODELS)["paths"].items()
     for method, spec in item.items()
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     if mode is GenerationMode.POSITIVE or "parameters" in spec or "requestBody" in spec  # something to break
@@ -126,9 +128,7 @@ _field = st.one_of(st.text(max_size=600), _json, st.sampled_from(["truefusion-pr
 _almost = st.fixed_dictionaries({}, optional={"prompt": _field, "model": _field, "userId": _field})
 # Mostly valid requests, with prompts from every kind of character (controls, NUL and lone surrogates too).
 _prompts = st.text(st.characters(categories=("L", "N", "P", "Zs", "Cc", "Cs", "So")), min_size=1, max_size=80)
-_valid = st.fixed_dictionaries(
-    {"prompt": _prompts}, optional={"model": st.sampled_from(DEFAULT_ALLOWED_MODELS.split(","))}
-)
+_valid = st.fixed_dictionaries({"prompt": _prompts}, optional={"model": st.sampled_from(DEFAULT_MODELS)})
 _bodies = st.one_of(
     _valid.map(lambda body: json.dumps(body).encode()),
     _almost.map(lambda body: json.dumps(body).encode()),

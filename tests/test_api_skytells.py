@@ -5,7 +5,6 @@ and a 2xx that says `"status": false`. Also the Skytells call metrics."""
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from aiohttp import web
 
 from devstack.processes import free_port
 from devstack.stack import Stack
+from tests.helpers import metric
 
 HANG_S = 5.0  # longer than the SKYTELLS_TIMEOUT_S the API under test gets
 CASES: dict[str, web.Response | None] = {}
@@ -154,15 +154,6 @@ async def test_cancel_rate_limited_by_skytells_is_503_and_leaves_the_generation(
     assert after.json()["status"] == "queued"
 
 
-def _sample(metrics: str, name: str, **labels: str) -> float:
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in metrics.splitlines():
-        match = re.fullmatch(rf"{name}\{{(.*)\}} (\S+)", line)
-        if match and ",".join(sorted(match.group(1).split(","))) == wanted:
-            return float(match.group(2))
-    return 0.0
-
-
 async def test_metrics_count_skytells_latency_and_failures(http, api_on_fake, auth):
     # Runs after the tests above in this module, on the same process: a fresh timeout and success are added.
     before = (await http.get(f"{api_on_fake}/metrics")).text
@@ -173,11 +164,11 @@ async def test_metrics_count_skytells_latency_and_failures(http, api_on_fake, au
 
     failures = "studio_skytells_failures_total"
     latency = "studio_skytells_request_duration_seconds_count"
-    assert _sample(after, failures, operation="create", reason="timeout") == (
-        _sample(before, failures, operation="create", reason="timeout") + 1
+    assert metric(after, failures, operation="create", reason="timeout") == (
+        metric(before, failures, operation="create", reason="timeout") + 1
     )
-    assert _sample(after, latency, operation="create") == _sample(before, latency, operation="create") + 2
-    assert _sample(after, failures, operation="create", reason="rate_limited") >= 2
-    assert _sample(after, failures, operation="cancel", reason="rate_limited") >= 1
-    assert _sample(after, "studio_http_requests_total", route="/api/generate", method="POST", status="502") >= 1
+    assert metric(after, latency, operation="create") == metric(before, latency, operation="create") + 2
+    assert metric(after, failures, operation="create", reason="rate_limited") >= 2
+    assert metric(after, failures, operation="cancel", reason="rate_limited") >= 1
+    assert metric(after, "studio_http_requests_total", route="/api/generate", method="POST", status="502") >= 1
     assert "studio_http_request_duration_seconds_bucket" in after

@@ -1,16 +1,14 @@
 """Service logs: one JSON object per line, and one generation followed across api -> webhook -> persister by
-the ids on its lines (SPEC section 1)."""
+the ids on its lines."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
 import uuid
 
-from tests.helpers import wait_for_status
+from tests.helpers import eventually, wait_for_status
 
 SERVICES = ("api", "webhook", "persister")
 REQUIRED = ("ts", "level", "service", "logger", "message")
@@ -36,12 +34,14 @@ def _lines(stack, label: str) -> list[dict]:
 async def _wait_for_lines(stack, label: str, wanted) -> list[dict]:
     """The row is updated just before the line is written: give the log a moment to catch up. Matching is on
     fields, not message texts, which the services are free to reword."""
-    deadline = time.monotonic() + 10
-    while True:
-        lines = _lines(stack, label)
-        if any(wanted(line) for line in lines) or time.monotonic() > deadline:
-            return lines
-        await asyncio.sleep(0.1)
+    lines: list[dict] = []
+
+    def arrived() -> bool:
+        lines[:] = _lines(stack, label)
+        return any(wanted(line) for line in lines)
+
+    await eventually(f"a matching {label} log line", arrived, timeout=10)
+    return lines
 
 
 async def test_one_generation_is_followed_across_the_services_by_its_ids(services, urls, http, auth, db):

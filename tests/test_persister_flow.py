@@ -9,15 +9,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from common.broker import Broker
+from common.broker import QUEUE, Broker, event_message
 from common.storage import open_s3
 from devstack.processes import free_port
+from tests.helpers import eventually, metric, metrics_of
 from tests.persister_kit import (
     cdn_bytes,
     event_of,
     insert_generation,
-    metric,
-    metrics_of,
     processing_event,
     publish,
     row,
@@ -25,7 +24,6 @@ from tests.persister_kit import (
     sim_record,
     stored_objects,
     wait_row,
-    wait_until,
 )
 
 
@@ -67,11 +65,11 @@ async def test_cdn_503_is_retried_then_the_exact_bytes_are_stored(http, sim, db,
     assert record["completed_at"] is not None and record["error"] is None
     objects = await stored_objects(settings, gid)
     assert objects == {key: (await cdn_bytes(http, sim, prediction["id"]), "image/png")}
-    public = await http.get(record["output_url"])  # anonymous read, SPEC section 7
+    public = await http.get(record["output_url"])  # anonymous read: the bucket policy
     assert public.status_code == 200 and public.content == objects[key][0]
     after = await metrics_of(http, persister_port)
     assert metric(after, "studio_persister_retries_total") >= metric(before, "studio_persister_retries_total") + 2
-    assert metric(after, "studio_persister_events_total", 'outcome="succeeded"') >= 1
+    assert metric(after, "studio_persister_events_total", outcome="succeeded") >= 1
     assert metric(after, "studio_persister_stored_bytes_total") >= len(objects[key][0])
     assert metric(after, "studio_persister_persist_seconds_count") >= 1
     assert "studio_persister_dead_letters_total" in after
@@ -132,9 +130,9 @@ async def test_duplicates_and_a_late_started_change_nothing(http, sim, db, broke
 
     async def settled() -> bool:
         text = await metrics_of(http, persister_port)
-        return metric(text, "studio_persister_events_total", 'outcome="duplicate"') >= duplicates + 3
+        return metric(text, "studio_persister_events_total", outcome="duplicate") >= duplicates + 3
 
-    await wait_until("three more duplicates", settled)
+    await eventually("three more duplicates", settled)
     last = await row(db, gid)
     for column in ("status", "output_url", "output_urls", "error", "completed_at"):
         assert last[column] == first[column], column
@@ -170,7 +168,7 @@ async def test_callback_before_the_api_wrote_the_prediction_id_is_retried(
         text = await metrics_of(http, persister_port)
         return metric(text, "studio_persister_retries_total") >= retries + 2
 
-    await wait_until("two retries of the unknown prediction", retried)
+    await eventually("two retries of the unknown prediction", retried)
     await asyncio.sleep(1)
     assert (await row(db, gid))["status"] == "queued"
     await db.execute("UPDATE generations SET prediction_id = $2 WHERE id = $1", gid, prediction["id"])
@@ -188,7 +186,7 @@ async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_e
     earlier = b"\x89PNG\r\n\x1a\n" + b"stored by attempt one"
     async with open_s3(settings) as s3:
         await s3.put_object(Bucket=settings.s3_bucket, Key=f"generations/{gid}.png", Body=earlier)
-    await broker.publish_event(event_of(prediction), headers={"x-attempt": 2})
+    await broker.publish_to_queue(QUEUE, event_message(event_of(prediction), {"x-attempt": 2}))
 
     record = await wait_row(db, gid)
 
@@ -199,7 +197,7 @@ async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_e
 
 
 async def test_starts_without_the_skytells_key_with_the_reconciler_off(services):
-    # SPEC section 2 requires SKYTELLS_API_KEY of the API only; the persister still consumes without it.
+    # SKYTELLS_API_KEY is required of the API only; the persister still consumes without it.
     port = free_port()
     env = {"PERSISTER_PORT": str(port), "SKYTELLS_API_KEY": ""}
     process = services.start_service("persister", env=env, label="persister-keyless")  # waits for /readyz

@@ -23,20 +23,18 @@ from common.db.generations import UNSUBMITTED_ERROR, unsubmitted_expiry_s
 from common.storage import ensure_bucket, open_s3
 from devstack.processes import ManagedProcess, free_port, http_ok
 from devstack.stack import Stack
+from tests.helpers import eventually, metric, metrics_of
 from tests.persister_kit import (
     cdn_bytes,
     dead_messages,
     event_of,
     insert_generation,
-    metric,
-    metrics_of,
     publish,
     row,
     sim_prediction,
     sim_record,
     stored_objects,
     wait_row,
-    wait_until,
 )
 
 PERSISTER_ENV = {
@@ -73,14 +71,14 @@ def dedicated(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 @pytest.fixture(scope="module")
-async def dbroker(dedicated: Stack) -> AsyncIterator[Broker]:
+async def dedicated_broker(dedicated: Stack) -> AsyncIterator[Broker]:
     broker = await Broker.connect(dedicated.settings.amqp_url)
     yield broker
     await broker.close()
 
 
 @pytest.fixture
-async def ddb(dedicated: Stack) -> AsyncIterator[asyncpg.Connection]:
+async def dedicated_db(dedicated: Stack) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(dedicated.settings.database_url)
     yield conn
     if not conn.is_closed():
@@ -104,20 +102,22 @@ async def _wait_retries(http, port: str, at_least: float) -> None:
     async def retried() -> bool:
         return metric(await metrics_of(http, port), "studio_persister_retries_total") >= at_least
 
-    await wait_until(f"{at_least:g} retries", retried)
+    await eventually(f"{at_least:g} retries", retried)
 
 
-async def test_two_replicas_with_every_event_delivered_three_times(http, sim, dedicated, dbroker, ddb):
+async def test_two_replicas_with_every_event_delivered_three_times(
+    http, sim, dedicated, dedicated_broker, dedicated_db
+):
     replica = _start_replica(dedicated, "persister-b")
     try:
         ports = [_port(dedicated), replica.env["PERSISTER_PORT"]]
         before = [await metrics_of(http, p) for p in ports]
         predictions = [await sim_prediction(http, sim, f"crowd {n}") for n in range(8)]
-        gids = [await insert_generation(ddb, p["id"]) for p in predictions]
+        gids = [await insert_generation(dedicated_db, p["id"]) for p in predictions]
         for prediction in predictions:
-            await publish(dbroker, event_of(prediction), times=3)
+            await publish(dedicated_broker, event_of(prediction), times=3)
 
-        records = [await wait_row(ddb, gid) for gid in gids]
+        records = [await wait_row(dedicated_db, gid) for gid in gids]
 
         assert [r["status"] for r in records] == ["succeeded"] * 8
         for prediction, gid in zip(predictions, gids, strict=True):
@@ -127,18 +127,18 @@ async def test_two_replicas_with_every_event_delivered_three_times(http, sim, de
         async def all_handled() -> bool:
             after = [await metrics_of(http, p) for p in ports]
             handled = sum(
-                metric(a, "studio_persister_events_total", f'outcome="{o}"')
-                - metric(b, "studio_persister_events_total", f'outcome="{o}"')
+                metric(a, "studio_persister_events_total", outcome=o)
+                - metric(b, "studio_persister_events_total", outcome=o)
                 for a, b in zip(after, before, strict=True)
                 for o in ("succeeded", "duplicate")
             )
             return handled >= 24
 
-        await wait_until("all 24 deliveries handled", all_handled)
+        await eventually("all 24 deliveries handled", all_handled)
         after = [await metrics_of(http, p) for p in ports]
         won = sum(
-            metric(a, "studio_persister_events_total", 'outcome="succeeded"')
-            - metric(b, "studio_persister_events_total", 'outcome="succeeded"')
+            metric(a, "studio_persister_events_total", outcome="succeeded")
+            - metric(b, "studio_persister_events_total", outcome="succeeded")
             for a, b in zip(after, before, strict=True)
         )
         assert won == 8  # one terminal write per generation, whichever replica made it
@@ -146,41 +146,41 @@ async def test_two_replicas_with_every_event_delivered_three_times(http, sim, de
         replica.stop()
 
 
-async def test_s3_stopped_and_restarted(http, sim, dedicated, dbroker, ddb):
+async def test_s3_stopped_and_restarted(http, sim, dedicated, dedicated_broker, dedicated_db):
     assert dedicated.s3 is not None
     port = _port(dedicated)
     prediction = await sim_prediction(http, sim, "during an S3 outage")
-    gid = await insert_generation(ddb, prediction["id"])
+    gid = await insert_generation(dedicated_db, prediction["id"])
     retries = metric(await metrics_of(http, port), "studio_persister_retries_total")
     dedicated.s3.halt()
     try:
-        await publish(dbroker, event_of(prediction))
+        await publish(dedicated_broker, event_of(prediction))
         await _wait_retries(http, port, retries + 2)
         ready = await http.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503 and "storage" in ready.json()["failing"]
-        assert (await row(ddb, gid))["status"] == "queued"
+        assert (await row(dedicated_db, gid))["status"] == "queued"
     finally:
         dedicated.s3.resume()
         async with open_s3(dedicated.settings) as s3:  # moto starts empty after a restart
             await ensure_bucket(s3, dedicated.settings.s3_bucket)
 
-    record = await wait_row(ddb, gid)
+    record = await wait_row(dedicated_db, gid)
 
     assert record["status"] == "succeeded"
     objects = await stored_objects(dedicated.settings, gid)
     assert objects[f"generations/{gid}.png"][0] == await cdn_bytes(http, sim, prediction["id"])
 
 
-async def test_postgres_unavailable_for_a_while(http, sim, dedicated, dbroker, ddb):
+async def test_postgres_unavailable_for_a_while(http, sim, dedicated, dedicated_broker, dedicated_db):
     assert dedicated.postgres is not None
     port = _port(dedicated)
     prediction = await sim_prediction(http, sim, "during a database outage")
-    gid = await insert_generation(ddb, prediction["id"])
-    await ddb.close()
+    gid = await insert_generation(dedicated_db, prediction["id"])
+    await dedicated_db.close()
     retries = metric(await metrics_of(http, port), "studio_persister_retries_total")
     dedicated.postgres.halt()
     try:
-        await publish(dbroker, event_of(prediction))
+        await publish(dedicated_broker, event_of(prediction))
         await _wait_retries(http, port, retries + 2)
         ready = await http.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503 and "database" in ready.json()["failing"]
@@ -197,17 +197,17 @@ async def test_postgres_unavailable_for_a_while(http, sim, dedicated, dbroker, d
     assert objects[f"generations/{gid}.png"][0] == await cdn_bytes(http, sim, prediction["id"])
 
 
-async def test_rabbitmq_restart_under_load_loses_no_event(http, sim, dedicated, dbroker, ddb):
+async def test_rabbitmq_restart_under_load_loses_no_event(http, sim, dedicated, dedicated_broker, dedicated_db):
     assert dedicated.rabbitmq is not None
     # Each output needs a second attempt, so during the restart events sit in the main and the delay queues.
     predictions = await asyncio.gather(*(sim_prediction(http, sim, f"storm {n} #sim:cdnbusy=1") for n in range(24)))
-    gids = [await insert_generation(ddb, p["id"]) for p in predictions]
+    gids = [await insert_generation(dedicated_db, p["id"]) for p in predictions]
     for prediction in predictions:
-        await publish(dbroker, event_of(prediction))
+        await publish(dedicated_broker, event_of(prediction))
     dedicated.rabbitmq.halt()
     dedicated.rabbitmq.resume()
 
-    records = [await wait_row(ddb, gid, timeout=90) for gid in gids]
+    records = [await wait_row(dedicated_db, gid, timeout=90) for gid in gids]
 
     assert [r["status"] for r in records] == ["succeeded"] * 24
     for gid in gids:
@@ -215,29 +215,29 @@ async def test_rabbitmq_restart_under_load_loses_no_event(http, sim, dedicated, 
 
     # Consumption resumed by itself, and the persister says so: a new event is processed, /readyz is 200.
     late = await sim_prediction(http, sim, "after the storm")
-    late_gid = await insert_generation(ddb, late["id"])
-    await publish(dbroker, event_of(late))
-    assert (await wait_row(ddb, late_gid))["status"] == "succeeded"
+    late_gid = await insert_generation(dedicated_db, late["id"])
+    await publish(dedicated_broker, event_of(late))
+    assert (await wait_row(dedicated_db, late_gid))["status"] == "succeeded"
     ready = await http.get(f"http://127.0.0.1:{_port(dedicated)}/readyz")
     assert ready.status_code == 200, ready.text
 
 
-async def test_dead_letter_after_the_last_attempt_then_redrive(http, sim, dedicated, dbroker, ddb):
+async def test_dead_letter_after_the_last_attempt_then_redrive(http, sim, dedicated, dedicated_broker, dedicated_db):
     port = _port(dedicated)
     dead_before = metric(await metrics_of(http, port), "studio_persister_dead_letters_total")
     prediction = await sim_prediction(http, sim, "orphan")
     event = event_of(prediction)
-    await publish(dbroker, event)  # no generation has this prediction id, and none will for a while
+    await publish(dedicated_broker, event)  # no generation has this prediction id, and none will for a while
 
     async def dead_lettered() -> bool:
-        bodies = await dead_messages(dbroker)
+        bodies = await dead_messages(dedicated_broker)
         return any(json.loads(b)["eventId"] == event.event_id for b in bodies)
 
-    await wait_until("the event in studio.persister.dead", dead_lettered, interval=0.5)
+    await eventually("the event in studio.persister.dead", dead_lettered, interval=0.5)
     text = await metrics_of(http, port)
     assert metric(text, "studio_persister_dead_letters_total") == dead_before + 1
 
-    gid = await insert_generation(ddb, prediction["id"])
+    gid = await insert_generation(dedicated_db, prediction["id"])
     redrive = subprocess.run(
         [sys.executable, "-m", "services.persister", "redrive"],
         env=dedicated.env,
@@ -248,63 +248,67 @@ async def test_dead_letter_after_the_last_attempt_then_redrive(http, sim, dedica
     assert redrive.returncode == 0, redrive.stdout + redrive.stderr
     assert "moved 1 dead messages" in redrive.stdout
 
-    record = await wait_row(ddb, gid)
+    record = await wait_row(dedicated_db, gid)
     assert record["status"] == "succeeded"
     assert not await dead_lettered()
 
 
-async def _streaming(http, sim, dbroker, ddb, prompt: str):
+async def _streaming(http, sim, dedicated_broker, dedicated_db, prompt: str):
     """Publish a slow output's event and return once the persister is downloading it."""
     prediction = await sim_prediction(http, sim, prompt)
-    gid = await insert_generation(ddb, prediction["id"])
-    await publish(dbroker, event_of(prediction))
+    gid = await insert_generation(dedicated_db, prediction["id"])
+    await publish(dedicated_broker, event_of(prediction))
 
     async def started() -> bool:
         return (await sim_record(http, sim, prediction["id"]))["cdnRequests"] >= 1
 
-    await wait_until("the download to start", started, interval=0.05)
+    await eventually("the download to start", started, interval=0.05)
     return prediction, gid
 
 
-async def test_sigkill_while_streaming_loses_nothing(http, sim, dedicated, dbroker, ddb):
-    prediction, gid = await _streaming(http, sim, dbroker, ddb, "interrupted #sim:size=8000000 #sim:cdnslow=3")
+async def test_sigkill_while_streaming_loses_nothing(http, sim, dedicated, dedicated_broker, dedicated_db):
+    prediction, gid = await _streaming(
+        http, sim, dedicated_broker, dedicated_db, "interrupted #sim:size=8000000 #sim:cdnslow=3"
+    )
     dedicated.processes["persister-a"].kill()
-    assert (await row(ddb, gid))["status"] == "queued"
+    assert (await row(dedicated_db, gid))["status"] == "queued"
     assert await stored_objects(dedicated.settings, gid) == {}
 
     dedicated.start_service("persister", label="persister-a")
-    record = await wait_row(ddb, gid)
+    record = await wait_row(dedicated_db, gid)
 
     assert record["status"] == "succeeded"
     objects = await stored_objects(dedicated.settings, gid)
     assert objects == {f"generations/{gid}.png": (await cdn_bytes(http, sim, prediction["id"]), "image/png")}
 
 
-async def test_sigterm_finishes_the_message_in_hand_then_exits(http, sim, dedicated, dbroker, ddb):
-    prediction, gid = await _streaming(http, sim, dbroker, ddb, "last one out #sim:size=4000000 #sim:cdnslow=2")
+async def test_sigterm_finishes_the_message_in_hand_then_exits(http, sim, dedicated, dedicated_broker, dedicated_db):
+    prediction, gid = await _streaming(
+        http, sim, dedicated_broker, dedicated_db, "last one out #sim:size=4000000 #sim:cdnslow=2"
+    )
     process = dedicated.processes["persister-a"]
     process.signal(signal.SIGTERM)
     assert process.popen is not None
     code = await asyncio.to_thread(process.popen.wait, 40)
 
     assert code == 0, process.tail()
-    record = await row(ddb, gid)
+    record = await row(dedicated_db, gid)
     assert record["status"] == "succeeded"  # finished before exiting, not abandoned
     assert list(await stored_objects(dedicated.settings, gid)) == [f"generations/{gid}.png"]
     dedicated.start_service("persister", label="persister-a")
     assert http_ok(f"http://127.0.0.1:{_port(dedicated)}/readyz")
 
 
-async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedicated, dbroker, ddb):
+async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedicated, dedicated_broker, dedicated_db):
     lost = await sim_prediction(http, sim, "no callback ever #sim:ratelimit=2", fetch=False)
-    lost_gid = await insert_generation(ddb, lost["id"], age_s=5)
-    ancient_gid = await insert_generation(ddb, f"pred_gone_{uuid.uuid4().hex}", age_s=7200)
-    recent_gid = await insert_generation(ddb, f"pred_gone_{uuid.uuid4().hex}", age_s=600)
+    lost_gid = await insert_generation(dedicated_db, lost["id"], age_s=5)
+    ancient_gid = await insert_generation(dedicated_db, f"pred_gone_{uuid.uuid4().hex}", age_s=7200)
+    recent_gid = await insert_generation(dedicated_db, f"pred_gone_{uuid.uuid4().hex}", age_s=600)
     # Rows an API crash left without a prediction id: only one older than any create call can take ends.
     unsubmitted_gid = await insert_generation(
-        ddb, None, age_s=unsubmitted_expiry_s(dedicated.settings.skytells_timeout_s) + 1
+        dedicated_db, None, age_s=unsubmitted_expiry_s(dedicated.settings.skytells_timeout_s) + 1
     )
-    in_flight_gid = await insert_generation(ddb, None, age_s=5)
+    in_flight_gid = await insert_generation(dedicated_db, None, age_s=5)
     # Another replica holds the reconciler's lock: this one must not reconcile meanwhile.
     holder = await asyncpg.connect(dedicated.settings.database_url)
     try:
@@ -314,34 +318,34 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
         )
         await asyncio.sleep(2)  # several intervals
         assert (await sim_record(http, sim, lost["id"]))["getRequests"] == 0
-        assert (await row(ddb, lost_gid))["status"] == "queued"
-        assert (await row(ddb, unsubmitted_gid))["status"] == "queued"
+        assert (await row(dedicated_db, lost_gid))["status"] == "queued"
+        assert (await row(dedicated_db, unsubmitted_gid))["status"] == "queued"
     finally:
         await holder.close()  # releases the lock
     try:
-        record = await wait_row(ddb, lost_gid)
+        record = await wait_row(dedicated_db, lost_gid)
         assert record["status"] == "succeeded"
         objects = await stored_objects(dedicated.settings, lost_gid)
         assert objects[f"generations/{lost_gid}.png"][0] == await cdn_bytes(http, sim, lost["id"])
         assert (await sim_record(http, sim, lost["id"]))["getRequests"] >= 3  # two 429s honoured, then the answer
 
-        ancient = await wait_row(ddb, ancient_gid)
+        ancient = await wait_row(dedicated_db, ancient_gid)
         assert ancient["status"] == "failed" and "does not know prediction" in ancient["error"]
         text = await metrics_of(http, reconciler.env["PERSISTER_PORT"])
-        passes = metric(text, "studio_persister_reconciled_total", 'result="unknown"')
-        await wait_until(
+        passes = metric(text, "studio_persister_reconciled_total", result="unknown")
+        await eventually(
             "another reconciliation pass",
             lambda: _more_unknown(http, reconciler.env["PERSISTER_PORT"], passes),
         )
-        assert (await row(ddb, recent_gid))["status"] == "queued"  # unknown for less than an hour: not yet
-        unsubmitted = await row(ddb, unsubmitted_gid)
+        assert (await row(dedicated_db, recent_gid))["status"] == "queued"  # unknown for less than an hour: not yet
+        unsubmitted = await row(dedicated_db, unsubmitted_gid)
         assert (unsubmitted["status"], unsubmitted["error"]) == ("failed", UNSUBMITTED_ERROR)
-        assert (await row(ddb, in_flight_gid))["status"] == "queued"  # its create call may still be under way
-        assert metric(text, "studio_persister_reconciled_total", 'result="unsubmitted_failed"') >= 1
+        assert (await row(dedicated_db, in_flight_gid))["status"] == "queued"  # its create call may still be under way
+        assert metric(text, "studio_persister_reconciled_total", result="unsubmitted_failed") >= 1
     finally:
         reconciler.stop()
 
 
 async def _more_unknown(http, port: str, seen: float) -> bool:
     text = await metrics_of(http, port)
-    return metric(text, "studio_persister_reconciled_total", 'result="unknown"') > seen
+    return metric(text, "studio_persister_reconciled_total", result="unknown") > seen

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.broker import delay_queue_name, download_retry_delays, retry_delays
+from common.broker import RetrySchedule, delay_queue_name, download_retry_delays, retry_delays
 from common.errors import OutputRejected
 from common.settings import Settings
-from services.persister.consumer import all_delays
 from services.persister.download import check_url, host_allowed, resolve_checked, sniff
 
 OUTPUT_WINDOW_S = 300  # Skytells deletes outputs about 5 minutes after completion
@@ -37,9 +36,9 @@ def test_storage_and_database_schedule_may_run_longer():
 def test_a_short_schedule_is_left_alone_and_every_delay_has_a_queue():
     assert download_retry_delays(0.5, 4, 10, 180) == retry_delays(0.5, 4, 10)
     settings = Settings.from_env({"RETRY_BASE_S": "0.3", "RETRY_MAX_S": "2", "DOWNLOAD_RETRY_WINDOW_S": "5"})
-    names = {delay_queue_name(d) for d in all_delays(settings)}
+    names = {delay_queue_name(d) for d in RetrySchedule.from_settings(settings).all}
     assert "studio.persister.delay.300ms" in names and "studio.persister.delay.2000ms" in names
-    assert len(names) == len(all_delays(settings))
+    assert len(names) == len(RetrySchedule.from_settings(settings).all)
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The simulator as the official `skytells` SDK sees it (SPEC section 8): every call here goes through the SDK,
+"""The simulator as the official `skytells` SDK sees it: every call here goes through the SDK,
 pointed at the simulator with `base_url`, and what comes back is read with the SDK's own types and errors."""
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ import itertools
 import json
 import logging
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from common.signing import SIGNATURE_HEADER, sign
 from devstack.processes import ManagedProcess, free_port
 from devstack.rabbitmq import RabbitMQ
 from devstack.stack import Stack
+from tests.helpers import eventually
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +61,6 @@ def start_gateway(stack: Stack, amqp_url: str) -> Gateway:
     return Gateway(process, f"http://127.0.0.1:{port}")
 
 
-async def wait_for(what: str, check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        await asyncio.sleep(0.1)
-
-
 async def answers(url: str, path: str, status: int) -> bool:
     # A fresh connection each time: a kept-alive one would hide a listener that stopped accepting.
     try:
@@ -90,7 +83,7 @@ async def refuses_connections(url: str) -> bool:
 async def ready_gateway(stack: Stack, amqp_url: str) -> AsyncIterator[Gateway]:
     gw = start_gateway(stack, amqp_url)
     try:
-        await wait_for("the gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
+        await eventually("the gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
         yield gw
     finally:
         gw.process.stop()
@@ -318,7 +311,7 @@ async def test_sigterm_stops_accepting_and_answers_in_flight_callbacks_only_afte
 ):
     gw = start_gateway(stack, proxy.url)
     try:
-        await wait_for("the gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
+        await eventually("the gateway to be ready", lambda: answers(gw.url, "/readyz", 200))
         ids = [new_id() for _ in range(10)]
 
         proxy.pause()  # publishes reach RabbitMQ, their confirms wait in the proxy
@@ -328,9 +321,9 @@ async def test_sigterm_stops_accepting_and_answers_in_flight_callbacks_only_afte
             text = (await http.get(f"{gw.url}/metrics")).text
             return "studio_webhook_publishes_in_flight 10.0" in text
 
-        await wait_for("10 publishes in flight", all_waiting_for_confirms)
+        await eventually("10 publishes in flight", all_waiting_for_confirms)
         gw.process.signal(signal.SIGTERM)
-        await wait_for("the gateway to stop accepting", lambda: refuses_connections(gw.url))
+        await eventually("the gateway to stop accepting", lambda: refuses_connections(gw.url))
         assert not any(task.done() for task in in_flight)  # no answer without a confirm
 
         proxy.resume()
@@ -353,12 +346,12 @@ async def test_gateway_starts_without_broker_says_so_and_connects_when_it_appear
     await asyncio.to_thread(rabbit.halt)
     late = start_gateway(stack, rabbit.url)
     try:
-        await wait_for("/healthz without a broker", lambda: answers(late.url, "/healthz", 200))
+        await eventually("/healthz without a broker", lambda: answers(late.url, "/healthz", 200))
         ready = await http.get(f"{late.url}/readyz")
         refused = await post(http, late.url, new_id())
 
         await asyncio.to_thread(rabbit.resume)
-        await wait_for("/readyz once the broker is up", lambda: answers(late.url, "/readyz", 200))
+        await eventually("/readyz once the broker is up", lambda: answers(late.url, "/readyz", 200))
         accepted = await post(http, late.url, new_id())
     finally:
         late.process.stop()
@@ -367,7 +360,7 @@ async def test_gateway_starts_without_broker_says_so_and_connects_when_it_appear
     assert refused.status_code == 503
     assert accepted.status_code == 200
     # The long-running gateway lived through the same restart and reconnected without being restarted.
-    await wait_for("the old gateway to reconnect", lambda: answers(gateway.url, "/readyz", 200))
+    await eventually("the old gateway to reconnect", lambda: answers(gateway.url, "/readyz", 200))
     assert (await post(http, gateway.url, new_id())).status_code == 200
 
 
@@ -380,7 +373,7 @@ class Tally:
 
 async def test_promise_every_200_is_in_the_queue_across_a_broker_crash(gateway, rabbit):
     """Stream signed callbacks; kill RabbitMQ (SIGKILL) mid-stream and start it again; count what was kept."""
-    await wait_for("the gateway to be ready", lambda: answers(gateway.url, "/readyz", 200))
+    await eventually("the gateway to be ready", lambda: answers(gateway.url, "/readyz", 200))
     await queued_prediction_ids(rabbit.url)  # start from an empty queue
     tally = Tally()
     stop = asyncio.Event()
@@ -408,16 +401,16 @@ async def test_promise_every_200_is_in_the_queue_across_a_broker_crash(gateway, 
     async with httpx.AsyncClient(timeout=30) as client:
         senders = [asyncio.create_task(sender(client)) for _ in range(8)]
         try:
-            await wait_for("100 accepted", lambda: at_least(lambda: tally.accepted, 100))
+            await eventually("100 accepted", lambda: at_least(lambda: tally.accepted, 100))
             assert rabbit.process is not None
             await asyncio.to_thread(rabbit.process.kill)  # a crash, not a clean shutdown
             await asyncio.to_thread(rabbit.halt)
-            await wait_for("/readyz to report the outage", lambda: answers(gateway.url, "/readyz", 503))
+            await eventually("/readyz to report the outage", lambda: answers(gateway.url, "/readyz", 503))
             refused_before = len(tally.refused)
-            await wait_for("50 refused", lambda: at_least(lambda: tally.refused, refused_before + 50))
+            await eventually("50 refused", lambda: at_least(lambda: tally.refused, refused_before + 50))
             await asyncio.to_thread(rabbit.resume)
             accepted_before = len(tally.accepted)
-            await wait_for("100 more accepted", lambda: at_least(lambda: tally.accepted, accepted_before + 100), 60)
+            await eventually("100 more accepted", lambda: at_least(lambda: tally.accepted, accepted_before + 100), 60)
         finally:
             stop.set()
             await asyncio.gather(*senders)

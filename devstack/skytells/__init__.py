@@ -1,1 +1,1 @@
-"""A Skytells simulator: the API Studio uses, signed callbacks, and a CDN serving real PNGs (SPEC section 8)."""
+"""A Skytells simulator: the API Studio uses, signed callbacks, and a CDN serving real PNGs."""

@@ -3,7 +3,7 @@
 Behaviour is steered per prediction by directives in the prompt (`#sim:delay=2 #sim:dup=3`), so black-box
 tests drive it through Studio's public API. `GET /_sim/predictions` lists what it was asked, for tests.
 
-Besides SPEC section 8's directives, for the persister's failure paths: `#sim:outputs=N` (N outputs),
+Besides the directives the README lists, for the persister's failure paths: `#sim:outputs=N` (N outputs),
 `#sim:cdnbusy=N` (the CDN answers 503 to the first N requests), `#sim:cdngone` (the output is already gone),
 `#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
 Content-Length), `#sim:cdnslow=S` (the CDN body takes about S seconds;

@@ -2,49 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
-from common.db.pool import create_pool
-from common.migrate import apply_migrations
+from common import resources
 from common.settings import API_REQUIRED, Settings
-from common.skytells import SkytellsClient
 from common.web import add_probes, boot, error_middleware, run
 from services.api import views
 from services.api.bodies import MAX_BODY
 from services.api.keys import POOL, SETTINGS, SKYTELLS
 
 
-async def _database(app: web.Application) -> AsyncIterator[None]:
-    pool = await create_pool(app[SETTINGS].database_url)
-    async with pool.acquire() as conn:
-        await apply_migrations(conn)  # SPEC: the API also migrates at start-up (idempotent, locked)
-    app[POOL] = pool
-    yield
-    await pool.close()
-
-
-async def _skytells(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    app[SKYTELLS] = SkytellsClient(
-        settings.skytells_base_url, settings.skytells_api_key, timeout=settings.skytells_timeout_s
-    )
-    yield
-    await app[SKYTELLS].aclose()
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(_database)
-    app.cleanup_ctx.append(_skytells)
-
-    async def database_ready() -> None:
-        async with app[POOL].acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-
-    add_probes(app, {"database": database_ready})
+    app.cleanup_ctx.append(resources.database(SETTINGS, POOL, migrate=True))  # the API also migrates at start
+    app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
+    add_probes(app, {"database": resources.database_probe(app, POOL)})
     app.router.add_post("/api/generate", views.generate)
     app.router.add_get("/api/predictions/{id}", views.get_prediction)
     app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction)

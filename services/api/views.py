@@ -1,4 +1,4 @@
-"""Request handlers of the API (SPEC section 3)."""
+"""Request handlers of the API; `openapi.py` documents what each one answers."""
 
 from __future__ import annotations
 

@@ -12,31 +12,24 @@ import asyncio
 import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 from aiohttp import web
 
+from common import resources
 from common.broker import Broker
-from common.db.pool import create_pool
 from common.errors import BrokerUnavailable
 from common.settings import PERSISTER_REQUIRED, Settings
-from common.skytells import SkytellsClient
 from common.storage import check_bucket, open_s3
 from common.web import add_probes, boot, error_middleware, run
-from services.persister.consumer import Consumer, all_delays
+from services.persister.consumer import Consumer
 from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS
 from services.persister.processor import Processor
 from services.persister.reconciler import Reconciler
 from services.persister.redrive import redrive
 
 logger = logging.getLogger(__name__)
-
-
-async def _database(app: web.Application) -> AsyncIterator[None]:
-    app[POOL] = await create_pool(app[SETTINGS].database_url)
-    yield
-    await app[POOL].close()
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
@@ -59,27 +52,28 @@ async def _http(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP].aclose()
 
 
-async def _skytells(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    app[SKYTELLS] = SkytellsClient(settings.skytells_base_url, settings.skytells_api_key or "")
-    yield
-    await app[SKYTELLS].aclose()
-
-
-async def _broker(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    app[BROKER] = await Broker.connect(settings.amqp_url, all_delays(settings))
-    yield
-    await app[BROKER].close()
+async def _when_connected(app: web.Application, start: Callable[[Broker], Awaitable[None]]) -> None:
+    """Run `start` once RabbitMQ first answers: the process comes up (and says why it is not ready) without it."""
+    await start(await app[BROKER].wait_connected())
 
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
     processor = Processor(app[SETTINGS], app[POOL], app[S3], app[HTTP])
-    consumer = Consumer(app[SETTINGS], app[BROKER], processor)
-    app[CONSUMER] = consumer
-    await consumer.start()
+    consumer: Consumer | None = None
+
+    async def start(broker: Broker) -> None:
+        nonlocal consumer
+        consumer = Consumer(app[SETTINGS], broker, processor)
+        await consumer.start()
+        app[CONSUMER] = consumer
+
+    starting = asyncio.get_running_loop().create_task(_when_connected(app, start))
     yield
-    await consumer.stop()
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    if consumer is not None:
+        await consumer.stop()
 
 
 async def _reconciler(app: web.Application) -> AsyncIterator[None]:
@@ -87,8 +81,11 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
         logger.warning("SKYTELLS_API_KEY is not set: the reconciler is off, lost callbacks will not be recovered")
         yield
         return
-    reconciler = Reconciler(app[SETTINGS], app[POOL], app[BROKER], app[SKYTELLS])
-    task = asyncio.get_running_loop().create_task(reconciler.run())
+
+    async def start(broker: Broker) -> None:
+        await Reconciler(app[SETTINGS], app[POOL], broker, app[SKYTELLS]).run()
+
+    task = asyncio.get_running_loop().create_task(_when_connected(app, start))
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -98,26 +95,35 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware])
     app[SETTINGS] = settings
-    for context in (_database, _storage, _http, _skytells, _broker, _consumer, _reconciler):
+    app[CONSUMER] = None  # the consumer, once RabbitMQ has answered
+    for context in (
+        resources.database(SETTINGS, POOL),
+        _storage,
+        _http,
+        resources.skytells(SETTINGS, SKYTELLS),
+        resources.broker_link(SETTINGS, BROKER),
+        _consumer,
+        _reconciler,
+    ):
         app.cleanup_ctx.append(context)
-
-    async def database_ready() -> None:
-        async with app[POOL].acquire(timeout=2) as conn:
-            await conn.fetchval("SELECT 1")
-
-    async def broker_ready() -> None:
-        if not app[BROKER].ready:
-            raise BrokerUnavailable("not connected to RabbitMQ")
 
     async def storage_ready() -> None:
         await check_bucket(app[S3], settings.s3_bucket)
 
     async def consumer_ready() -> None:
-        await app[CONSUMER].check()
+        consumer = app[CONSUMER]
+        if consumer is None:
+            raise BrokerUnavailable("not consuming yet: waiting for RabbitMQ")
+        await consumer.check()
 
     add_probes(
         app,
-        {"database": database_ready, "broker": broker_ready, "storage": storage_ready, "consumer": consumer_ready},
+        {
+            "database": resources.database_probe(app, POOL),
+            "broker": resources.broker_probe(app, BROKER),
+            "storage": storage_ready,
+            "consumer": consumer_ready,
+        },
     )
     return app
 

@@ -33,9 +33,8 @@ from common.broker import (
     DEAD_QUEUE,
     QUEUE,
     Broker,
+    RetrySchedule,
     delay_queue_name,
-    download_retry_delays,
-    retry_delays,
 )
 from common.errors import BrokerUnavailable, GenerationNotYetKnown, TransientError, UpstreamUnavailable
 from common.events import PredictionEvent
@@ -60,36 +59,18 @@ def _database_error(exc: BaseException) -> bool:
     return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
 
 
-def all_delays(settings: Settings) -> list[float]:
-    """Every delay either schedule uses, so each has its delay queue declared."""
-    return sorted(set(_long_delays(settings)) | set(_download_delays(settings)))
-
-
-def _long_delays(settings: Settings) -> list[float]:
-    return retry_delays(settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts)
-
-
-def _download_delays(settings: Settings) -> list[float]:
-    return download_retry_delays(
-        settings.retry_base_s,
-        settings.retry_max_s,
-        settings.persister_max_attempts,
-        settings.download_retry_window_s,
-    )
-
-
 class Consumer:
     def __init__(self, settings: Settings, broker: Broker, processor: Processor) -> None:
         self.settings = settings
         self.broker = broker
         self.processor = processor
-        self.delays = _long_delays(settings)
-        self.download_delays = _download_delays(settings)
+        schedule = RetrySchedule.from_settings(settings)
+        self.delays = list(schedule.long)
+        self.download_delays = list(schedule.download)
         self.channel: AbstractChannel | None = None
         self.queue: AbstractQueue | None = None
         self.tag: str | None = None
         self.in_flight: set[asyncio.Task[Any]] = set()
-        self.resubscriptions = 0
         self._stopping = False
         self._missing_since: float | None = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -177,7 +158,6 @@ class Consumer:
         logger.warning("consumer missing at the broker; subscribing again on a new channel")
         old = self.channel
         await self._subscribe()
-        self.resubscriptions += 1
         self._missing_since = None
         self._last_delivery = time.monotonic()
         if old is not None:

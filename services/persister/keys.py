@@ -8,7 +8,7 @@ import asyncpg
 import httpx
 from aiohttp import web
 
-from common.broker import Broker
+from common.resources import BrokerLink
 from common.settings import Settings
 from common.skytells import SkytellsClient
 from services.persister.consumer import Consumer
@@ -17,6 +17,6 @@ SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 S3: web.AppKey[Any] = web.AppKey("s3")
 HTTP = web.AppKey("http", httpx.AsyncClient)
-BROKER = web.AppKey("broker", Broker)
-CONSUMER = web.AppKey("consumer", Consumer)
+BROKER = web.AppKey("broker", BrokerLink)
+CONSUMER: web.AppKey[Consumer | None] = web.AppKey("consumer")
 SKYTELLS = web.AppKey("skytells", SkytellsClient)

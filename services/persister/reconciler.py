@@ -1,4 +1,4 @@
-"""Reconciliation (SPEC section 6): a lost callback never loses an image.
+"""Reconciliation (docs/failure-model.md): a lost callback never loses an image.
 
 Every `RECONCILE_INTERVAL_S`, the replica that wins a PostgreSQL advisory lock asks Skytells about each
 generation still unfinished `RECONCILE_AFTER_S` after its creation, and publishes a `source: "reconciler"`

@@ -9,9 +9,8 @@ import logging
 
 import aio_pika
 
-from common.broker import ATTEMPT_HEADER, DEAD_QUEUE, QUEUE, Broker
+from common.broker import ATTEMPT_HEADER, DEAD_QUEUE, QUEUE, Broker, RetrySchedule
 from common.settings import Settings
-from services.persister.consumer import all_delays
 
 logger = logging.getLogger(__name__)
 
@@ -21,7 +20,7 @@ _DROPPED_HEADERS = {"x-death", "x-first-death-exchange", "x-first-death-queue", 
 
 async def redrive(settings: Settings) -> int:
     """Returns how many messages were moved. Messages dead-lettered meanwhile wait for the next run."""
-    broker = await Broker.connect(settings.amqp_url, all_delays(settings))
+    broker = await Broker.connect(settings.amqp_url, RetrySchedule.from_settings(settings).all)
     moved = 0
     try:
         channel = await broker.connection.channel()

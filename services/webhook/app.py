@@ -2,40 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 from aiohttp import web
 
-from common.broker import retry_delays
-from common.errors import BrokerUnavailable
+from common import resources
 from common.settings import WEBHOOK_REQUIRED, Settings
 from common.web import add_probes, boot, error_middleware, run
 from services.webhook import views
 from services.webhook.keys import BROKER, SETTINGS
-from services.webhook.publisher import BrokerLink
-
-
-async def _broker(app: web.Application) -> AsyncIterator[None]:
-    # Start-up does not wait for RabbitMQ (see publisher.py). Clean-up runs only after aiohttp has stopped
-    # listening and let in-flight callbacks finish, so closing the channel here never cuts a publish short.
-    settings = app[SETTINGS]
-    delays = retry_delays(settings.retry_base_s, settings.retry_max_s, settings.persister_max_attempts)
-    link = app[BROKER] = BrokerLink(settings.amqp_url, delays)
-    link.start()
-    yield
-    await link.close()
 
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=views.MAX_BODY)
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(_broker)
-
-    async def broker_ready() -> None:
-        if not app[BROKER].ready:
-            raise BrokerUnavailable("not connected to RabbitMQ")
-
-    add_probes(app, {"broker": broker_ready})
+    # Start-up does not wait for RabbitMQ: until it answers, `/readyz` and every callback say 503 (Skytells
+    # retries), rather than a crash loop that answers nothing.
+    app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
+    add_probes(app, {"broker": resources.broker_probe(app, BROKER)})
     app.router.add_post("/api/webhooks", views.receive)
     return app
 

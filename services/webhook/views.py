@@ -1,4 +1,4 @@
-"""`POST /api/webhooks`: verify, normalise, publish with confirms, and only then answer 200 (SPEC section 4).
+"""`POST /api/webhooks`: verify, normalise, publish with confirms, and only then answer 200 (docs/architecture.md).
 
 The order is the cheapest refusal first: size (before reading), signature (before parsing), payload, and
 only then the broker. Every outcome is counted once in `studio_webhook_callbacks_total`.
