@@ -40,7 +40,7 @@ async def sim_prediction(
     pid = created.json()["id"]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        view = (await http.get(f"{sim_url}/_sim/predictions")).json()["predictions"]
+        view = (await http.get(f"{sim_url}/_sim/predictions")).json()
         mine = next(p for p in view if p["id"] == pid)
         if mine["status"] in ("succeeded", "failed", "cancelled"):
             break
@@ -55,7 +55,7 @@ async def sim_prediction(
 
 
 async def sim_record(http: httpx.AsyncClient, sim_url: str, prediction_id: str) -> dict[str, Any]:
-    view = (await http.get(f"{sim_url}/_sim/predictions")).json()["predictions"]
+    view = (await http.get(f"{sim_url}/_sim/predictions")).json()
     record: dict[str, Any] = next(p for p in view if p["id"] == prediction_id)
     return record
 

@@ -21,7 +21,7 @@ async def test_cancel_goes_through_skytells_and_ends_canceled(http, urls, auth, 
     body = response.json()
     assert body["id"] == created["id"] and body["status"] == "canceled" and body["completedAt"] is not None
     prediction_id = await db.fetchval("SELECT prediction_id FROM generations WHERE id = $1::uuid", created["id"])
-    sim = (await http.get(f"{urls.simulator}/_sim/predictions")).json()["predictions"]
+    sim = (await http.get(f"{urls.simulator}/_sim/predictions")).json()
     assert [p["status"] for p in sim if p["id"] == prediction_id] == ["cancelled"]
     again = await http.post(f"{urls.api}/api/predictions/{created['id']}/cancel", headers=auth)
     assert again.status_code == 409 and "already finished" in again.json()["error"]

@@ -17,7 +17,7 @@ from tests.conftest import JWT_SECRET, Urls
 async def _sim_creates(http: httpx.AsyncClient, urls: Urls, prompt: str) -> int:
     """How many predictions the simulator was asked to create with exactly this prompt."""
     response = await http.get(f"{urls.simulator}/_sim/predictions")
-    return sum(1 for item in response.json()["predictions"] if item["prompt"] == prompt)
+    return sum(1 for item in response.json() if item["prompt"] == prompt)
 
 
 def _unique(text: str) -> str:

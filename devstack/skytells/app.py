@@ -1,15 +1,20 @@
 """The simulator's HTTP app: Skytells' prediction API, its signed callbacks, and its CDN.
 
 Behaviour is steered per prediction by directives in the prompt (`#sim:delay=2 #sim:dup=3`), so black-box
-tests drive it through Studio's public API. `GET /_sim/predictions` lists what it was asked, for tests.
-
-Besides the directives the README lists, for the persister's failure paths: `#sim:outputs=N` (N outputs),
-`#sim:cdnbusy=N` (the CDN answers 503 to the first N requests), `#sim:cdngone` (the output is already gone),
+tests drive it through Studio's public API. The directives Studio's README lists (`#sim:delay=S`, `#sim:fail`,
+`#sim:drop`, `#sim:dup=N`, `#sim:late`, `#sim:envelope`, `#sim:size=BYTES`, `#sim:reject=STATUS`,
+`#sim:cdn503=N`: the CDN answers the first N downloads of each output with 503), and for the persister's
+failure paths: `#sim:outputs=N` (N outputs), `#sim:cdnbusy=N` (the CDN answers 503 to the first N requests of
+the prediction, whichever output they ask for), `#sim:cdngone` (the output is already gone),
 `#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
-Content-Length), `#sim:cdnslow=S` (the CDN body takes about S seconds;
-`#sim:slow=S` delays the create call instead), `#sim:ratelimit=N` (`GET /v1/predictions/{id}`
-answers 429 with `Retry-After: 1` N times). A create call with `"await": true` (the official SDK's `run()`)
-is answered once the prediction has ended, as Skytells does.
+Content-Length), `#sim:cdnslow=S` (the CDN body takes about S seconds; `#sim:slow=S` delays the create call
+instead), `#sim:ratelimit=N` (`GET /v1/predictions/{id}` answers 429 with `Retry-After: 1` N times). A create
+call with `"await": true` (the official SDK's `run()`) is answered once the prediction has ended, as Skytells
+does.
+
+Outputs are real PNGs made once per size and varied per prediction (`png.py`), so the simulator is never what
+limits a measurement. What it created, with each output's digest, is listed at `/_sim/predictions`
+(`admin.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,13 +36,23 @@ import aiohttp
 from aiohttp import web
 
 from common import log as logs
-from common.predictions import SkytellsStatus, from_skytells
 from common.signing import SIGNATURE_HEADER, sign
-from devstack.skytells import png
+from devstack.skytells import admin
+from devstack.skytells.model import (
+    HTTP,
+    OUTPUTS,
+    PREDICTIONS,
+    SIM_SETTINGS,
+    TASKS,
+    TERMINAL,
+    SimPrediction,
+    SimSettings,
+)
+from devstack.skytells.png import Output, Outputs
 
 logger = logging.getLogger(__name__)
 
-DIRECTIVE = re.compile(r"#sim:([a-z]+)(?:=([^\s#]+))?")
+DIRECTIVE = re.compile(r"#sim:([a-z][a-z0-9]*)(?:=([^\s#]+))?")
 CALLBACK_ATTEMPTS = 8
 # Skytells' own error ids (the official SDK's `ApiErrorId`), by the HTTP status it sends them with.
 ERROR_IDS = {
@@ -52,82 +66,6 @@ ERROR_IDS = {
 }
 
 
-@dataclass(frozen=True)
-class SimSettings:
-    port: int = 8090
-    host: str = "127.0.0.1"
-    api_key: str = "sim-key"
-    webhook_secret: str = "sim-secret"
-    delay_s: float = 1.0
-    output_ttl_s: float = 300.0
-    public_url: str = ""  # base of CDN URLs; default http://127.0.0.1:{port}
-
-    @classmethod
-    def from_env(cls, environ: dict[str, str] | os._Environ[str]) -> SimSettings:
-        port = int(environ.get("SIM_PORT", "8090"))
-        return cls(
-            port=port,
-            host=environ.get("SIM_HOST", "127.0.0.1"),
-            api_key=environ.get("SIM_API_KEY", "sim-key"),
-            webhook_secret=environ.get("SIM_WEBHOOK_SECRET", "sim-secret"),
-            delay_s=float(environ.get("SIM_DELAY_S", "1")),
-            output_ttl_s=float(environ.get("SIM_OUTPUT_TTL_S", "300")),
-            public_url=environ.get("SIM_PUBLIC_URL", "").rstrip("/") or f"http://127.0.0.1:{port}",
-        )
-
-
-@dataclass
-class SimPrediction:
-    id: str
-    model: str
-    input: dict[str, Any]
-    webhook_url: str | None
-    events: tuple[str, ...]
-    directives: dict[str, str]
-    status: str = SkytellsStatus.PENDING
-    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    completed_monotonic: float | None = None
-    error: str | None = None
-    outputs: list[bytes] = field(default_factory=list)
-    callbacks: list[dict[str, Any]] = field(default_factory=list)  # what was sent, for tests
-    cdn_requests: int = 0  # for `#sim:cdnbusy=N`
-    get_requests: int = 0  # for `#sim:ratelimit=N`
-    canceled: bool = False  # a cancel call ended it
-    digests: list[str] = field(default_factory=list)  # sha256 of each output, made once for the truth view
-    settled: asyncio.Event = field(default_factory=asyncio.Event)  # set on reaching a terminal status
-
-    def settle(self, status: str) -> None:
-        self.status = status
-        self.completed_at = datetime.now(UTC)
-        self.completed_monotonic = time.monotonic()
-        self.settled.set()
-
-    def view(self, base: str) -> dict[str, Any]:
-        output = [f"{base}/cdn/{self.id}/{n}.png" for n in range(len(self.outputs))] or None
-        # A failed prediction also carries its message in `response`, where the SDK's `run()` reads it.
-        extra = {"response": self.error} if self.error else {}
-        return {
-            "id": self.id,
-            "status": self.status,
-            "model": {"name": self.model, "type": "image"},
-            "type": "inference",
-            "source": "api",
-            "input": self.input,
-            "output": output,
-            "error": self.error,
-            "created_at": self.created_at.isoformat(),
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "completed_at": self.completed_at.isoformat() if self.completed_at else None,
-            "urls": {
-                "get": f"{base}/v1/predictions/{self.id}",
-                "cancel": f"{base}/v1/predictions/{self.id}/cancel",
-            },
-            **extra,
-        }
-
-
 def envelope_error(status: int, message: str, error_id: str, headers: dict[str, str] | None = None) -> web.Response:
     body = {
         "status": False,
@@ -135,12 +73,6 @@ def envelope_error(status: int, message: str, error_id: str, headers: dict[str, 
         "error": {"message": message, "error_id": error_id, "http_status": status},
     }
     return web.json_response(body, status=status, headers=headers)
-
-
-SIM_SETTINGS: web.AppKey[SimSettings] = web.AppKey("sim_settings", SimSettings)
-PREDICTIONS: web.AppKey[dict[str, SimPrediction]] = web.AppKey("predictions", dict)
-HTTP: web.AppKey[aiohttp.ClientSession] = web.AppKey("http", aiohttp.ClientSession)
-TASKS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("tasks")
 
 
 def _authorised(request: web.Request) -> bool:
@@ -207,36 +139,52 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
     settings = app[SIM_SETTINGS]
     delay = float(prediction.directives.get("delay") or settings.delay_s)
     await asyncio.sleep(min(0.2, delay / 2))
-    if prediction.status == SkytellsStatus.CANCELLED:
+    if prediction.status == "cancelled":
         return
-    prediction.status = SkytellsStatus.STARTED
+    prediction.status = "started"
     prediction.started_at = datetime.now(UTC)
     started_payload = prediction.view(settings.public_url)
     if "late" not in prediction.directives:
         await _callback(app, prediction, "started", started_payload)
     await asyncio.sleep(max(0.0, delay - min(0.2, delay / 2)))
-    if prediction.status == SkytellsStatus.CANCELLED:
+    if prediction.status == "cancelled":
         return
     if "fail" in prediction.directives:
         prediction.error = "Simulated failure: the model could not generate this image"
-        prediction.settle(SkytellsStatus.FAILED)
+        prediction.settle("failed")
     else:
-        size = prediction.directives.get("size")
-        prompt = str(prediction.input.get("prompt"))
-        count = max(1, int(prediction.directives.get("outputs") or 1))
-        if "notimage" in prediction.directives:
-            prediction.outputs = [b"<html>this is not an image</html>"]
-        elif size:
-            prediction.outputs = [png.of_size(int(size)) for _ in range(count)]
-        else:
-            prediction.outputs = [png.gradient(f"{prompt}{prediction.id}{n}") for n in range(count)]
-        prediction.settle(SkytellsStatus.SUCCEEDED)
+        outputs = await _make_outputs(app, prediction)
+        if prediction.status == "cancelled":  # canceled while its outputs were being made
+            return
+        prediction.outputs = outputs
+        prediction.output_requests = [0] * len(outputs)
+        prediction.settle("succeeded")
     final = prediction.view(settings.public_url)
-    event = "completed" if prediction.status == SkytellsStatus.SUCCEEDED else prediction.status
+    event = "completed" if prediction.status == "succeeded" else prediction.status
     for _ in range(max(1, int(prediction.directives.get("dup") or 1))):
         await _callback(app, prediction, event, final)
     if "late" in prediction.directives:
         await _callback(app, prediction, "started", started_payload)
+
+
+NOT_AN_IMAGE = b"<html>this is not an image</html>"
+_LARGE = 1024 * 1024  # a template this big is built off the event loop, so callbacks and downloads go on
+
+
+async def _make_outputs(app: web.Application, prediction: SimPrediction) -> list[Output]:
+    count = max(1, int(prediction.directives.get("outputs") or 1))
+    outputs = app[OUTPUTS]
+    if "notimage" in prediction.directives:
+        return [Output((NOT_AN_IMAGE,), len(NOT_AN_IMAGE), hashlib.sha256(NOT_AN_IMAGE).hexdigest())]
+    labels = [f"{prediction.id}/{n}" for n in range(count)]
+    size = prediction.directives.get("size")
+    if not size:
+        prompt = str(prediction.input.get("prompt"))
+        return [outputs.gradient_of(f"{prompt} {label}") for label in labels]
+    nbytes = max(1, int(size))
+    if nbytes >= _LARGE and not outputs.is_cached(nbytes):
+        return await asyncio.to_thread(lambda: [outputs.noise_of(nbytes, label) for label in labels])
+    return [outputs.noise_of(nbytes, label) for label in labels]
 
 
 async def _callback(app: web.Application, prediction: SimPrediction, event: str, payload: dict[str, Any]) -> None:
@@ -264,7 +212,7 @@ async def _callback(app: web.Application, prediction: SimPrediction, event: str,
             async with app[HTTP].post(prediction.webhook_url, data=body, headers=headers) as response:
                 record["answers"].append(response.status)
                 if response.status >= 500 and not (response.status == 503 and "Retry-After" in response.headers):
-                    record.setdefault("unexpected", []).append(response.status)  # what the soak counts as wrong
+                    record.setdefault("unexpected", []).append(response.status)  # the fault soak counts these
                 if 200 <= response.status < 300:
                     return
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -294,8 +242,9 @@ async def cancel(request: web.Request) -> web.Response:
     prediction = app[PREDICTIONS].get(request.match_info["id"])
     if prediction is None:
         return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
-    if not from_skytells(prediction.status).terminal:
-        prediction.settle(SkytellsStatus.CANCELLED)
+    if prediction.status not in TERMINAL:
+        prediction.canceled = True
+        prediction.settle("cancelled")
         _spawn(app, _callback(app, prediction, "canceled", prediction.view(app[SIM_SETTINGS].public_url)))
     return web.json_response(prediction.view(app[SIM_SETTINGS].public_url))
 
@@ -312,56 +261,30 @@ async def cdn(request: web.Request) -> web.StreamResponse:
     ):
         raise web.HTTPNotFound(text="output not found or expired")
     prediction.cdn_requests += 1
-    if "cdngone" in prediction.directives:
+    prediction.output_requests[index] += 1
+    directives = prediction.directives
+    if "cdngone" in directives:
         raise web.HTTPNotFound(text="output not found or expired")
-    if prediction.cdn_requests <= int(prediction.directives.get("cdnbusy") or 0):
+    if prediction.cdn_requests <= int(directives.get("cdnbusy") or 0):
         raise web.HTTPServiceUnavailable(text="CDN busy")
-    if "redirect" in prediction.directives:
-        raise web.HTTPFound(f"http://{prediction.directives['redirect']}{request.path}")
-    data = prediction.outputs[index]
+    if prediction.output_requests[index] <= int(directives.get("cdn503") or 0):
+        raise web.HTTPServiceUnavailable(text="CDN busy")
+    if "redirect" in directives:
+        raise web.HTTPFound(f"http://{directives['redirect']}{request.path}")
+    output = prediction.outputs[index]
     headers = {"Content-Type": "image/png"}
-    if "chunked" not in prediction.directives:  # `#sim:chunked`: no Content-Length, the size shows only at the end
-        headers["Content-Length"] = str(len(data))
+    if "chunked" not in directives:  # `#sim:chunked`: no Content-Length, the size shows only at the end
+        headers["Content-Length"] = str(output.size)
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
-    view = memoryview(data)
     step = 256 * 1024
-    pause = float(prediction.directives.get("cdnslow") or 0) / max(1, -(-len(data) // step))
-    for start in range(0, len(data), step):
-        await response.write(view[start : start + step])
+    pause = float(directives.get("cdnslow") or 0) / max(1, -(-output.size // step))
+    for chunk in output.chunks(step):
+        await response.write(chunk)
         if pause:  # `#sim:cdnslow=S`: the body takes about S seconds
             await asyncio.sleep(pause)
     await response.write_eof()
     return response
-
-
-def _outputs(prediction: SimPrediction, base: str) -> list[dict[str, Any]]:
-    if len(prediction.digests) < len(prediction.outputs):
-        prediction.digests = [hashlib.sha256(data).hexdigest() for data in prediction.outputs]
-    return [
-        {"url": f"{base}/cdn/{prediction.id}/{n}.png", "sha256": digest, "bytes": len(data)}
-        for n, (data, digest) in enumerate(zip(prediction.outputs, prediction.digests, strict=True))
-    ]
-
-
-async def inspect(request: web.Request) -> web.Response:
-    """Test hook and the soak's truth: what the simulator was asked, what it made, and what callbacks it sent."""
-    base = request.app[SIM_SETTINGS].public_url
-    items = [
-        {
-            "id": p.id,
-            "prompt": p.input.get("prompt"),
-            "status": p.status,
-            "webhook": p.webhook_url,
-            "outputs": _outputs(p, base),
-            "canceled": p.canceled,
-            "callbacks": p.callbacks,
-            "cdnRequests": p.cdn_requests,
-            "getRequests": p.get_requests,
-        }
-        for p in request.app[PREDICTIONS].values()
-    ]
-    return web.json_response({"predictions": items})
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -382,6 +305,7 @@ def create_app(settings: SimSettings) -> web.Application:
     app = web.Application()
     app[SIM_SETTINGS] = settings
     app[PREDICTIONS] = {}
+    app[OUTPUTS] = Outputs()
     app[TASKS] = set()
     app.cleanup_ctx.append(_http_client)
     for prefix in ("/v1/predictions", "/v1/predict"):
@@ -389,7 +313,7 @@ def create_app(settings: SimSettings) -> web.Application:
     app.router.add_get("/v1/predictions/{id}", get)
     app.router.add_post("/v1/predictions/{id}/cancel", cancel)
     app.router.add_get(r"/cdn/{id}/{n:\d+}.png", cdn)
-    app.router.add_get("/_sim/predictions", inspect)
+    admin.add_routes(app)
     app.router.add_get("/healthz", healthz)
     return app
 
