@@ -52,7 +52,7 @@ async def unfinished(database_url: str) -> int:
 
 async def simulator_truth(client: httpx.AsyncClient, simulator: str) -> dict[str, dict[str, Any]]:
     body = (await client.get(f"{simulator}/_sim/predictions", timeout=120)).json()
-    items = body if isinstance(body, list) else body["predictions"]
+    items: list[dict[str, Any]] = body
     return {item["id"]: item for item in items}
 
 
