@@ -7,7 +7,6 @@ from typing import Any
 
 import asyncpg
 
-
 # What a query meets while PostgreSQL is down, restarting or recovering, or when it went away mid-query: worth
 # retrying shortly, never the caller's fault. Services answer it 503 with Retry-After, not 500.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
