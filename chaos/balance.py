@@ -19,7 +19,7 @@ import asyncpg
 import httpx
 
 from chaos.driver import Record
-from common.broker import DEAD_QUEUE
+from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name
 from common.predictions import TERMINAL, Status, from_skytells
 from common.settings import Settings
 from common.storage import PREFIX, open_s3
@@ -41,13 +41,26 @@ class Balance:
     extra: list[str] = field(default_factory=list)
 
 
-async def unfinished(database_url: str) -> int:
-    conn = await asyncpg.connect(database_url)
+async def unsettled(settings: Settings) -> int:
+    """Generations still unfinished plus events still queued or waiting for a retry: 0 once the soak has drained."""
+    conn = await asyncpg.connect(settings.database_url)
     try:
         count: int = await conn.fetchval("SELECT count(*) FROM generations WHERE status IN ('queued', 'processing')")
-        return count
     finally:
         await conn.close()
+    queues = [QUEUE, *(delay_queue_name(d) for d in RetrySchedule.from_settings(settings).all)]
+    return count + sum((await _depths(settings.amqp_url, queues)).values())
+
+
+async def _depths(amqp_url: str, queues: list[str]) -> dict[str, int]:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        depths = {}
+        for name in queues:
+            queue = await channel.declare_queue(name, passive=True)
+            depths[name] = int(queue.declaration_result.message_count or 0)
+        return depths
 
 
 async def simulator_truth(client: httpx.AsyncClient, simulator: str) -> dict[str, dict[str, Any]]:
@@ -67,15 +80,6 @@ async def _objects(settings: Settings) -> dict[str, str]:
                 async with obj["Body"] as stream:
                     found[item["Key"]] = hashlib.sha256(await stream.read()).hexdigest()
     return found
-
-
-async def _dead_letters(amqp_url: str) -> int:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        queue = await channel.declare_queue(DEAD_QUEUE, passive=True)
-        count = queue.declaration_result.message_count
-        return int(count or 0)
 
 
 async def check(
@@ -138,7 +142,7 @@ async def check(
         balance.extra.append(f"object {key} belongs to no succeeded generation")
     for row in charged:
         balance.wrong.append(f"user {row['user_id']} still has {row['active']} unfinished generations counted")
-    dead = await _dead_letters(settings.amqp_url)
+    dead = (await _depths(settings.amqp_url, [DEAD_QUEUE]))[DEAD_QUEUE]
     balance.wrong += [f"dead letter #{n + 1} in {DEAD_QUEUE}" for n in range(dead)]
     balance.wrong += [f"API answered {line}" for line in record.bad]
     for prediction in truth.values():

@@ -60,8 +60,8 @@ async def _supervise(cluster: Cluster) -> None:
 async def _drain(cluster: Cluster, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError, asyncio.TimeoutError):
-            if await balance.unfinished(cluster.stack.settings.database_url) == 0:
+        with contextlib.suppress(Exception):  # a server still coming back: ask again
+            if await balance.unsettled(cluster.stack.settings) == 0:
                 return True
         await asyncio.sleep(1.0)
     return False
