@@ -58,7 +58,6 @@ def soak_env(public_api: int, public_webhook: int, s3_front: int, s3_port: int) 
         "RETRY_MAX_S": "20",
         "RECONCILE_AFTER_S": "20",
         "RECONCILE_INTERVAL_S": "5",
-        "SKYTELLS_TIMEOUT_S": "5",
         "LOG_LEVEL": "INFO",
     }
     env.update(simulator_env(env))

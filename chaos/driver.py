@@ -93,8 +93,8 @@ class Driver:
                 generation_id: str = response.json()["id"]
                 self.record.accepted[generation_id] = user
                 return generation_id
-            elif response.status_code in (409, 429, 503) or response.status_code >= 500:
-                await asyncio.sleep(_retry_after(response))
+            elif response.status_code in (409, 429) or (response.status_code >= 500 and response.status_code != 502):
+                await asyncio.sleep(_retry_after(response))  # 502 is Skytells' refusal: final, as 4xx are
             else:
                 self.record.refused[response.status_code] += 1
                 return None

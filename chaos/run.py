@@ -68,7 +68,9 @@ async def _drain(cluster: Cluster, timeout_s: float) -> bool:
 
 
 async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work_dir: Path | None = None) -> Summary:
-    cluster = Cluster(work_dir or Path(tempfile.mkdtemp(prefix="studio-chaos-")))
+    work_dir = work_dir or Path(tempfile.mkdtemp(prefix="studio-chaos-"))
+    logger.warning("chaos: %d generations, seed %d; the services' logs go to %s/logs", generations, seed, work_dir)
+    cluster = Cluster(work_dir)
     schedule = fault_schedule(seed, generations)
     plans = workload(seed, generations)
     window_s = schedule[-1].at_s + schedule[-1].down_s + SETTLE_S
@@ -84,13 +86,16 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
             started = time.monotonic()
             load = asyncio.create_task(drive(driver, plans, generations / window_s, stop_following))
             await _faults(cluster, schedule, started, done)
-            await driver.created_all.wait()
+            with contextlib.suppress(TimeoutError):  # a create still unsettled then shows as not drained
+                await asyncio.wait_for(driver.created_all.wait(), drain_timeout_s)
             load_s = time.monotonic() - started
-            logger.warning("faults over and every create answered after %.0f s; draining", load_s)
-            drained = await _drain(cluster, drain_timeout_s)
+            logger.warning("faults over after %.0f s, %d creates unsettled; draining", load_s, driver.creates_left)
+            drained = driver.created_all.is_set() and await _drain(cluster, drain_timeout_s)
             drain_s = time.monotonic() - started - load_s
             stop_following.set()
-            await load
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
             supervisor.cancel()
             restarts = sum(r.restarts for r in cluster.replicas)
             direct = cluster.stack.settings

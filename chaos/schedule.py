@@ -88,7 +88,7 @@ def workload(seed: int, generations: int) -> list[Plan]:
         if rng.random() < 0.3:
             directives.append(f"#sim:delay={rng.uniform(0.2, 6):.1f}")
         if rng.random() < 0.02:  # a create call answered after Studio gave up waiting for it
-            directives.append("#sim:slow=7")
+            directives.append("#sim:slow=20")
         cancel = round(rng.uniform(0, 3), 1) if rng.random() < 0.08 else None
         prompt = " ".join([f"chaos image {n}", *directives])
         plans.append(Plan(prompt, cancel, fail))
