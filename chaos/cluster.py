@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 
 from chaos.balancer import Balancer
+from devstack.postgres import Postgres
 from devstack.processes import ManagedProcess, free_port, http_ok, wait_until
 from devstack.stack import SERVICES, Stack, simulator_env
 from devstack.tokens import issue_token
@@ -100,6 +101,12 @@ class Cluster:
         return issue_token(JWT_SECRET, user, ttl_s=6 * 3600)
 
     async def start(self) -> None:
+        # Commits must survive the immediate stops the soak inflicts, as they do in production: the local
+        # stack's PostgreSQL acknowledges commits before writing them (synchronous_commit=off), which loses the
+        # last ones at a crash. The stack leaves a server that already answers alone.
+        postgres = Postgres(self.env["DATABASE_URL"], durable=True)
+        self.stack.postgres = await asyncio.to_thread(postgres.start)
+        self.stack.started.append(("postgres", postgres))
         await asyncio.to_thread(self.stack.start_infrastructure)
         await asyncio.to_thread(self.stack.start_simulator)
         for balancer in self.balancers.values():
