@@ -8,17 +8,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, from pyproject alone, so a code change does not reinstall them.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
-    && pip install -r /tmp/requirements.txt \
-    && rm /tmp/requirements.txt
+# Dependencies first, from the hashed lock alone, so a code change does not reinstall them and every build gets
+# the same versions as CI (`make lock` refreshes it).
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
+COPY pyproject.toml ./
 COPY common ./common
 COPY services ./services
 COPY devstack ./devstack
-RUN pip install --no-deps . \
+# The project alone: its dependencies are all in place, and `pip check` fails the build if the lock lacks one.
+RUN pip install --no-deps --no-build-isolation . \
+    && pip check \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin studio
 
 # Nothing in the image needs root at run time.

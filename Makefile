@@ -1,6 +1,6 @@
 # Thin targets over `python -m ...`; every target installs what it needs first.
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint bench chaos up down migrate clean
+.PHONY: help install lock run test lint bench chaos up down migrate clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -8,24 +8,43 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 help:
-	@echo "make run     install, then start the whole stack locally (Ctrl-C stops it)"
+	@echo "make run     install, then start the whole stack locally, data kept in .devstack/ (Ctrl-C stops it)"
 	@echo "make test    install, then run the test suite against real servers"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
 	@echo "make chaos   the fault soak: 1,000 generations under faults, then the balance (GENERATIONS=, SEED=)"
-	@echo "make up/down docker compose up (with the simulator unless SKYTELLS_API_KEY is set) / down"
+	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
+	@echo "make lock    refresh requirements*.lock from pyproject.toml (ARGS=--upgrade moves every pin)"
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every package comes from the hashed lock; the project itself is installed without fetching anything, so a
+# dependency pyproject.toml names but the lock lacks stops here instead of being resolved anew.
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(PY) -m pip install --quiet --no-index --no-build-isolation -e '.[dev]' \
+		|| { echo "pyproject.toml needs a package requirements-dev.lock lacks: run make lock" >&2; exit 1; }
 	touch $(STAMP)
 
+# Pins stay where they are unless ARGS says otherwise (ARGS=--upgrade, or ARGS="-P aiohttp" for one package).
+# The runtime lock (the Docker image's) is the dev lock's subset, so both pin the same versions.
+UV := $(VENV)/bin/uv
+BUILD_REQUIRES = $(PYTHON) -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")'
+LOCK = $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command "make lock"
+
+lock:
+	test -x $(UV) || { $(PYTHON) -m venv $(VENV) && $(PY) -m pip install --quiet uv; }
+	$(BUILD_REQUIRES) | $(LOCK) $(ARGS) pyproject.toml - --extra dev -o requirements-dev.lock
+	$(BUILD_REQUIRES) | $(LOCK) pyproject.toml - -c requirements-dev.lock -o requirements.lock
+
+# Data (database, broker, bucket) kept across runs in this folder; `make run DEVSTACK_DATA_DIR=` for a fresh,
+# temporary one.
+DEVSTACK_DATA_DIR ?= $(CURDIR)/.devstack
+
 run: install
-	$(PY) -m devstack
+	DEVSTACK_DATA_DIR='$(DEVSTACK_DATA_DIR)' $(PY) -m devstack
 
 test: install
 	$(PY) -m pytest
@@ -46,11 +65,12 @@ chaos: install
 migrate: install
 	$(PY) -m common.migrate
 
-# Without a Skytells key, compose runs the simulator too (the `sim` profile), as `make run` does.
-COMPOSE_PROFILE = $(if $(SKYTELLS_API_KEY),,--profile sim)
+# .env decides what compose runs (.env.example: the simulator's profile); made once, with random secrets.
+up: .env
+	docker compose up -d --build
 
-up:
-	docker compose $(COMPOSE_PROFILE) up -d --build
+.env:
+	$(PYTHON) -m devstack.compose_env
 
 down:
 	docker compose --profile sim down

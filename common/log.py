@@ -58,8 +58,6 @@ def configure(service: str, level: str = "INFO") -> None:
     # Warnings and a crash's traceback would otherwise reach stderr as plain text, breaking one-JSON-per-line.
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught
-    # Access logs would double every request line; our middleware logs what matters.
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     for noisy in ("aiormq", "aio_pika", "botocore", "aiobotocore", "httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -80,6 +78,11 @@ def bind(**ids: Any) -> Iterator[None]:
         yield
     finally:
         _context.reset(token)
+
+
+def current() -> dict[str, Any]:
+    """The ids of the innermost `bind` block, as `annotate` leaves them; read it, never change it."""
+    return _context.get()
 
 
 def annotate(**ids: Any) -> None:

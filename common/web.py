@@ -1,4 +1,5 @@
-"""What every aiohttp service shares: JSON errors, request ids, /healthz, /readyz, /metrics."""
+"""What every aiohttp service shares: JSON errors, request ids, header values, an access log, /healthz,
+/readyz, /metrics."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from common import log as logs
@@ -18,11 +20,15 @@ from common.db.pool import UNAVAILABLE as DATABASE_UNAVAILABLE
 from common.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("studio.access")
 
 Check = Callable[[], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
+# The ids a request's handling learned (its request id, and what handlers `annotate`), for its access line.
+LOG_IDS = "log_ids"
+MAX_REQUEST_ID = 128
 
 HTTP_REQUESTS = Counter(
     "studio_http_requests_total", "HTTP requests answered, by route and status", ["route", "method", "status"]
@@ -45,6 +51,47 @@ class ApiError(Exception):
         self.headers = dict(headers or {})
 
 
+def printable_ascii(value: str) -> bool:
+    """True when every byte the client sent for this value was printable ASCII (0x20-0x7e).
+
+    aiohttp decodes header bytes as UTF-8 with `surrogateescape`: bytes outside UTF-8 arrive as lone surrogates,
+    which no encoder (PyJWT's, asyncpg's) accepts, and control bytes would forge log lines. Both fail here.
+    """
+    return value.isascii() and value.isprintable()
+
+
+def read_header(
+    request: web.Request,
+    name: str,
+    *,
+    max_length: int,
+    repeatable: bool = False,
+    status: int = 400,
+    headers: Mapping[str, str] | None = None,
+) -> str | None:
+    """A header's value, None when absent; ApiError `status` when it is not 1 to `max_length` printable ASCII
+    characters, or is repeated and not `repeatable`. Repeatable fields (Prefer) are joined with ", " as
+    RFC 9110 section 5.3 combines them, and the whole is checked, so no copy escapes the check."""
+    values = request.headers.getall(name, ())
+    if not values:
+        return None
+    if len(values) > 1 and not repeatable:
+        raise ApiError(status, f"Invalid {name} header: sent more than once", headers)
+    value = ", ".join(values)
+    if not 1 <= len(value) <= max_length or not printable_ascii(value):
+        raise ApiError(status, f"Invalid {name} header: 1 to {max_length} printable ASCII characters", headers)
+    return value
+
+
+def _request_id(request: web.Request) -> str:
+    """The client's X-Request-Id when it is a sane id; otherwise a new one. It is echoed, logged and stored, so
+    nothing else a client sends there goes anywhere."""
+    sent = request.headers.get(REQUEST_ID_HEADER)
+    if sent is not None and 1 <= len(sent) <= MAX_REQUEST_ID and printable_ascii(sent):
+        return sent
+    return uuid.uuid4().hex
+
+
 def json_error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": message}, status=status, headers=headers)
 
@@ -62,7 +109,7 @@ _KEPT_HEADERS = ("Allow", "Retry-After")
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes JSON; anything unexpected is logged once and answered with a generic 500."""
-    request_id = request.headers.get(REQUEST_ID_HEADER, "")[:100] or uuid.uuid4().hex
+    request_id = _request_id(request)
     request["request_id"] = request_id
     started = time.perf_counter()
     route = _route_name(request)
@@ -84,10 +131,44 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         except Exception:
             logger.exception("unhandled error", extra={"route": route, "method": request.method})
             response = json_error(500, "Internal server error")
+        finally:
+            request[LOG_IDS] = logs.current()
     response.headers[REQUEST_ID_HEADER] = request_id
     HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
     HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
     return response
+
+
+_NO_IDS: Mapping[str, Any] = {}
+
+
+class AccessLog(AbstractAccessLogger):
+    """One line per answered request, refused ones included: aiohttp calls it for every response, those to
+    requests it could not even parse too (no handler ran for them, so they have no request id). It carries the
+    ids the request's handling learned, so a line about one generation names it as every other line does.
+
+    The line is cheap on a hot path: one `logging` call, and none at all (nor any timing) when the level filters
+    it out, since aiohttp asks `enabled` once per connection."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        method, path, status = request.method, request.path, response.status
+        self.logger.info(
+            "%s %s %d",
+            method,
+            path,
+            status,
+            extra={
+                **request.get(LOG_IDS, _NO_IDS),
+                "method": method,
+                "path": path,
+                "status": status,
+                "latency_ms": round(time * 1000, 2),
+            },
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
 
 
 def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
@@ -118,9 +199,18 @@ def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
     app.router.add_get("/metrics", metrics)
 
 
-def run(app: web.Application, port: int, **kwargs: Any) -> None:
+def run(app: web.Application, host: str, port: int, **kwargs: Any) -> None:
     """`web.run_app` owns the lifecycle: SIGTERM stops accepting and lets in-flight requests finish."""
-    web.run_app(app, host="0.0.0.0", port=port, print=None, shutdown_timeout=30, **kwargs)  # noqa: S104
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        print=None,
+        shutdown_timeout=30,
+        access_log_class=AccessLog,
+        access_log=access_logger,
+        **kwargs,
+    )
 
 
 def boot(service: str, required: Sequence[str]) -> Settings:

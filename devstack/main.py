@@ -1,14 +1,25 @@
-"""`python -m devstack`: the whole of Studio on this machine, in the foreground, until Ctrl-C."""
+"""`python -m devstack`: the whole of Studio on this machine, in the foreground, until Ctrl-C or SIGTERM.
+
+Safe by default: every process it starts listens on 127.0.0.1 only, and unless `AUTH_JWT_SECRET` is given the
+API gets a random secret for this run (a token printed here stops working at the next run). It supervises what
+it starts (a service or the simulator that exits is started again, see `supervisor.py`). Data (database,
+broker, bucket) lives in `DEVSTACK_DATA_DIR` when set, where the next run finds it again, else in a temporary
+directory removed at exit. Ctrl-C or SIGTERM stops everything it started, and nothing else.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shutil
 import signal
 import sys
 import tempfile
 import threading
+from collections.abc import Mapping
 from pathlib import Path
+from types import FrameType
 
 from common import log as logs
 from common.settings import Settings, SettingsError
@@ -18,38 +29,49 @@ from devstack.tokens import issue_token
 
 logger = logging.getLogger("devstack")
 
-DEV_JWT_SECRET = "studio-dev-secret-change-me-0123456789"
 DEMO_USER = "demo-user"
 REAL_SKYTELLS = "api.skytells.ai"
+LOOPBACK = "127.0.0.1"
 
 
-def _uses_real_skytells(environ: os._Environ[str] | dict[str, str]) -> bool:
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the stack was still starting."""
+
+
+def _uses_real_skytells(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("SKYTELLS_API_KEY")) and REAL_SKYTELLS in environ.get("SKYTELLS_BASE_URL", "")
 
 
-def build_env(environ: os._Environ[str] | dict[str, str]) -> tuple[dict[str, str], bool]:
+def build_env(environ: Mapping[str, str]) -> tuple[dict[str, str], bool]:
+    """The environment every started process gets, and whether the simulator stands in for Skytells."""
     env = dict(environ)
-    env.setdefault("AUTH_JWT_SECRET", DEV_JWT_SECRET)
+    if not env.get("AUTH_JWT_SECRET"):
+        env["AUTH_JWT_SECRET"] = secrets.token_urlsafe(48)  # 64 characters: a fresh key per run
+    env["BIND_HOST"] = env["SIM_HOST"] = LOOPBACK  # nothing of a development stack answers the network
     simulated = not _uses_real_skytells(environ)
     if simulated:
         env.update(simulator_env(environ))
     return env, simulated
 
 
-def _banner(settings: Settings, env: dict[str, str], simulated: bool) -> str:
+def banner(settings: Settings, env: Mapping[str, str], simulated: bool, data: str, logs_dir: Path) -> str:
     token = issue_token(settings.auth_jwt_secret, DEMO_USER, ttl_s=7 * 86400)
-    api = f"http://127.0.0.1:{settings.api_port}"
+    api = f"http://{LOOPBACK}:{settings.api_port}"
     skytells = f"Skytells simulator  {env['SKYTELLS_BASE_URL']}" if simulated else "Skytells (real)"
     return f"""
 Studio is running.
 
+  Studio's page       {api}/#token={token}
   API                 {api}
-  webhook gateway     http://127.0.0.1:{settings.webhook_port}/api/webhooks
-  persister           http://127.0.0.1:{settings.persister_port}/metrics
+  webhook gateway     http://{LOOPBACK}:{settings.webhook_port}/api/webhooks
+  persister           http://{LOOPBACK}:{settings.persister_port}/metrics
   {skytells}
   S3                  {settings.s3_endpoint_url}/{settings.s3_bucket}
 
-Bearer token for user '{DEMO_USER}' (valid 7 days):
+  Data                {data}
+  Logs                {logs_dir}
+
+Bearer token for user '{DEMO_USER}' (valid 7 days, or until this stack stops if its secret was made for it):
 
   export TOKEN={token}
 
@@ -59,7 +81,7 @@ Generate an image, then ask for it until it is 'succeeded':
        -H 'Content-Type: application/json' -d '{{"prompt": "a lighthouse at dawn"}}'
   curl -s {api}/api/predictions/<id> -H "Authorization: Bearer $TOKEN"
 
-Ctrl-C stops everything started here.
+A service that exits is started again. Ctrl-C stops everything started here.
 """
 
 
@@ -70,30 +92,41 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(str(exc))
     logs.configure("devstack", settings.log_level)
-    work_dir = Path(tempfile.mkdtemp(prefix="studio-devstack-"))
-    stack = Stack(env, work_dir)
+    kept = env.get("DEVSTACK_DATA_DIR", "")
+    data_dir = Path(kept).resolve() if kept else None
+    work_dir = data_dir or Path(tempfile.mkdtemp(prefix="studio-devstack-"))
+    stack = Stack(env, work_dir, data_dir)
+    started = threading.Event()
     stopping = threading.Event()
 
-    def on_signal(signum: int, _frame: object) -> None:
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
         stopping.set()
+        if not started.is_set():
+            raise Interrupted  # abort a start-up in progress; `finally` stops what was started
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    code = 0
     try:
         stack.start_infrastructure()
         if simulated:
-            stack.start_simulator()
+            stack.start_simulator(supervise=True)
         for name in ("api", "webhook", "persister"):
-            stack.start_service(name)
-        sys.stdout.write(_banner(settings, env, simulated) + f"\nLogs: {work_dir}/logs\n")
+            stack.start_service(name, supervise=True)
+        started.set()
+        where = f"{data_dir} (kept across runs)" if data_dir else f"{work_dir} (temporary, removed at exit)"
+        sys.stdout.write(banner(settings, env, simulated, where, work_dir / "logs"))
         sys.stdout.flush()
         while not stopping.wait(1.0):
-            for label, process in stack.processes.items():
-                if process.exited:
-                    raise StartError(f"{label} exited with code {process.returncode}:\n{process.tail()}")
+            pass
+    except Interrupted:
+        pass
     except StartError as exc:
         logger.error("%s", exc)
-        stack.stop()
-        sys.exit(1)
+        code = 1
     finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stopping short
         stack.stop()
+        if data_dir is None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    sys.exit(code)

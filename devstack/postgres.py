@@ -50,24 +50,33 @@ class Postgres:
     """PostgreSQL listening on 127.0.0.1 at the port, user, password and database a DSN names.
 
     Its directory is made under the system temp dir (not a caller's private one): the server user must reach it.
+    With `data_dir`, it lives there instead and is kept: a later start finds its databases again (and runs with
+    fsync on, so what was committed survives a crash of the machine too).
     """
 
-    def __init__(self, dsn: str, base_dir: Path | None = None, *, durable: bool = False) -> None:
+    def __init__(
+        self, dsn: str, base_dir: Path | None = None, *, durable: bool = False, data_dir: Path | None = None
+    ) -> None:
         parts = urlsplit(dsn)
         self.dsn = dsn
         self.port = parts.port or 5432
         self.user = unquote(parts.username or "postgres")
         self.password = unquote(parts.password or "")
         self.database = (parts.path or "/").lstrip("/") or self.user
-        self.durable = durable
-        self.dir = Path(tempfile.mkdtemp(prefix="studio-pg-", dir=base_dir))
+        self.durable = durable or data_dir is not None
+        self.kept = data_dir is not None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = data_dir or Path(tempfile.mkdtemp(prefix="studio-pg-", dir=base_dir))
         self.process: ManagedProcess | None = None
 
     def start(self, timeout: float = 60.0) -> Postgres:
         bin_dir = find_bin_dir()
         user = _ensure_user()
         data, sockets = self.dir / "data", self.dir / "sockets"
-        sockets.mkdir(parents=True)
+        if (data / "PG_VERSION").exists():  # kept from an earlier run: its users and databases are there
+            return self.resume(timeout)
+        sockets.mkdir(parents=True, exist_ok=True)
         pwfile = self.dir / "pwfile"
         pwfile.write_text(self.password or "postgres")
         if user is not None:
@@ -156,6 +165,19 @@ class Postgres:
             self.process.stop()
             self.process = None
 
+    def crash(self) -> None:
+        """An immediate shutdown, as `pg_ctl stop -m immediate` does (SIGQUIT to the postmaster): no
+        checkpoint, sessions cut at once; the next `resume` runs crash recovery."""
+        if self.process is not None and self.process.popen is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.popen.pid, signal.SIGQUIT)
+            try:
+                self.process.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+            self.process.stop()
+            self.process = None
+
     def _accepts(self) -> bool:
         ready = subprocess.run(
             [str(find_bin_dir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
@@ -165,4 +187,5 @@ class Postgres:
 
     def stop(self) -> None:
         self.halt()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.kept:
+            shutil.rmtree(self.dir, ignore_errors=True)

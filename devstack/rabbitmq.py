@@ -12,16 +12,14 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from devstack.processes import ManagedProcess, StartError, free_port, wait_until
+from devstack import apt
+from devstack.processes import ManagedProcess, free_port, wait_until
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RUN_AS = "rabbitmq"
-_apt_lock = threading.Lock()
-_apt_updated = False
 # Erlang's port mapper daemon outlives the node that spawned it; when it was not running before our first node,
 # the last of our nodes to stop takes it down too, so stopping leaves nothing of ours behind.
 _epmd_ours = False
@@ -32,28 +30,6 @@ def _epmd(command: str) -> bool:
         return subprocess.run(["epmd", command], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-def ensure_installed() -> None:
-    """Install rabbitmq-server with apt when it is missing (as root: `apt-get update` once, then install)."""
-    global _apt_updated
-    if SERVER.exists():
-        return
-    if os.geteuid() != 0:
-        raise StartError(
-            "rabbitmq-server is not installed and we are not root to install it: "
-            "run `apt-get install -y rabbitmq-server`"
-        )
-    with _apt_lock:
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        if not _apt_updated:
-            subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
-            _apt_updated = True
-        done = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "rabbitmq-server"], env=env, capture_output=True, text=True
-        )
-        if done.returncode != 0 or not SERVER.exists():
-            raise StartError(f"apt-get install rabbitmq-server failed: {done.stderr.strip()[-2000:]}")
 
 
 def amqp_handshake(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -71,7 +47,8 @@ def amqp_handshake(host: str, port: int, timeout: float = 1.0) -> bool:
 class RabbitMQ:
     """A RabbitMQ node on 127.0.0.1 with the port, user, password and vhost an AMQP URL names."""
 
-    def __init__(self, url: str, base_dir: Path | None = None) -> None:
+    def __init__(self, url: str, base_dir: Path | None = None, *, data_dir: Path | None = None) -> None:
+        """With `data_dir`, the node keeps its data there (queues, messages), across stops and runs."""
         parts = urlsplit(url)
         self.url = url
         self.port = parts.port or 5672
@@ -79,13 +56,16 @@ class RabbitMQ:
         self.password = unquote(parts.password or "guest")
         self.vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         self.dist_port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="studio-rmq-", dir=base_dir))
+        self.kept = data_dir is not None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        self.dir = data_dir or Path(tempfile.mkdtemp(prefix="studio-rmq-", dir=base_dir))
         self.process: ManagedProcess | None = None
         self.node = f"studio{self.port}@localhost"
 
     def _prepare(self) -> None:
         for sub in ("mnesia", "log"):
-            (self.dir / sub).mkdir()
+            (self.dir / sub).mkdir(exist_ok=True)
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "rabbitmq.conf").write_text(
@@ -117,6 +97,9 @@ class RabbitMQ:
             "LANG": "C.UTF-8",
             "RABBITMQ_NODENAME": self.node,
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            # Erlang's distribution listener and port mapper would otherwise listen on every interface.
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.port),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_CONFIG_FILE": f"{d}/rabbitmq.conf",
@@ -132,7 +115,7 @@ class RabbitMQ:
 
     def start(self, timeout: float = 90.0) -> RabbitMQ:
         global _epmd_ours
-        ensure_installed()
+        apt.ensure_installed("rabbitmq-server", SERVER)
         _epmd_ours = _epmd_ours or not _epmd("-names")
         self._prepare()
         return self.resume(timeout)
@@ -161,8 +144,16 @@ class RabbitMQ:
             self.process.stop(timeout=60)
             self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL the node (a crash: nothing flushed, no goodbye to clients); `resume` starts it again."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.stop()
+            self.process = None
+
     def stop(self) -> None:
         self.halt()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if not self.kept:
+            shutil.rmtree(self.dir, ignore_errors=True)
         if _epmd_ours:
             _epmd("-kill")  # refused by epmd while another node is still registered with it

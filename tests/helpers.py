@@ -1,4 +1,5 @@
-"""What tests share: one way to wait for something observable (bounded), and one Prometheus reader."""
+"""What tests share: one way to wait for something observable (bounded), one Prometheus reader, and a
+service's log."""
 
 from __future__ import annotations
 
@@ -74,3 +75,21 @@ async def metrics_of(http: httpx.AsyncClient, where: int | str) -> str:
     response = await http.get(f"{base}/metrics")
     assert response.status_code == 200
     return response.text
+
+
+class ServiceLog:
+    """What a service of the test stack logged from the moment this was made (its log is one JSON object a line)."""
+
+    def __init__(self, stack: Any, label: str) -> None:
+        self.label = label
+        self.path = stack.work_dir / "logs" / f"{label}.log"
+        self.offset = self.path.stat().st_size
+
+    def lines(self) -> list[str]:
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            return log.read().decode("utf-8", "replace").splitlines()
+
+    def tracebacks(self) -> list[str]:
+        """Lines carrying a traceback: a logged exception, or one that reached stderr as plain text."""
+        return [line for line in self.lines() if '"exc_info"' in line or "Traceback (most recent call last)" in line]

@@ -75,7 +75,7 @@ async def fake_skytells() -> AsyncIterator[str]:
 @pytest.fixture(scope="module")
 def api_on_fake(services: Stack, fake_skytells: str) -> Iterator[str]:
     port = free_port()
-    env = {"API_PORT": str(port), "SKYTELLS_BASE_URL": fake_skytells, "SKYTELLS_TIMEOUT_S": "0.5"}
+    env = {"API_PORT": str(port), "SKYTELLS_BASE_URL": fake_skytells, "SKYTELLS_TIMEOUT_S": "2"}
     process = services.start_service("api", env=env, label="api-fake-skytells")
     yield f"http://127.0.0.1:{port}"
     process.stop()

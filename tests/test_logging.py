@@ -3,11 +3,16 @@ the ids on its lines."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import subprocess
 import sys
 import uuid
 
+import httpx
+
+from common.web import AccessLog
 from tests.helpers import eventually, wait_for_status
 
 SERVICES = ("api", "webhook", "persister")
@@ -135,3 +140,62 @@ def test_every_line_a_process_writes_is_json_even_warnings_and_crashes():
     assert not {"generation_id", "prediction_id", "request_id"} & set(outside)
     assert warned["level"] == "warning" and "a deprecated thing" in warned["message"]
     assert crash["level"] == "critical" and "RuntimeError: boom" in crash["exc_info"]
+
+
+async def test_every_request_gets_one_access_line_refused_ones_included(services, urls, http, auth):
+    persister = f"http://127.0.0.1:{services.env['PERSISTER_PORT']}"
+    cases = [
+        ("api", "GET", f"{urls.api}/api/generations", {}, 401),
+        ("api", "GET", f"{urls.api}/api/no-such-thing", {}, 404),
+        ("api", "POST", f"{urls.api}/api/generate", {"content": b"not json", "headers": auth}, 400),
+        ("api", "GET", f"{urls.api}/api/generations", {"headers": auth}, 200),
+        ("webhook", "POST", f"{urls.webhook}/api/webhooks", {"content": b"{}"}, 401),
+        ("persister", "GET", f"{persister}/healthz", {}, 200),
+    ]
+    sent = []
+    for label, method, url, kwargs, status in cases:
+        request_id = f"access-{uuid.uuid4().hex}"
+        headers = {**kwargs.pop("headers", {}), "X-Request-Id": request_id}
+        response = await http.request(method, url, headers=headers, **kwargs)
+        assert response.status_code == status, response.text
+        sent.append((label, method, httpx.URL(url).path, status, request_id))
+
+    for label, method, path, status, request_id in sent:
+
+        def mine(line: dict, request_id: str = request_id) -> bool:
+            return line["logger"] == "studio.access" and line.get("request_id") == request_id
+
+        lines = [line for line in await _wait_for_lines(services, label, mine) if mine(line)]
+        assert len(lines) == 1, (label, path, lines)
+        line = lines[0]
+        assert (line["method"], line["path"], line["status"]) == (method, path, status), line
+        assert line["message"] == f"{method} {path} {status}" and line["level"] == "info"
+        assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
+
+
+async def test_a_request_too_malformed_to_parse_still_gets_an_access_line(services):
+    def refused(line: dict) -> bool:
+        return line["logger"] == "studio.access" and line["status"] == 400 and line.get("request_id") is None
+
+    before = sum(refused(line) for line in _lines(services, "webhook"))
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(services.env["WEBHOOK_PORT"]))
+    writer.write(b"POST /api/webhooks HTTP/1.1\r\nHost: x\r\nno colon in this header\r\n\r\n")
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1:2] == [b"400"], status_line
+    count = await eventually(
+        "an access line for the refused request",
+        lambda: sum(refused(line) for line in _lines(services, "webhook")) - before,
+        timeout=10,
+    )
+    assert count == 1
+
+
+def test_access_lines_cost_nothing_when_the_level_filters_them_out():
+    quiet = logging.getLogger(f"access-probe-{uuid.uuid4().hex}")
+    quiet.setLevel(logging.WARNING)
+    # aiohttp asks this once per connection and then neither times requests nor calls `log`.
+    assert not AccessLog(quiet, "").enabled
+    quiet.setLevel(logging.INFO)
+    assert AccessLog(quiet, "").enabled

@@ -120,7 +120,7 @@ async def test_duplicates_and_a_late_started_change_nothing(http, sim, db, broke
     await publish(broker, event_of(prediction), times=3)
     first = await wait_row(db, gid)
     assert first["status"] == "succeeded"
-    duplicates = metric(await metrics_of(http, persister_port), "studio_persister_events_total", 'outcome="duplicate"')
+    duplicates = metric(await metrics_of(http, persister_port), "studio_persister_events_total", outcome="duplicate")
 
     # `started` after `succeeded`, a `failed` for the same prediction, and the completion once more.
     await publish(broker, processing_event(prediction["id"]))

@@ -36,6 +36,7 @@ import aiohttp
 from aiohttp import web
 
 from common import log as logs
+from common.predictions import SkytellsStatus, from_skytells
 from common.signing import SIGNATURE_HEADER, sign
 from devstack.skytells import admin
 from devstack.skytells.model import (
@@ -44,7 +45,6 @@ from devstack.skytells.model import (
     PREDICTIONS,
     SIM_SETTINGS,
     TASKS,
-    TERMINAL,
     SimPrediction,
     SimSettings,
 )
@@ -139,28 +139,28 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
     settings = app[SIM_SETTINGS]
     delay = float(prediction.directives.get("delay") or settings.delay_s)
     await asyncio.sleep(min(0.2, delay / 2))
-    if prediction.status == "cancelled":
+    if prediction.status == SkytellsStatus.CANCELLED:
         return
-    prediction.status = "started"
+    prediction.status = SkytellsStatus.STARTED
     prediction.started_at = datetime.now(UTC)
     started_payload = prediction.view(settings.public_url)
     if "late" not in prediction.directives:
         await _callback(app, prediction, "started", started_payload)
     await asyncio.sleep(max(0.0, delay - min(0.2, delay / 2)))
-    if prediction.status == "cancelled":
+    if prediction.status == SkytellsStatus.CANCELLED:
         return
     if "fail" in prediction.directives:
         prediction.error = "Simulated failure: the model could not generate this image"
-        prediction.settle("failed")
+        prediction.settle(SkytellsStatus.FAILED)
     else:
         outputs = await _make_outputs(app, prediction)
-        if prediction.status == "cancelled":  # canceled while its outputs were being made
+        if prediction.canceled:  # while its outputs were being made
             return
         prediction.outputs = outputs
         prediction.output_requests = [0] * len(outputs)
-        prediction.settle("succeeded")
+        prediction.settle(SkytellsStatus.SUCCEEDED)
     final = prediction.view(settings.public_url)
-    event = "completed" if prediction.status == "succeeded" else prediction.status
+    event = "completed" if prediction.status == SkytellsStatus.SUCCEEDED else prediction.status
     for _ in range(max(1, int(prediction.directives.get("dup") or 1))):
         await _callback(app, prediction, event, final)
     if "late" in prediction.directives:
@@ -242,9 +242,9 @@ async def cancel(request: web.Request) -> web.Response:
     prediction = app[PREDICTIONS].get(request.match_info["id"])
     if prediction is None:
         return envelope_error(502, "Prediction not found", "PREDICTION_NOT_FOUND")
-    if prediction.status not in TERMINAL:
+    if not from_skytells(prediction.status).terminal:
         prediction.canceled = True
-        prediction.settle("cancelled")
+        prediction.settle(SkytellsStatus.CANCELLED)
         _spawn(app, _callback(app, prediction, "canceled", prediction.view(app[SIM_SETTINGS].public_url)))
     return web.json_response(prediction.view(app[SIM_SETTINGS].public_url))
 

@@ -12,9 +12,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from common.predictions import SkytellsStatus
 from devstack.skytells.png import Output, Outputs
-
-TERMINAL = ("succeeded", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class SimPrediction:
     webhook_url: str | None
     events: tuple[str, ...]
     directives: dict[str, str]
-    status: str = "pending"
+    status: str = SkytellsStatus.PENDING
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_at: datetime | None = None
     completed_at: datetime | None = None

@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
+import httpx
 from aiohttp import web
 
 from common import resources
 from common.settings import API_REQUIRED, Settings
 from common.web import add_probes, boot, error_middleware, run
 from services.api import views
+from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
-from services.api.keys import POOL, SETTINGS, SKYTELLS
+from services.api.jwks import Jwks
+from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS
+
+# The identity provider's keys are fetched while a request waits for them: a bounded wait.
+JWKS_TIMEOUT_S = 5.0
+
+
+async def _auth(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if not settings.auth_jwks_url:
+        app[AUTH] = Authenticator(settings)
+        yield
+        return
+    async with httpx.AsyncClient(timeout=JWKS_TIMEOUT_S) as http:
+        app[AUTH] = Authenticator(settings, Jwks(settings.auth_jwks_url, http))
+        yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -17,6 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(resources.database(SETTINGS, POOL, migrate=True))  # the API also migrates at start
     app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
+    app.cleanup_ctx.append(_auth)
     add_probes(app, {"database": resources.database_probe(app, POOL)})
     app.router.add_post("/api/generate", views.generate)
     app.router.add_get("/api/predictions/{id}", views.get_prediction)
@@ -28,4 +48,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     settings = boot("api", API_REQUIRED)
-    run(create_app(settings), settings.api_port)
+    run(create_app(settings), settings.bind_host, settings.api_port)

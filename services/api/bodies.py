@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from common.web import ApiError
+from common.db.text import storable
+from common.web import ApiError, read_header
 
 MAX_BODY = 64 * 1024
 MAX_PROMPT = 500
@@ -49,19 +50,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _storable(text: str) -> bool:
-    if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escapes can produce
-        return False
-    return True
-
-
 def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_id: str) -> GenerateRequest:
     prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not _storable(prompt) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
+    if not isinstance(prompt, str) or not storable(prompt) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
         raise ApiError(400, "Invalid prompt")
     model = body.get("model", DEFAULT_MODEL)
     if not isinstance(model, str) or model not in allowed_models:
@@ -76,9 +67,4 @@ def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_i
 
 def idempotency_key(request: web.Request) -> str | None:
     """The validated `Idempotency-Key` header: 1 to 200 printable ASCII characters, or absent."""
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return None
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not all(" " <= char <= "~" for char in key):
-        raise ApiError(400, "Invalid Idempotency-Key: 1 to 200 printable characters")
-    return key
+    return read_header(request, IDEMPOTENCY_HEADER, max_length=MAX_IDEMPOTENCY_KEY)

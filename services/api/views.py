@@ -18,9 +18,8 @@ from common.predictions import Status
 from common.skytells import SkytellsError
 from common.web import ApiError
 from services.api import openapi
-from services.api.auth import authenticate
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, read_json_object
-from services.api.keys import POOL, SETTINGS, SKYTELLS
+from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 
 logger = logging.getLogger(__name__)
@@ -54,8 +53,8 @@ def _generation_response(generation: Generation, status: int = 200) -> web.Respo
     )
 
 
-def _user(request: web.Request) -> str:
-    return authenticate(request, request.app[SETTINGS].auth_jwt_secret)
+async def _user(request: web.Request) -> str:
+    return await request.app[AUTH].user_id(request)
 
 
 def skytells_failure(exc: SkytellsError) -> ApiError:
@@ -112,7 +111,7 @@ async def _reserve(
 
 
 async def generate(request: web.Request) -> web.Response:
-    user_id = _user(request)
+    user_id = await _user(request)
     settings = request.app[SETTINGS]
     key = idempotency_key(request)
     wanted = parse_generate(await read_json_object(request), settings.allowed_models, user_id)
@@ -169,15 +168,16 @@ async def _own_generation(request: web.Request, user_id: str) -> Generation:
         generation = await generations.get_for_user(conn, generation_id, user_id)
     if generation is None:
         raise ApiError(404, "Not found")
+    logs.annotate(generation_id=str(generation.id), prediction_id=generation.prediction_id)
     return generation
 
 
 async def get_prediction(request: web.Request) -> web.Response:
-    return web.json_response(generation_json(await _own_generation(request, _user(request))))
+    return web.json_response(generation_json(await _own_generation(request, await _user(request))))
 
 
 async def list_generations(request: web.Request) -> web.Response:
-    user_id = _user(request)
+    user_id = await _user(request)
     limit = parse_limit(request.query.get("limit"))
     before = decode_cursor(request.query.get("cursor"))
     async with request.app[POOL].acquire() as conn:
@@ -188,7 +188,7 @@ async def list_generations(request: web.Request) -> web.Response:
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
-    user_id = _user(request)
+    user_id = await _user(request)
     generation = await _own_generation(request, user_id)
     if generation.terminal:
         raise ApiError(409, f"Generation already finished ({generation.status})")

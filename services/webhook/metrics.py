@@ -11,6 +11,7 @@ class Outcome(StrEnum):
     ACCEPTED = "accepted"
     BAD_SIGNATURE = "bad_signature"
     BAD_PAYLOAD = "bad_payload"
+    BAD_ENCODING = "bad_encoding"
     TOO_LARGE = "too_large"
     BROKER_UNAVAILABLE = "broker_unavailable"
 

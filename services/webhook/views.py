@@ -1,7 +1,7 @@
 """`POST /api/webhooks`: verify, normalise, publish with confirms, and only then answer 200 (docs/architecture.md).
 
-The order is the cheapest refusal first: size (before reading), signature (before parsing), payload, and
-only then the broker. Every outcome is counted once in `studio_webhook_callbacks_total`.
+The order is the cheapest refusal first: encoding and size (before reading), signature (before parsing),
+payload, and only then the broker. Every outcome is counted once in `studio_webhook_callbacks_total`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 import logging
 import time
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from common import log as logs
 from common.errors import BrokerUnavailable
@@ -47,7 +47,18 @@ async def _read_body(request: web.Request) -> bytes:
     return bytes(body)
 
 
+def _encoded(request: web.Request) -> bool:
+    """True for a body sent with a Content-Encoding other than identity. aiohttp would decompress it before
+    `read()` returns, and the signature covers the bytes as sent, so such a callback is refused unread."""
+    if hdrs.CONTENT_ENCODING not in request.headers:  # the hot path: Skytells sends none
+        return False
+    codings = ",".join(request.headers.getall(hdrs.CONTENT_ENCODING))
+    return any(coding.strip().lower() not in ("", "identity") for coding in codings.split(","))
+
+
 async def receive(request: web.Request) -> web.Response:
+    if _encoded(request):
+        raise _refuse(Outcome.BAD_ENCODING, 415, "Content-Encoding not supported: send the body as signed")
     body = await _read_body(request)
     signatures = request.headers.getall(SIGNATURE_HEADER, [])
     # A repeated header is refused rather than "any of them may match", which would let a forger append one.
