@@ -1,9 +1,8 @@
 """The soak's own Studio: PostgreSQL, RabbitMQ, an S3 server, the simulator, and two replicas of each service.
 
 API and gateway replicas listen on ports of their own behind a `Balancer` on the public port, as they would
-behind a proxy; the S3 server sits behind one too, so an outage can be made without losing its objects. The
-cluster supervises its replicas as compose's `restart: unless-stopped` does (one that exits is started again),
-and knows how to inflict each fault of the soak.
+behind a proxy. The local stack's supervisor keeps every replica running (one that exits is started again, as
+compose's `restart: unless-stopped` does); the cluster inflicts the soak's faults through the stack.
 """
 
 from __future__ import annotations
@@ -11,16 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
-import subprocess
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 from chaos.balancer import Balancer
 from devstack.postgres import Postgres
-from devstack.processes import ManagedProcess, free_port, http_ok, wait_until
-from devstack.stack import SERVICES, Stack, simulator_env
+from devstack.processes import free_port
+from devstack.stack import SERVICES, Server, Stack, simulator_env
 from devstack.tokens import issue_token
 
 logger = logging.getLogger(__name__)
@@ -30,22 +25,12 @@ JWT_SECRET = "chaos-jwt-secret-0123456789abcdef0123"
 PORT_VARS = {"api": "API_PORT", "webhook": "WEBHOOK_PORT", "persister": "PERSISTER_PORT"}
 
 
-@dataclass
-class Replica:
-    service: str
-    label: str
-    port: int
-    process: ManagedProcess | None = None
-    restarts: int = 0
-
-
-def soak_env(public_api: int, public_webhook: int, s3_front: int, s3_port: int) -> tuple[dict[str, str], str]:
-    """The services' environment (S3 behind its balancer) and the S3 server's own endpoint."""
+def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
     env |= {
         "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
         "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{s3_front}",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
         "S3_BUCKET": "studio-chaos",
         "SIM_PORT": str(free_port()),
         "SIM_DELAY_S": "1",
@@ -62,32 +47,22 @@ def soak_env(public_api: int, public_webhook: int, s3_front: int, s3_port: int) 
         "LOG_LEVEL": "INFO",
     }
     env.update(simulator_env(env))
-    return env, f"http://127.0.0.1:{s3_port}"
+    return env
 
 
 class Cluster:
     def __init__(self, work_dir: Path) -> None:
         self.api_port, self.webhook_port = free_port(), free_port()
-        s3_front, s3_port = free_port(), free_port()
-        env, s3_direct = soak_env(self.api_port, self.webhook_port, s3_front, s3_port)
-        # The stack starts the S3 server on its own port; the services reach it through the balancer.
-        self.stack = Stack({**env, "S3_ENDPOINT_URL": s3_direct}, work_dir)
-        self.env = env
-        self.s3_direct = s3_direct
-        self.replicas = [
-            Replica(service, f"{service}-{n}", free_port()) for service in SERVICES for n in range(1, REPLICAS + 1)
+        self.env = soak_env(self.api_port, self.webhook_port)
+        self.stack = Stack(self.env, work_dir)
+        # Each replica's own port (the persister's serves only its probes and metrics).
+        self.ports = {service: [free_port() for _ in range(REPLICAS)] for service in SERVICES}
+        self.labels: dict[str, list[str]] = {}
+        self.kills = 0
+        self.balancers = [
+            Balancer("api", self.api_port, self.ports["api"]),
+            Balancer("webhook", self.webhook_port, self.ports["webhook"]),
         ]
-        self.balancers = {
-            "api": Balancer("api", self.api_port, [r.port for r in self.replicas if r.service == "api"]),
-            "webhook": Balancer(
-                "webhook", self.webhook_port, [r.port for r in self.replicas if r.service == "webhook"]
-            ),
-            "s3": Balancer("s3", s3_front, [s3_port]),
-        }
-        self.supervising = True
-
-    def _ports(self, service: str) -> list[int]:
-        return [r.port for r in self.replicas if r.service == service]
 
     @property
     def api_url(self) -> str:
@@ -96,6 +71,12 @@ class Cluster:
     @property
     def simulator_url(self) -> str:
         return f"http://127.0.0.1:{self.env['SIM_PORT']}"
+
+    @property
+    def self_restarts(self) -> int:
+        """Restarts of replicas that exited by themselves (not killed by a fault)."""
+        restarts = sum(self.stack.supervisor.restarts(label) for labels in self.labels.values() for label in labels)
+        return restarts - self.kills
 
     def token(self, user: str) -> str:
         return issue_token(JWT_SECRET, user, ttl_s=6 * 3600)
@@ -109,76 +90,27 @@ class Cluster:
         self.stack.started.append(("postgres", postgres))
         await asyncio.to_thread(self.stack.start_infrastructure)
         await asyncio.to_thread(self.stack.start_simulator)
-        for balancer in self.balancers.values():
+        for balancer in self.balancers:
             await balancer.up()
-        for replica in self.replicas:
-            self._spawn(replica)
-        for replica in self.replicas:
-            url = f"http://127.0.0.1:{replica.port}/readyz"
-            await asyncio.to_thread(wait_until, f"{replica.label} /readyz", partial(http_ok, url), 90, replica.process)
-
-    def _spawn(self, replica: Replica) -> None:
-        env = {**self.env, PORT_VARS[replica.service]: str(replica.port)}
-        replica.process = self.stack.start_service(replica.service, env=env, label=replica.label, wait=False)
-
-    def supervise(self) -> None:
-        """Start again every replica that exited (one pass; the soak calls it every second)."""
-        for replica in self.replicas:
-            if self.supervising and replica.process is not None and replica.process.exited:
-                logger.warning("%s exited (%s); restarting", replica.label, replica.process.returncode)
-                replica.process.stop()
-                replica.restarts += 1
-                self._spawn(replica)
+        for service, ports in self.ports.items():
+            envs = [{PORT_VARS[service]: str(port)} for port in ports]
+            self.labels[service] = await asyncio.to_thread(self.stack.start_replicas, service, envs)
 
     # The faults. Each returns once the fault is over and the part is starting again.
 
     async def kill_replica(self, service: str, n: int) -> None:
-        replicas = [r for r in self.replicas if r.service == service]
-        replica = replicas[n % len(replicas)]
-        if replica.process is None:
-            return
-        process, replica.process = replica.process, None  # not the supervisor's to restart: this fault's
-        await asyncio.to_thread(process.kill)
-        process.stop()
-        await asyncio.sleep(1.0)
-        self._spawn(replica)
+        """SIGKILL; the supervisor starts it again."""
+        labels = self.labels[service]
+        self.kills += 1
+        await asyncio.to_thread(self.stack.kill, labels[n % len(labels)])
 
-    async def kill_rabbitmq(self, down_s: float) -> None:
-        rabbitmq = self.stack.rabbitmq
-        assert rabbitmq is not None and rabbitmq.process is not None
-        await asyncio.to_thread(rabbitmq.process.kill)
-        rabbitmq.process.stop()
-        rabbitmq.process = None
+    async def outage(self, server: Server, down_s: float) -> None:
+        """RabbitMQ SIGKILLed, PostgreSQL stopped immediately, the S3 server stopped; started again later."""
+        await asyncio.to_thread(self.stack.outage, server)
         await asyncio.sleep(down_s)
-        await asyncio.to_thread(rabbitmq.resume)
-
-    async def stop_postgres(self, down_s: float) -> None:
-        """An immediate shutdown (SIGQUIT to the postmaster): no checkpoint, crash recovery at the next start."""
-        postgres = self.stack.postgres
-        assert postgres is not None and postgres.process is not None
-        postgres.process.signal(signal.SIGQUIT)
-        if postgres.process.popen is not None:
-            await asyncio.to_thread(_wait_exit, postgres.process.popen)
-        postgres.process.stop()
-        postgres.process = None
-        await asyncio.sleep(down_s)
-        await asyncio.to_thread(postgres.resume)
-
-    async def s3_outage(self, down_s: float) -> None:
-        await self.balancers["s3"].down()
-        await asyncio.sleep(down_s)
-        await self.balancers["s3"].up()
+        await asyncio.to_thread(self.stack.recover, server)
 
     async def stop(self) -> None:
-        self.supervising = False
-        for balancer in self.balancers.values():
+        for balancer in self.balancers:
             await balancer.down()
         await asyncio.to_thread(self.stack.stop)
-
-
-def _wait_exit(popen: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
-    try:
-        popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(popen.pid, signal.SIGKILL)
-        popen.wait(10)

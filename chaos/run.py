@@ -25,23 +25,25 @@ from chaos.report import Summary, render
 from chaos.schedule import Fault, FaultKind, fault_schedule, workload
 from common import log as logs
 from common.settings import Settings
+from devstack.stack import Server
 
 logger = logging.getLogger("chaos")
 
 SERVICE_FAULTS = {FaultKind.API: "api", FaultKind.WEBHOOK: "webhook", FaultKind.PERSISTER: "persister"}
+SERVER_FAULTS: dict[FaultKind, Server] = {
+    FaultKind.RABBITMQ: "rabbitmq",
+    FaultKind.POSTGRES: "postgres",
+    FaultKind.S3: "s3",
+}
 SETTLE_S = 10.0  # the load goes on this long after the last fault's part is back
 
 
 async def _inflict(cluster: Cluster, fault: Fault) -> None:
     logger.warning("fault: %s (down %.1f s, replica %d)", fault.kind, fault.down_s, fault.replica)
-    if fault.kind is FaultKind.RABBITMQ:
-        await cluster.kill_rabbitmq(fault.down_s)
-    elif fault.kind is FaultKind.POSTGRES:
-        await cluster.stop_postgres(fault.down_s)
-    elif fault.kind is FaultKind.S3:
-        await cluster.s3_outage(fault.down_s)
-    else:
+    if fault.kind in SERVICE_FAULTS:
         await cluster.kill_replica(SERVICE_FAULTS[fault.kind], fault.replica)
+    else:
+        await cluster.outage(SERVER_FAULTS[fault.kind], fault.down_s)
 
 
 async def _faults(cluster: Cluster, schedule: list[Fault], started: float, done: Counter[FaultKind]) -> None:
@@ -49,12 +51,6 @@ async def _faults(cluster: Cluster, schedule: list[Fault], started: float, done:
         await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
         await _inflict(cluster, fault)
         done[fault.kind] += 1
-
-
-async def _supervise(cluster: Cluster) -> None:
-    while True:
-        cluster.supervise()
-        await asyncio.sleep(1.0)
 
 
 async def _drain(cluster: Cluster, timeout_s: float) -> bool:
@@ -76,7 +72,6 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
     window_s = schedule[-1].at_s + schedule[-1].down_s + SETTLE_S
     try:
         await cluster.start()
-        supervisor = asyncio.create_task(_supervise(cluster))
         tokens = {f"chaos-user-{n:03d}": cluster.token(f"chaos-user-{n:03d}") for n in range(USERS)}
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
@@ -96,8 +91,7 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
             load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await load
-            supervisor.cancel()
-            restarts = sum(r.restarts for r in cluster.replicas)
+            restarts = cluster.self_restarts
             direct = cluster.stack.settings
             public = Settings.from_env(cluster.env).s3_public_base_url
             found = await balance.check(direct, public, client, cluster.simulator_url, driver.record)
