@@ -1,6 +1,6 @@
 # Thin targets over `python -m ...`; every target installs what it needs first.
 .DEFAULT_GOAL := help
-.PHONY: help install lock run test lint bench chaos up down migrate clean
+.PHONY: help install lock run test lint bench chaos up down migrate redrive clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -16,8 +16,12 @@ help:
 	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 	@echo "make lock    refresh requirements*.lock from pyproject.toml (ARGS=--upgrade moves every pin)"
+	@echo "make redrive the dead-letter queue at AMQP_URL: REDRIVE=list (default), REDRIVE='move --all', REDRIVE='discard ID...'"
 
-install: $(STAMP)
+# The page's tests drive Debian's Chromium; Playwright cannot download a browser here, nor does it need to.
+CHROMIUM := /usr/bin/chromium
+
+install: $(STAMP) $(CHROMIUM)
 
 # Every package comes from the hashed lock; the project itself is installed without fetching anything, so a
 # dependency pyproject.toml names but the lock lacks stops here instead of being resolved anew.
@@ -43,6 +47,13 @@ lock:
 # temporary one.
 DEVSTACK_DATA_DIR ?= $(CURDIR)/.devstack
 
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "chromium is missing (the page's browser tests need it): apt-get install -y chromium" >&2; \
+	fi
+
 run: install
 	DEVSTACK_DATA_DIR='$(DEVSTACK_DATA_DIR)' $(PY) -m devstack
 
@@ -64,6 +75,11 @@ chaos: install
 
 migrate: install
 	$(PY) -m common.migrate
+
+# make redrive REDRIVE=list | REDRIVE="move --all" | REDRIVE="move ID..." | REDRIVE="discard ID..." (default: list)
+REDRIVE ?= list
+redrive: install
+	$(PY) -m services.persister redrive $(REDRIVE)
 
 # .env decides what compose runs (.env.example: the simulator's profile); made once, with random secrets.
 up: .env

@@ -36,11 +36,17 @@ QUEUE = "studio.persister"
 DEAD_QUEUE = "studio.persister.dead"
 DELAY_QUEUE_PREFIX = "studio.persister.delay."
 ATTEMPT_HEADER = "x-attempt"
+# Why a message is in the dead-letter queue, for whoever has to decide what to do with it (`redrive list`).
+DEAD_REASON_HEADER = "x-dead-reason"
+DEAD_ATTEMPTS_HEADER = "x-attempts"
+FIRST_FAILURE_HEADER = "x-first-failure-at"  # ISO-8601; carried by every retry copy from the first failure on
+LAST_FAILURE_HEADER = "x-last-failure-at"
 PUBLISH_TIMEOUT_S = 5.0
 # How often a robust connection retries after losing RabbitMQ (aio-pika's default, 5 s, keeps callbacks
 # answered 503 for seconds after the broker is back), and how long one connection attempt may take.
 RECONNECT_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
+BLOCKED_PROBE_S = 0.2
 
 _QUORUM: dict[str, Any] = {
     "x-queue-type": "quorum",
@@ -168,6 +174,19 @@ class Broker:
         # `is_closed` of a robust connection only turns true on an explicit close; while it is reconnecting
         # only `connected` tells, and the channel is closed until it has been restored.
         return self.connection.connected.is_set() and not self.channel.is_closed
+
+    async def check_unblocked(self) -> None:
+        """Raise BrokerUnavailable while RabbitMQ blocks this connection (a memory or disk alarm): every publish
+        would then wait, unconfirmed, until the alarm clears."""
+        transport = self.connection.transport
+        if transport is None:
+            raise BrokerUnavailable("not connected to RabbitMQ")
+        try:
+            # `ready()` returns at once unless the connection is down or blocked; aiormq keeps no public flag.
+            async with asyncio.timeout(BLOCKED_PROBE_S):
+                await transport.connection.ready()
+        except TimeoutError:
+            raise BrokerUnavailable("RabbitMQ blocked the connection (memory or disk alarm)") from None
 
     async def close(self) -> None:
         await self.connection.close()

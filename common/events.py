@@ -28,9 +28,18 @@ class PredictionEvent:
     source: Source
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     request_id: str | None = None
+    # Studio's generation id, from the callback URL Studio gave Skytells: it finds a generation whose create
+    # call never got to record its prediction id (the API died, or the call timed out at Studio's end).
+    generation_id: str | None = None
 
     @classmethod
-    def from_prediction(cls, prediction: Prediction, source: Source, request_id: str | None = None) -> PredictionEvent:
+    def from_prediction(
+        cls,
+        prediction: Prediction,
+        source: Source,
+        request_id: str | None = None,
+        generation_id: str | None = None,
+    ) -> PredictionEvent:
         identity = json.dumps([prediction.id, prediction.status, list(prediction.output), prediction.error])
         return cls(
             event_id=str(uuid.uuid5(_EVENT_NAMESPACE, identity)),
@@ -41,6 +50,7 @@ class PredictionEvent:
             error=prediction.error,
             source=source,
             request_id=request_id,
+            generation_id=generation_id,
         )
 
     @property
@@ -60,30 +70,42 @@ class PredictionEvent:
         }
         if self.request_id:
             body["requestId"] = self.request_id
+        if self.generation_id:
+            body["generationId"] = self.generation_id
         return json.dumps(body, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, raw: bytes) -> PredictionEvent:
-        """Raises ValueError on anything that is not a well-formed event."""
+        """Raises ValueError on anything that is not a well-formed event, however it is malformed."""
         try:
             body = json.loads(raw)
+            if not isinstance(body, dict):
+                raise ValueError("an event is a JSON object")
+            texts = {name: body[name] for name in ("eventId", "predictionId", "status", "skytellsStatus")}
+            if not all(isinstance(value, str) and value for value in texts.values()):
+                raise ValueError("eventId, predictionId, status and skytellsStatus must be non-empty strings")
             output = body["output"]
             if not isinstance(output, list) or not all(isinstance(u, str) for u in output):
                 raise ValueError("output must be a list of URLs")
             source = body["source"]
             if source not in ("webhook", "reconciler"):
                 raise ValueError(f"unknown source {source!r}")
-            error = body.get("error")
+            optional = {name: body.get(name) for name in ("error", "requestId", "generationId")}
+            if not all(value is None or isinstance(value, str) for value in optional.values()):
+                raise ValueError("error, requestId and generationId must be strings when present")
             return cls(
-                event_id=str(body["eventId"]),
-                prediction_id=str(body["predictionId"]),
-                status=Status(body["status"]),
-                skytells_status=str(body["skytellsStatus"]),
+                event_id=texts["eventId"],
+                prediction_id=texts["predictionId"],
+                status=Status(texts["status"]),
+                skytells_status=texts["skytellsStatus"],
                 output=tuple(output),
-                error=None if error is None else str(error),
+                error=optional["error"],
                 source=source,
                 received_at=datetime.fromisoformat(body["receivedAt"]),
-                request_id=body.get("requestId"),
+                request_id=optional["requestId"],
+                generation_id=optional["generationId"],
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed event: {exc!r}") from None
+        except RecursionError:  # nested deeper than the parser goes: as malformed as any other garbage
+            raise ValueError("malformed event: nested too deeply") from None

@@ -144,7 +144,11 @@ def database_probe(app: web.Application, key: web.AppKey[asyncpg.Pool]) -> Check
 
 def broker_probe(app: web.Application, key: web.AppKey[BrokerLink]) -> Check:
     async def check() -> None:
-        if not app[key].ready:
+        link = app[key]
+        if link.broker is None or not link.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
+        # Connected is not enough: under a memory or disk alarm every publish (a callback's, a retry's) would
+        # wait for a confirm that does not come.
+        await link.broker.check_unblocked()
 
     return check

@@ -199,6 +199,7 @@ class Settings:
     download_retry_window_s: float = _setting("DOWNLOAD_RETRY_WINDOW_S", _seconds(0, _HOUR, zero=True), "180", {PERSISTER}, "failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs minutes after completion)")  # noqa: E501
     download_connect_timeout_s: float = _setting("DOWNLOAD_CONNECT_TIMEOUT_S", _seconds(0.1, 300), "5", {PERSISTER}, "connect timeout of an output download")  # noqa: E501
     download_read_timeout_s: float = _setting("DOWNLOAD_READ_TIMEOUT_S", _seconds(0.1, 600), "20", {PERSISTER}, "read timeout of an output download")  # noqa: E501
+    download_deadline_s: float = _setting("DOWNLOAD_DEADLINE_S", _seconds(1, 3600), "120", {PERSISTER}, "longest an output's whole download may take, however the bytes trickle in (then it is retried)")  # noqa: E501
     log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", ALL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     # fmt: on
 

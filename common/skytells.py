@@ -10,10 +10,11 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import uuid
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import httpx
 from prometheus_client import Counter, Histogram
@@ -34,6 +35,29 @@ SKYTELLS_FAILURES = Counter(
 )
 # Longest error message passed on from Skytells: it ends up in responses and in the database.
 MAX_MESSAGE = 1000
+
+
+# The query parameter of the callback URL that carries Studio's generation id (see `callback_url`).
+GENERATION_PARAM = "generation"
+
+
+def callback_url(public_webhook_url: str, generation_id: uuid.UUID) -> str:
+    """The callback URL given to Skytells for one generation: `PUBLIC_WEBHOOK_URL` with Studio's generation id
+    in its query, so a callback finds its generation even when the prediction id was never recorded."""
+    parts = urlsplit(public_webhook_url)
+    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != GENERATION_PARAM]
+    query.append((GENERATION_PARAM, str(generation_id)))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def generation_of_callback(raw: str | None) -> str | None:
+    """The generation id a callback URL carried, in canonical form; None when absent or not a UUID."""
+    if not raw:
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        return None
 
 
 class SkytellsError(StudioError):

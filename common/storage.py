@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
@@ -56,13 +57,26 @@ def public_read_policy(bucket: str) -> str:
     )
 
 
+# A persister killed mid-upload (SIGKILL, a lost machine) cannot abort its multipart upload; S3 keeps the parts,
+# invisible and billed, until this rule removes them.
+ABORT_INCOMPLETE_UPLOADS_RULE: dict[str, Any] = {
+    "ID": "abort-incomplete-multipart-uploads",
+    "Status": "Enabled",
+    "Filter": {"Prefix": ""},
+    "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+}
+
+
 async def ensure_bucket(client: Any, bucket: str) -> None:
-    """Create the bucket if missing and let anyone read `generations/*` (docs/architecture.md)."""
+    """Create the bucket if missing, let anyone read `generations/*`, and have incomplete uploads aborted."""
     try:
         await client.head_bucket(Bucket=bucket)
     except ClientError:
         await client.create_bucket(Bucket=bucket)
     await client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+    await client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [ABORT_INCOMPLETE_UPLOADS_RULE]}
+    )
 
 
 def public_url(settings: Settings, key: str) -> str:
@@ -158,6 +172,7 @@ async def _abort(client: Any, bucket: str, key: str, upload_id: str | None) -> N
     if upload_id is None:
         return
     try:
-        await client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-    except (BotoCoreError, ClientError):
+        # Shielded: when the upload was cancelled (a download deadline, a shutdown), the abort must still be sent.
+        await asyncio.shield(client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id))
+    except (BotoCoreError, ClientError, asyncio.CancelledError):
         pass  # the bucket's lifecycle rule or a later retry cleans up; the original error matters more

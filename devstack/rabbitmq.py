@@ -138,6 +138,22 @@ class RabbitMQ:
         )
         return self
 
+    def ctl(self, *args: str, timeout: float = 60.0) -> str:
+        """Run `rabbitmqctl` against this node, as the user (hence with the cookie) the node runs as."""
+        done = subprocess.run(
+            [str(SERVER.with_name("rabbitmqctl")), "-n", self.node, *args],
+            env=self._env(),
+            user=RUN_AS if os.geteuid() == 0 else None,
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stdout}{done.stderr}")
+        return done.stdout
+
     def halt(self) -> None:
         """Stop the node, keeping its data, as a broker outage would."""
         if self.process is not None:

@@ -17,6 +17,7 @@ from devstack.processes import free_port
 from devstack.stack import Stack, simulator_env
 from devstack.tokens import issue_token
 
+CORS_ORIGIN = "https://studio-app.example"
 JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 
 
@@ -36,6 +37,7 @@ def base_env() -> dict[str, str]:
             "PERSISTER_PORT": str(free_port()),
             "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
             "AUTH_JWT_SECRET": JWT_SECRET,
+            "CORS_ALLOWED_ORIGINS": CORS_ORIGIN,
             "RETRY_BASE_S": "0.5",
             "RETRY_MAX_S": "4",
             "LOG_LEVEL": "INFO",

@@ -103,7 +103,6 @@ async def _state(db, user_id: str) -> list[tuple[str, str | None]]:
         ("html", "Skytells answered HTTP 500"),
         ("html200", "Skytells answered HTTP 200"),
         ("noid", "Skytells answered HTTP 201"),
-        ("hang", "Skytells did not answer in time"),
         ("cut", "Skytells could not be reached: RemoteProtocolError"),
     ],
 )
@@ -115,6 +114,18 @@ async def test_failed_create_is_502_with_skytells_message_and_frees_the_slot(
     assert response.status_code == 502, response.text
     assert response.json() == {"error": message}
     assert await _state(db, user_id) == [("failed", message)]
+
+
+async def test_a_create_call_that_times_out_is_503_and_the_generation_stays_queued(
+    http, api_on_fake, auth, user_id, db
+):
+    # Skytells may still make the prediction: its callback, or a repeat with the same key, finds the generation.
+    response = await http.post(f"{api_on_fake}/api/generate", json={"prompt": "hang a cat"}, headers=auth)
+
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    assert "did not answer in time" in response.json()["error"]
+    assert await _state(db, user_id) == [("queued", None)]
 
 
 async def test_refused_connection_is_502(http, api_on_nothing, auth, user_id, db):

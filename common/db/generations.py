@@ -33,6 +33,8 @@ class Generation:
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+    submit_timed_out_at: datetime | None
+    checked_at: datetime | None
 
     @property
     def terminal(self) -> bool:
@@ -62,24 +64,39 @@ RETURNING *
 """
 
 # A generation still without a prediction id this long after it was written lost its API request (a crash
-# between the insert and Skytells' answer): end it so it stops holding a quota slot, and free its key so a
-# retry with the same Idempotency-Key makes a fresh attempt.
+# around the create call): end it so it stops holding a quota slot, and free its key so a retry with the same
+# Idempotency-Key makes a fresh attempt. A callback that still comes finds it by its id (and binds the
+# prediction to it, so the prediction is never orphaned). One whose create call timed out ($3) waits as long as
+# the reconciler waits for a prediction Skytells does not know: Skytells may well have made it.
 EXPIRE_UNSUBMITTED = """
 UPDATE generations
-SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
+SET status = 'failed', idempotency_key = NULL, completed_at = now(), updated_at = now(),
+    error = CASE WHEN submit_timed_out_at IS NULL THEN $2::text ELSE $4::text END
 WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
-  AND created_at < now() - make_interval(secs => $1)
+  AND created_at < now()
+      - make_interval(secs => CASE WHEN submit_timed_out_at IS NULL THEN $1::float8 ELSE $3::float8 END)
 RETURNING id
 """
-EXPIRE_UNSUBMITTED_OF_USER = EXPIRE_UNSUBMITTED.replace("RETURNING id", "  AND user_id = $3\nRETURNING id")
+EXPIRE_UNSUBMITTED_OF_USER = EXPIRE_UNSUBMITTED.replace("RETURNING id", "  AND user_id = $5\nRETURNING id")
 UNSUBMITTED_ERROR = "The request to Skytells was interrupted; please try again"
+UNANSWERED_ERROR = "Skytells never confirmed the prediction and no callback came for it"
 
-# Skytells refused the create call: the generation ends `failed` and its Idempotency-Key is released, so only
-# generations that reached Skytells are ever replayed and a retry after a 502/503 tries again.
+# The create call timed out at Studio's end: the generation stays `queued`, holding its Idempotency-Key, so a
+# repeat returns it instead of paying for a second prediction.
+MARK_SUBMIT_TIMED_OUT = """
+UPDATE generations SET submit_timed_out_at = now(), updated_at = now()
+WHERE id = $1 AND prediction_id IS NULL AND status IN ('queued', 'processing')
+RETURNING *
+"""
+
+# Skytells refused the create call (or Studio could not record its answer): the generation ends `failed` and
+# its Idempotency-Key is released, so only generations that reached Skytells are ever replayed and a retry after
+# a 502/503 tries again. One whose prediction id did get written (a commit whose answer was lost) is left to
+# that prediction's callbacks.
 FAIL_SUBMISSION = """
 UPDATE generations
 SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
-WHERE id = $1 AND status IN ('queued', 'processing')
+WHERE id = $1 AND status IN ('queued', 'processing') AND prediction_id IS NULL
 RETURNING *
 """
 
@@ -87,12 +104,22 @@ GET_FOR_USER = "SELECT * FROM generations WHERE id = $1 AND user_id = $2"
 GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM generations WHERE user_id = $1 AND idempotency_key = $2"
 GET_BY_PREDICTION_ID = "SELECT * FROM generations WHERE prediction_id = $1"
 
+# The callback may have bound the same prediction first (found by Studio's id); another one never replaces it.
 SET_PREDICTION = """
 UPDATE generations
 SET prediction_id = $2,
     status = CASE WHEN $3::text = 'processing' AND status = 'queued' THEN 'processing' ELSE status END,
     updated_at = now()
-WHERE id = $1
+WHERE id = $1 AND (prediction_id IS NULL OR prediction_id = $2)
+RETURNING *
+"""
+
+# A callback for a prediction no generation has, carrying Studio's generation id: bind it to that generation
+# only if it has no prediction yet (whatever its status: a prediction belongs to exactly one generation).
+BIND_PREDICTION = """
+UPDATE generations SET prediction_id = $2, updated_at = now()
+WHERE id = $1 AND prediction_id IS NULL
+  AND NOT EXISTS (SELECT 1 FROM generations WHERE prediction_id = $2)
 RETURNING *
 """
 
@@ -125,15 +152,6 @@ ORDER BY created_at DESC, id DESC
 LIMIT $4
 """
 
-LIST_STALE_UNFINISHED = """
-SELECT * FROM generations
-WHERE status IN ('queued', 'processing')
-  AND prediction_id IS NOT NULL
-  AND created_at < now() - make_interval(secs => $1)
-ORDER BY created_at
-LIMIT $2
-"""
-
 
 async def lock_user(conn: asyncpg.Connection, user_id: str) -> None:
     """Serialise this user's quota and idempotency decisions until the transaction ends (re-entrant)."""
@@ -148,11 +166,20 @@ def unsubmitted_expiry_s(skytells_timeout_s: float) -> float:
     return max(120.0, 2 * skytells_timeout_s + 30)
 
 
-async def expire_unsubmitted(conn: asyncpg.Connection, older_than_s: float, user_id: str | None = None) -> int:
-    """End the generations (of one user, or all) whose create call never got recorded; how many were ended."""
+async def expire_unsubmitted(
+    conn: asyncpg.Connection, older_than_s: float, timed_out_after_s: float, user_id: str | None = None
+) -> int:
+    """End the generations (of one user, or all) whose create call never got recorded; how many were ended.
+
+    `timed_out_after_s` is the longer wait of those whose create call timed out rather than vanished."""
+    args = (older_than_s, UNSUBMITTED_ERROR, max(older_than_s, timed_out_after_s), UNANSWERED_ERROR)
     if user_id is None:
-        return len(await conn.fetch(EXPIRE_UNSUBMITTED, older_than_s, UNSUBMITTED_ERROR))
-    return len(await conn.fetch(EXPIRE_UNSUBMITTED_OF_USER, older_than_s, UNSUBMITTED_ERROR, user_id))
+        return len(await conn.fetch(EXPIRE_UNSUBMITTED, *args))
+    return len(await conn.fetch(EXPIRE_UNSUBMITTED_OF_USER, *args, user_id))
+
+
+async def mark_submit_timed_out(conn: asyncpg.Connection, generation_id: uuid.UUID) -> Generation | None:
+    return _one(await conn.fetchrow(MARK_SUBMIT_TIMED_OUT, generation_id))
 
 
 async def fail_submission(conn: asyncpg.Connection, generation_id: uuid.UUID, error: str) -> Generation | None:
@@ -209,6 +236,14 @@ async def set_prediction(
     return _one(await conn.fetchrow(SET_PREDICTION, generation_id, prediction_id, status))
 
 
+async def bind_prediction(conn: asyncpg.Connection, generation_id: uuid.UUID, prediction_id: str) -> Generation | None:
+    """Give a generation without a prediction id this one; None when it has one, or another row has this one."""
+    try:
+        return _one(await conn.fetchrow(BIND_PREDICTION, generation_id, prediction_id))
+    except asyncpg.UniqueViolationError:  # bound elsewhere between the check and the write
+        return None
+
+
 async def mark_processing(conn: asyncpg.Connection, generation_id: uuid.UUID) -> Generation | None:
     """queued -> processing; None when the row was not queued (already further along, or terminal)."""
     return _one(await conn.fetchrow(MARK_PROCESSING, generation_id))
@@ -240,40 +275,3 @@ async def list_for_user(
     created_at, gid = before if before is not None else (None, None)
     rows = await conn.fetch(LIST_FOR_USER, user_id, created_at, gid, limit)
     return [Generation.from_record(row) for row in rows]
-
-
-async def list_stale_unfinished(conn: asyncpg.Connection, older_than_s: float, limit: int) -> list[Generation]:
-    rows = await conn.fetch(LIST_STALE_UNFINISHED, older_than_s, limit)
-    return [Generation.from_record(row) for row in rows]
-
-
-# Persister side: reconciliation.
-
-# A session-level lock on a dedicated key: one reconciler pass at a time across every persister replica. It is
-# released explicitly after the pass, and by PostgreSQL if the holder's connection dies.
-RECONCILER_LOCK_KEY = "studio.persister.reconciler"
-TRY_RECONCILER_LOCK = "SELECT pg_try_advisory_lock(hashtextextended($1, 0))"
-RELEASE_RECONCILER_LOCK = "SELECT pg_advisory_unlock(hashtextextended($1, 0))"
-
-MARK_FAILED_IF_CREATED_BEFORE = """
-UPDATE generations
-SET status = 'failed', error = $2, completed_at = now(), updated_at = now()
-WHERE id = $1 AND status IN ('queued', 'processing') AND created_at < now() - make_interval(secs => $3)
-RETURNING *
-"""
-
-
-async def try_reconciler_lock(conn: asyncpg.Connection) -> bool:
-    """Take the reconciler's lock on this connection if no other session holds it; never waits."""
-    return bool(await conn.fetchval(TRY_RECONCILER_LOCK, RECONCILER_LOCK_KEY))
-
-
-async def release_reconciler_lock(conn: asyncpg.Connection) -> None:
-    await conn.fetchval(RELEASE_RECONCILER_LOCK, RECONCILER_LOCK_KEY)
-
-
-async def mark_failed_if_created_before(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, error: str, older_than_s: float
-) -> Generation | None:
-    """End an unfinished generation `failed` only if it is older than `older_than_s`; else None."""
-    return _one(await conn.fetchrow(MARK_FAILED_IF_CREATED_BEFORE, generation_id, error, older_than_s))

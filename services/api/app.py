@@ -10,11 +10,13 @@ from aiohttp import web
 from common import resources
 from common.settings import API_REQUIRED, Settings
 from common.web import add_probes, boot, error_middleware, run
-from services.api import views
+from services.api import cors, streams, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
+from services.api.feed import live_updates
 from services.api.jwks import Jwks
-from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS
+from services.api.keys import AUTH, BROKER, POOL, SETTINGS, SKYTELLS
+from services.api.page import add_page
 
 # The identity provider's keys are fetched while a request waits for them: a bounded wait.
 JWKS_TIMEOUT_S = 5.0
@@ -32,17 +34,25 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[error_middleware, cors.preflight_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(resources.database(SETTINGS, POOL, migrate=True))  # the API also migrates at start
     app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
     app.cleanup_ctx.append(_auth)
+    # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
+    app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
+    app.cleanup_ctx.append(live_updates)
+    app.on_response_prepare.append(cors.add_cors_headers)
     add_probes(app, {"database": resources.database_probe(app, POOL)})
     app.router.add_post("/api/generate", views.generate)
     app.router.add_get("/api/predictions/{id}", views.get_prediction)
+    app.router.add_get("/api/predictions/{id}/events", streams.generation_events)
     app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction)
     app.router.add_get("/api/generations", views.list_generations)
+    app.router.add_get("/api/generations/events", streams.user_events)
+    app.router.add_get("/api/me", views.me)
     app.router.add_get("/api/openapi.json", views.openapi_document)
+    add_page(app, settings)
     return app
 
 

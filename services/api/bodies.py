@@ -21,6 +21,9 @@ MAX_PROMPT = 500
 MAX_IDEMPOTENCY_KEY = 200
 DEFAULT_MODEL = "truefusion-pro"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
+PREFER_HEADER = "Prefer"
+MAX_WAIT_S = 60  # longest, and default, `Prefer: wait`
+MAX_PREFER = 1000  # a Prefer header longer than this is not a preference list but an attack
 
 
 @dataclass(frozen=True)
@@ -68,3 +71,25 @@ def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_i
 def idempotency_key(request: web.Request) -> str | None:
     """The validated `Idempotency-Key` header: 1 to 200 printable ASCII characters, or absent."""
     return read_header(request, IDEMPOTENCY_HEADER, max_length=MAX_IDEMPOTENCY_KEY)
+
+
+def prefer_wait(request: web.Request) -> int | None:
+    """Seconds asked for by `Prefer: wait` or `Prefer: wait=N` (RFC 7240; at most 60), or None.
+
+    A preference that cannot be read (`wait=soon`, `wait=0`) is ignored, as the RFC asks; a header that is not
+    printable ASCII at all is a 400 like any other malformed header.
+    """
+    value = read_header(request, PREFER_HEADER, max_length=MAX_PREFER, repeatable=True)
+    if value is None:
+        return None
+    for preference in value.split(","):
+        name, _, raw = preference.split(";", 1)[0].partition("=")
+        if name.strip().lower() != "wait":
+            continue
+        raw = raw.strip().strip('"')
+        if not raw:
+            return MAX_WAIT_S
+        if not raw.isdigit() or int(raw) < 1:
+            return None
+        return min(int(raw), MAX_WAIT_S)
+    return None

@@ -95,7 +95,12 @@ def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "413": _error("Body over 64 KiB"),
                         "429": _error("Quota exceeded: QUOTA_MAX_ACTIVE generations already queued or processing"),
                         "502": _error("Skytells failed the call; its message when it gave one"),
-                        "503": _error("Skytells is rate-limiting Studio", retry_after),
+                        "503": _error(
+                            "Skytells is rate-limiting Studio; or it did not answer in time (the generation stays"
+                            " queued for its callback: repeat with the same Idempotency-Key to get it); or Studio"
+                            " could not record the prediction (it was canceled): retry after Retry-After",
+                            retry_after,
+                        ),
                     },
                 }
             },
@@ -166,6 +171,27 @@ def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     "responses": {
                         "200": {"description": "OpenAPI 3.1", "content": {JSON: {"schema": {"type": "object"}}}}
                     },
+                }
+            },
+            "/api/config": {
+                "get": {
+                    "operationId": "config",
+                    "summary": "What a client may ask for: the allowed models, the default one, the prompt limit",
+                    "security": [],
+                    "responses": {
+                        "200": {
+                            "description": "The page reads this before it offers the generate form",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Config"}}},
+                        }
+                    },
+                }
+            },
+            "/": {
+                "get": {
+                    "operationId": "page",
+                    "summary": "Studio's web page (its script and stylesheet are under /static/)",
+                    "security": [],
+                    "responses": {"200": {"description": "The page", "content": {"text/html": {"schema": {}}}}},
                 }
             },
             "/healthz": {
@@ -254,6 +280,16 @@ def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     "properties": {
                         "items": {"type": "array", "items": {"$ref": "#/components/schemas/Generation"}},
                         "nextCursor": {"type": ["string", "null"]},
+                    },
+                },
+                "Config": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["models", "defaultModel", "maxPromptLength"],
+                    "properties": {
+                        "models": {"type": "array", "items": {"enum": list(allowed_models)}},
+                        "defaultModel": {"enum": list(allowed_models)},
+                        "maxPromptLength": {"const": MAX_PROMPT},
                     },
                 },
                 "Error": {

@@ -6,21 +6,22 @@ import asyncio
 import logging
 import math
 import uuid
-from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from common import log as logs
-from common.db import generations
+from common.db import changes, generations
 from common.db.generations import Generation
 from common.predictions import Status
-from common.skytells import SkytellsError
+from common.skytells import SkytellsError, SkytellsTimeout, callback_url
+from common.updates import generation_json
 from common.web import ApiError
 from services.api import openapi
-from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, read_json_object
-from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS
+from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
+from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
+from services.api.submission import await_callback, record_prediction
+from services.api.waiting import wait_for_end
 
 logger = logging.getLogger(__name__)
 
@@ -29,28 +30,11 @@ REPLAY_WAIT_S = 30.0
 REPLAY_POLL_S = 0.05
 
 
-def _iso(value: Any) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def generation_json(generation: Generation) -> dict[str, Any]:
-    return {
-        "id": str(generation.id),
-        "status": generation.status,
-        "model": generation.model,
-        "prompt": generation.prompt,
-        "outputUrl": generation.output_url,
-        "outputUrls": list(generation.output_urls),
-        "error": generation.error,
-        "createdAt": _iso(generation.created_at),
-        "completedAt": _iso(generation.completed_at),
-    }
-
-
-def _generation_response(generation: Generation, status: int = 200) -> web.Response:
-    return web.json_response(
-        generation_json(generation), status=status, headers={"Location": f"/api/predictions/{generation.id}"}
-    )
+def _generation_response(generation: Generation, status: int = 200, wait_s: int | None = None) -> web.Response:
+    headers = {"Location": f"/api/predictions/{generation.id}"}
+    if wait_s is not None:
+        headers["Preference-Applied"] = f"wait={wait_s}"
+    return web.json_response(generation_json(generation), status=status, headers=headers)
 
 
 async def _user(request: web.Request) -> str:
@@ -81,7 +65,7 @@ async def _reserve(
     while True:
         async with request.app[POOL].acquire() as conn, conn.transaction():
             await generations.lock_user(conn, user_id)
-            expired = await generations.expire_unsubmitted(conn, expiry_s, user_id)
+            expired = await generations.expire_unsubmitted(conn, expiry_s, settings.reconcile_unknown_after_s, user_id)
             if expired:
                 logger.warning("ended %d generations whose create call was lost", expired, extra={"user": user_id})
             existing = await generations.get_by_idempotency_key(conn, user_id, key) if key else None
@@ -101,8 +85,8 @@ async def _reserve(
                 return created, False
         if existing.request_hash != wanted.fingerprint:
             raise ApiError(409, "Idempotency-Key was already used with a different request")
-        if existing.prediction_id is not None or existing.terminal:
-            return existing, True
+        if existing.prediction_id is not None or existing.terminal or existing.submit_timed_out_at is not None:
+            return existing, True  # (a timed-out create call: the generation waits for its callback)
         # The first request with this key is still waiting for Skytells: wait for its outcome. If Skytells
         # refuses it, its key is released and the next round makes a fresh attempt.
         if asyncio.get_running_loop().time() > deadline:
@@ -112,23 +96,38 @@ async def _reserve(
 
 async def generate(request: web.Request) -> web.Response:
     user_id = await _user(request)
+    wait_s = prefer_wait(request)
+    generation, status = await _create(request, user_id)
+    if wait_s is None:
+        return _generation_response(generation, status)
+    # Held until the generation ends or the time is up, woken by the live updates; no connection held meanwhile.
+    return _generation_response(await wait_for_end(request, generation, wait_s), status, wait_s)
+
+
+async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
+    """The generation made (201) or, for a repeated Idempotency-Key, the one made first (200)."""
     settings = request.app[SETTINGS]
     key = idempotency_key(request)
     wanted = parse_generate(await read_json_object(request), settings.allowed_models, user_id)
     generation, replay = await _reserve(request, user_id, wanted, key)
     if replay:
-        return _generation_response(generation, 200)
+        return generation, 200
 
     pool = request.app[POOL]
     with logs.bind(generation_id=str(generation.id)):
         try:
             prediction = await request.app[SKYTELLS].create_prediction(
-                wanted.model, wanted.prompt, settings.public_webhook_url
+                wanted.model, wanted.prompt, callback_url(settings.public_webhook_url, generation.id)
             )
+        except SkytellsTimeout:
+            await await_callback(request.app, generation)
+            raise ApiError(
+                503, "Skytells did not answer in time; the generation waits for it", {"Retry-After": "5"}
+            ) from None
         except SkytellsError as exc:
             # The row exists before Skytells is called; ending it `failed` releases its quota slot.
             async with pool.acquire() as conn:
-                await generations.fail_submission(conn, generation.id, exc.message)
+                request.app[UPDATES].notify(await generations.fail_submission(conn, generation.id, exc.message))
             logger.warning(
                 "Skytells refused the prediction: %s",
                 exc.message,
@@ -136,18 +135,9 @@ async def generate(request: web.Request) -> web.Response:
             )
             raise skytells_failure(exc) from None
         with logs.bind(prediction_id=prediction.id):
-            try:
-                async with pool.acquire() as conn:
-                    updated = await generations.set_prediction(
-                        conn, generation.id, prediction.id, prediction.studio_status
-                    )
-            except asyncpg.UniqueViolationError:
-                # Skytells handed out an id another generation already has: never attach one prediction twice.
-                async with pool.acquire() as conn:
-                    await generations.fail_submission(conn, generation.id, "Skytells returned a duplicate id")
-                raise ApiError(502, "Skytells returned a prediction id already in use") from None
+            updated = await record_prediction(request.app, generation, prediction)
             logger.info("generation created", extra={"model": wanted.model})
-    return _generation_response(updated or generation, 201)
+    return updated, 201
 
 
 def _parse_id(raw: str) -> uuid.UUID:
@@ -209,9 +199,19 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             ended = None
             if status is Status.CANCELED:
                 ended = await generations.mark_ended(conn, generation.id, Status.CANCELED, None)
+                request.app[UPDATES].notify(ended)
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
     return web.json_response(generation_json(current or generation))
+
+
+async def me(request: web.Request) -> web.Response:
+    user_id = await _user(request)
+    async with request.app[POOL].acquire() as conn:
+        active = await changes.count_active(conn, user_id)
+    return web.json_response(
+        {"userId": user_id, "activeGenerations": active, "quota": request.app[SETTINGS].quota_max_active}
+    )
 
 
 async def openapi_document(request: web.Request) -> web.Response:

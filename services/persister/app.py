@@ -22,12 +22,15 @@ from common.broker import Broker
 from common.errors import BrokerUnavailable
 from common.settings import PERSISTER_REQUIRED, Settings
 from common.storage import check_bucket, open_s3
+from common.updates import UpdatePublisher
 from common.web import add_probes, boot, error_middleware, run
+from services.persister import redrive
 from services.persister.consumer import Consumer
-from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS
+from services.persister.handling import Handler
+from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS, UPDATES
 from services.persister.processor import Processor
 from services.persister.reconciler import Reconciler
-from services.persister.redrive import redrive
+from services.persister.routing import Router
 
 logger = logging.getLogger(__name__)
 
@@ -57,13 +60,28 @@ async def _when_connected(app: web.Application, start: Callable[[Broker], Awaita
     await start(await app[BROKER].wait_connected())
 
 
+async def _updates(app: web.Application) -> AsyncIterator[None]:
+    """The live-update publisher: every change the persister commits is announced on `studio.updates`."""
+    publisher = app[UPDATES] = UpdatePublisher()
+    publisher.start()
+    attaching = asyncio.get_running_loop().create_task(
+        _when_connected(app, lambda broker: publisher.attach(broker.connection))
+    )
+    yield
+    attaching.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await attaching
+    await publisher.close()
+
+
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
-    processor = Processor(app[SETTINGS], app[POOL], app[S3], app[HTTP])
+    settings = app[SETTINGS]
+    processor = Processor(settings, app[POOL], app[S3], app[HTTP], notify=app[UPDATES].notify)
     consumer: Consumer | None = None
 
     async def start(broker: Broker) -> None:
         nonlocal consumer
-        consumer = Consumer(app[SETTINGS], broker, processor)
+        consumer = Consumer(broker, settings.persister_prefetch, Handler(processor, Router(settings, broker)))
         await consumer.start()
         app[CONSUMER] = consumer
 
@@ -83,7 +101,7 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
         return
 
     async def start(broker: Broker) -> None:
-        await Reconciler(app[SETTINGS], app[POOL], broker, app[SKYTELLS]).run()
+        await Reconciler(app[SETTINGS], app[POOL], broker, app[SKYTELLS], notify=app[UPDATES].notify).run()
 
     task = asyncio.get_running_loop().create_task(_when_connected(app, start))
     yield
@@ -102,6 +120,7 @@ def create_app(settings: Settings) -> web.Application:
         _http,
         resources.skytells(SETTINGS, SKYTELLS),
         resources.broker_link(SETTINGS, BROKER),
+        _updates,
         _consumer,
         _reconciler,
     ):
@@ -130,10 +149,9 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     settings = boot("persister", PERSISTER_REQUIRED)
-    if sys.argv[1:] == ["redrive"]:
-        moved = asyncio.run(redrive(settings))
-        sys.stdout.write(f"moved {moved} dead messages back to the persister queue\n")
+    if sys.argv[1:2] == ["redrive"]:
+        sys.stdout.write(asyncio.run(redrive.command(settings, sys.argv[2:])))
         return
     if sys.argv[1:]:
-        sys.exit(f"unknown command {' '.join(sys.argv[1:])!r}; usage: python -m services.persister [redrive]")
+        sys.exit(f"unknown command {' '.join(sys.argv[1:])!r}; usage: python -m services.persister [redrive ...]")
     run(create_app(settings), settings.bind_host, settings.persister_port)

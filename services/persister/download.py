@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import re
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -58,12 +59,46 @@ def listed_explicitly(name: str, patterns: Sequence[str]) -> bool:
     return any(p.lower().strip("[]").rstrip(".") == name for p in patterns if not p.startswith("*."))
 
 
-def check_url(url: str, allowed_hosts: Sequence[str]) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+# One DNS label once IDNA-encoded (RFC 1035: 1 to 63 characters); `_` occurs in real CDN names.
+_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
+
+
+def _valid_hostname(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    try:
+        encoded = host.rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:  # an empty or over-long label, or characters IDNA refuses
+        return False
+    return len(encoded) <= 253 and all(_LABEL.fullmatch(label) for label in encoded.split("."))
+
+
+def check_url(url: str, allowed_hosts: Sequence[str]) -> httpx.URL:
+    """The URL as httpx will request it; OutputRejected when it is not one we may, or can, fetch.
+
+    An URL that cannot be parsed (a bad port, a broken IPv6 literal, an invalid host label) is as permanent a
+    failure as a disallowed host: no retry can make it valid.
+    """
+    try:
+        parts = urlsplit(url)
+        hostname, port = parts.hostname, parts.port  # `.port` raises on a port that is not a number in range
+    except ValueError as exc:
+        raise OutputRejected(f"output URL cannot be parsed ({exc}): {url[:200]}") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise OutputRejected(f"output URL is not http(s): {url[:200]}")
-    if not host_allowed(parts.hostname, allowed_hosts):
-        raise OutputRejected(f"output host not allowed: {parts.hostname}")
+    if port == 0 or not _valid_hostname(hostname):
+        raise OutputRejected(f"output URL has an invalid host or port: {url[:200]}")
+    if not host_allowed(hostname, allowed_hosts):
+        raise OutputRejected(f"output host not allowed: {hostname}")
+    try:
+        target = httpx.URL(url)
+        target.host  # noqa: B018 - decoded lazily: an invalid `xn--` label raises only here
+        return target
+    except (httpx.InvalidURL, ValueError) as exc:  # idna.IDNAError is a UnicodeError, hence a ValueError
+        raise OutputRejected(f"output URL cannot be parsed ({exc}): {url[:200]}") from None
 
 
 def _internal(address: IpAddress) -> bool:
@@ -91,6 +126,8 @@ async def resolve_checked(host: str, port: int, allowed_hosts: Sequence[str]) ->
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise UpstreamUnavailable(f"CDN host {host} does not resolve: {exc.strerror}") from None
+        except UnicodeError as exc:  # the resolver's IDNA step refuses the name: it never will resolve
+            raise OutputRejected(f"output host {host[:100]} is not a valid name: {exc}") from None
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if not addresses:
             raise UpstreamUnavailable(f"CDN host {host} does not resolve")
@@ -102,13 +139,25 @@ async def resolve_checked(host: str, port: int, allowed_hosts: Sequence[str]) ->
 
 
 async def _pinned_request(http: httpx.AsyncClient, url: str, allowed_hosts: Sequence[str]) -> httpx.Request:
-    check_url(url, allowed_hosts)
-    target = httpx.URL(url)
+    target = check_url(url, allowed_hosts)
     port = target.port or (443 if target.scheme == "https" else 80)
     address = await resolve_checked(target.host, port, allowed_hosts)
     host_header = target.netloc.decode("ascii")
     pinned = target.copy_with(host=str(address))
-    return http.build_request("GET", pinned, headers={"Host": host_header}, extensions={"sni_hostname": target.host})
+    # identity: the stored object must be the bytes the CDN holds, not a compressed transfer of them.
+    headers = {"Host": host_header, "Accept-Encoding": "identity"}
+    return http.build_request("GET", pinned, headers=headers, extensions={"sni_hostname": target.host})
+
+
+def redirect_target(current: str, location: str) -> str:
+    """Where a redirect from `current` leads; OutputRejected when it cannot be parsed or leaves https."""
+    try:
+        target = urljoin(current, location)
+    except ValueError as exc:
+        raise OutputRejected(f"redirect to an URL that cannot be parsed ({exc})") from None
+    if urlsplit(current).scheme == "https" and urlsplit(target).scheme != "https":
+        raise OutputRejected("redirect from https to a plain-text URL refused")
+    return target
 
 
 @dataclass
@@ -146,7 +195,7 @@ async def open_output(
             raise UpstreamUnavailable(f"CDN unreachable: {exc.__class__.__name__}") from exc
         if response.is_redirect and "location" in response.headers:
             await response.aclose()
-            url = urljoin(url, response.headers["location"])
+            url = redirect_target(url, response.headers["location"])
             continue
         break
     else:

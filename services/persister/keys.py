@@ -11,6 +11,7 @@ from aiohttp import web
 from common.resources import BrokerLink
 from common.settings import Settings
 from common.skytells import SkytellsClient
+from common.updates import UpdatePublisher
 from services.persister.consumer import Consumer
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -20,3 +21,4 @@ HTTP = web.AppKey("http", httpx.AsyncClient)
 BROKER = web.AppKey("broker", BrokerLink)
 CONSUMER: web.AppKey[Consumer | None] = web.AppKey("consumer")
 SKYTELLS = web.AppKey("skytells", SkytellsClient)
+UPDATES = web.AppKey("updates", UpdatePublisher)

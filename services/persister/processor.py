@@ -6,8 +6,10 @@ duplicates of one event at once, both may upload the (identical) object but only
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Collection
 from typing import Any
 
@@ -17,11 +19,12 @@ import httpx
 from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
-from common.errors import GenerationNotYetKnown, PermanentError
+from common.errors import GenerationNotYetKnown, PermanentError, UpstreamUnavailable
 from common.events import PredictionEvent
 from common.predictions import Status
 from common.settings import Settings
 from common.storage import PREFIX, existing_keys, public_url, upload_stream
+from common.updates import Notify, ignore_change
 from services.persister.download import open_output
 from services.persister.metrics import PERSIST_SECONDS, STORED_BYTES, Outcome
 
@@ -34,11 +37,19 @@ def object_key(generation_id: Any, index: int, extension: str) -> str:
 
 
 class Processor:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, s3: Any, http: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        s3: Any,
+        http: httpx.AsyncClient,
+        notify: Notify = ignore_change,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.s3 = s3
         self.http = http
+        self.notify = notify  # told of every committed change, for the live updates
 
     async def handle(self, event: PredictionEvent, retry: bool = True) -> Outcome:
         """Apply the event; returns the outcome's name. Raises TransientError to be retried later.
@@ -46,8 +57,7 @@ class Processor:
         `retry` says an earlier attempt at this very message may have stored some outputs already (a retry or a
         redelivery); only then is it worth asking S3 first.
         """
-        async with self.pool.acquire() as conn:
-            generation = await generations.get_by_prediction_id(conn, event.prediction_id)
+        generation = await self._find(event)
         if generation is None:
             raise GenerationNotYetKnown(f"no generation has prediction id {event.prediction_id} yet")
         # Into the consumer's block, so its outcome and retry lines carry the generation too.
@@ -61,12 +71,32 @@ class Processor:
         if event.status is Status.PROCESSING:
             async with self.pool.acquire() as conn:
                 moved = await generations.mark_processing(conn, generation.id)
+            self.notify(moved)
             return Outcome.PROCESSING if moved else Outcome.STALE
         return Outcome.IGNORED
+
+    async def _find(self, event: PredictionEvent) -> Generation | None:
+        """The generation by prediction id, else by the generation id the callback URL carried: the create call
+        that would have recorded the prediction id timed out, or its API process died before writing it."""
+        async with self.pool.acquire() as conn:
+            generation = await generations.get_by_prediction_id(conn, event.prediction_id)
+            if generation is not None or event.generation_id is None:
+                return generation
+            try:
+                generation_id = uuid.UUID(event.generation_id)
+            except ValueError:
+                return None
+            bound = await generations.bind_prediction(conn, generation_id, event.prediction_id)
+            if bound is None:  # bound meanwhile, by the API's own write or a concurrent callback
+                return await generations.get_by_prediction_id(conn, event.prediction_id)
+        logs.annotate(generation_id=str(bound.id))
+        logger.warning("prediction bound to its generation by the id in its callback")
+        return bound
 
     async def _end(self, generation: Generation, status: Status, error: str | None) -> Outcome:
         async with self.pool.acquire() as conn:
             ended = await generations.mark_ended(conn, generation.id, status, error)
+        self.notify(ended)
         if ended is None:
             return Outcome.DUPLICATE
         logger.info("generation ended %s", status, extra={"error": error})
@@ -90,6 +120,7 @@ class Processor:
             return Outcome.REJECTED if ended is Outcome.FAILED else ended
         async with self.pool.acquire() as conn:
             done = await generations.mark_succeeded(conn, generation.id, urls)
+        self.notify(done)
         if done is None:
             return Outcome.DUPLICATE
         seconds = time.perf_counter() - started
@@ -104,8 +135,15 @@ class Processor:
             if key.startswith(stem) and "." not in key[len(stem) :]:
                 logger.info("output %d already stored by an earlier attempt", index, extra={"key": key})
                 return public_url(settings, key)
-        async with open_output(self.http, url, settings.output_allowed_hosts, settings.output_max_bytes) as out:
-            key = object_key(generation.id, index, out.extension)
-            size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        try:
+            # Read timeouts bound each wait for bytes; this bounds the whole, so a CDN that trickles cannot hold
+            # the message (and a consumer slot) without end, nor past the drain at shutdown.
+            async with asyncio.timeout(settings.download_deadline_s):
+                allowed, limit = settings.output_allowed_hosts, settings.output_max_bytes
+                async with open_output(self.http, url, allowed, limit) as out:
+                    key = object_key(generation.id, index, out.extension)
+                    size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
+        except TimeoutError:
+            raise UpstreamUnavailable(f"download did not finish within {settings.download_deadline_s:g}s") from None
         STORED_BYTES.inc(size)
         return public_url(settings, key)

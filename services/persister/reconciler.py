@@ -1,12 +1,14 @@
 """Reconciliation (docs/failure-model.md): a lost callback never loses an image.
 
-Every `RECONCILE_INTERVAL_S`, the replica that wins a PostgreSQL advisory lock asks Skytells about each
-generation still unfinished `RECONCILE_AFTER_S` after its creation, and publishes a `source: "reconciler"`
-event for those that finished. The event goes through the same queue and processing as a callback, and its
-id is derived from the prediction's content like the gateway's, so a callback that did arrive and the
-reconciler's event dedupe. A prediction Skytells does not know (a 502 with an `error_id`) for longer than
-`RECONCILE_UNKNOWN_AFTER_S` ends `failed`, and so does a generation whose create call was lost (no prediction
-id, older than any create call can take). A 429 pauses the pass for its `Retry-After`.
+Every `RECONCILE_INTERVAL_S`, the replica that wins a PostgreSQL advisory lock asks Skytells about the
+generations still unfinished `RECONCILE_AFTER_S` after their creation, least recently checked first (a batch
+per pass, so however many never finish, each is looked at again within a bounded number of passes), and
+publishes a `source: "reconciler"` event for those that finished. The event goes through the same queue and
+processing as a callback, and its id is derived from the prediction's content like the gateway's, so a callback
+that did arrive and the reconciler's event dedupe. A prediction Skytells does not know (a 502 with an
+`error_id`) for longer than `RECONCILE_UNKNOWN_AFTER_S` ends `failed`, and so does a generation whose create
+call was lost (no prediction id, older than any create call can take; one whose create call timed out waits as
+long as an unknown prediction). A 429 pauses the pass for its `Retry-After`.
 """
 
 from __future__ import annotations
@@ -19,12 +21,13 @@ import asyncpg
 
 from common import log as logs
 from common.broker import Broker
-from common.db import generations
+from common.db import generations, reconciliation
 from common.db.generations import Generation
 from common.events import PredictionEvent
 from common.predictions import TERMINAL
 from common.settings import Settings
 from common.skytells import SkytellsClient, SkytellsError
+from common.updates import Notify, ignore_change
 from services.persister.metrics import RECONCILED, Reconciled
 
 logger = logging.getLogger(__name__)
@@ -38,11 +41,19 @@ DEFAULT_RETRY_AFTER_S = 5.0
 
 
 class Reconciler:
-    def __init__(self, settings: Settings, pool: asyncpg.Pool, broker: Broker, skytells: SkytellsClient) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        broker: Broker,
+        skytells: SkytellsClient,
+        notify: Notify = ignore_change,
+    ) -> None:
         self.settings = settings
         self.pool = pool
         self.broker = broker
         self.skytells = skytells
+        self.notify = notify  # told of every committed change, for the live updates
         self._published: dict[str, float] = {}
 
     async def run(self) -> None:
@@ -60,17 +71,17 @@ class Reconciler:
         """One pass if this replica gets the lock; returns how many events it published."""
         published = 0
         async with self.pool.acquire() as conn:
-            if not await generations.try_reconciler_lock(conn):
+            if not await reconciliation.try_reconciler_lock(conn):
                 return 0
             try:
                 # Rows whose create call was lost (an API crash before Skytells answered) have no prediction
                 # to look up; end them so they stop showing `queued` and holding quota.
                 expiry_s = generations.unsubmitted_expiry_s(self.settings.skytells_timeout_s)
-                expired = await generations.expire_unsubmitted(conn, expiry_s)
+                expired = await generations.expire_unsubmitted(conn, expiry_s, self.settings.reconcile_unknown_after_s)
                 if expired:
                     RECONCILED.labels(Reconciled.UNSUBMITTED_FAILED).inc(expired)
                     logger.warning("ended %d generations whose create call was lost", expired)
-                stale = await generations.list_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
+                stale = await reconciliation.claim_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
                 now = time.monotonic()
                 self._published = {k: t for k, t in self._published.items() if now - t < REPUBLISH_AFTER_S}
                 for generation in stale:
@@ -79,7 +90,7 @@ class Reconciler:
                     with logs.bind(generation_id=str(generation.id), prediction_id=generation.prediction_id):
                         published += await self._reconcile(conn, generation)
             finally:
-                await generations.release_reconciler_lock(conn)
+                await reconciliation.release_reconciler_lock(conn)
         return published
 
     async def _reconcile(self, conn: asyncpg.Connection, generation: Generation) -> int:
@@ -115,7 +126,8 @@ class Reconciler:
     async def _unknown(self, conn: asyncpg.Connection, generation: Generation, exc: SkytellsError) -> None:
         limit = self.settings.reconcile_unknown_after_s
         error = f"Skytells does not know prediction {generation.prediction_id} ({exc.error_id})"
-        ended = await generations.mark_failed_if_created_before(conn, generation.id, error, limit)
+        ended = await reconciliation.mark_failed_if_created_before(conn, generation.id, error, limit)
+        self.notify(ended)
         if ended is not None:
             RECONCILED.labels(Reconciled.UNKNOWN_FAILED).inc()
             logger.warning("generation failed: %s for over %gs", error, limit)

@@ -17,6 +17,7 @@ from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
 from common.predictions import parse_prediction
 from common.signing import SIGNATURE_HEADER, verify
+from common.skytells import GENERATION_PARAM, generation_of_callback
 from common.web import ApiError
 from services.webhook.keys import BROKER, SETTINGS
 from services.webhook.metrics import IN_FLIGHT, PUBLISH_SECONDS, Outcome, count
@@ -72,7 +73,8 @@ async def receive(request: web.Request) -> web.Response:
         prediction = parse_prediction(payload)
     except ValueError as exc:
         raise _refuse(Outcome.BAD_PAYLOAD, 400, f"Invalid callback: {exc}") from None
-    event = PredictionEvent.from_prediction(prediction, "webhook", request.get("request_id"))
+    generation_id = generation_of_callback(request.query.get(GENERATION_PARAM))
+    event = PredictionEvent.from_prediction(prediction, "webhook", request.get("request_id"), generation_id)
     with logs.bind(prediction_id=prediction.id, event_id=event.event_id):
         started = time.perf_counter()
         try:

@@ -1,0 +1,108 @@
+"""Server-sent event streams: `GET /api/predictions/{id}/events` (one generation, closed after its terminal
+state) and `GET /api/generations/events` (every change of the caller's generations; stays open).
+
+Each event is `event: generation`, `id: <version>` (the change's position, see `common/updates.py`) and the
+generation object on one `data:` line. An idle stream gets a `: keep-alive` comment every 15 s, so proxies and
+clients can tell a quiet stream from a dead one. A client that resumes with `Last-Event-ID` gets, after the
+unfinished generations, whatever changed since that event: it does not miss a terminal state while away.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from common.db import changes
+from common.updates import Update, moment_of
+from common.web import REQUEST_ID_HEADER, ApiError
+from services.api.hub import Inbox
+from services.api.keys import HUB, POOL
+from services.api.views import _own_generation, _parse_id, _user
+from services.api.waiting import client_connected
+
+KEEPALIVE_S = 15.0
+KEEPALIVE = b": keep-alive\n\n"
+LAST_EVENT_ID_HEADER = "Last-Event-ID"
+# Most unfinished (plus, on resume, changed) generations a per-user stream opens with.
+OPENING_LIMIT = 1000
+EVENT_STREAM = "text/event-stream"
+
+
+def frame(update: Update) -> bytes:
+    return b"event: generation\nid: %d\ndata: %s\n\n" % (update.version, update.data)
+
+
+def last_event_id(request: web.Request) -> int | None:
+    """The `Last-Event-ID` a reconnecting client sends back: one of our event ids, or a 400."""
+    raw = request.headers.get(LAST_EVENT_ID_HEADER)
+    if raw is None or raw == "":
+        return None
+    if not (len(raw) <= 19 and raw.isascii() and raw.isdigit()):
+        raise ApiError(400, "Invalid Last-Event-ID: send back the id of an event of this stream")
+    return int(raw)
+
+
+async def _open(request: web.Request) -> web.StreamResponse:
+    headers = {"Content-Type": EVENT_STREAM, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    if "request_id" in request:  # set by the error middleware, which cannot add it once the stream has started
+        headers[REQUEST_ID_HEADER] = request["request_id"]
+    response = web.StreamResponse(headers=headers)
+    await response.prepare(request)
+    return response
+
+
+async def _send(response: web.StreamResponse, inbox: Inbox, update: Update) -> bool:
+    """Write one event unless the stream showed it already; False once the client is gone."""
+    if not inbox.news(update):
+        return True
+    try:
+        await response.write(frame(update))
+    except ConnectionError:
+        return False
+    return True
+
+
+async def _relay(response: web.StreamResponse, inbox: Inbox, *, until_terminal: bool) -> None:
+    while not inbox.closed:
+        update = await inbox.next(KEEPALIVE_S)
+        try:
+            if update is None:
+                if not inbox.closed:
+                    await response.write(KEEPALIVE)
+                continue
+            await response.write(frame(update))
+        except ConnectionError:
+            return
+        if until_terminal and update.terminal:
+            return
+
+
+async def generation_events(request: web.Request) -> web.StreamResponse:
+    user_id = await _user(request)
+    generation_id = _parse_id(request.match_info["id"])
+    last_event_id(request)  # checked; the stream starts with the current state either way
+    alive = lambda: client_connected(request)  # noqa: E731
+    with request.app[HUB].watch(alive, generation_id=str(generation_id)) as inbox:
+        current = Update.of(await _own_generation(request, user_id))
+        response = await _open(request)
+        if await _send(response, inbox, current) and not current.terminal:
+            await _relay(response, inbox, until_terminal=True)
+    return response
+
+
+async def user_events(request: web.Request) -> web.StreamResponse:
+    user_id = await _user(request)
+    after = last_event_id(request)
+    try:
+        changed_after = None if after is None else moment_of(after)
+    except OverflowError:
+        raise ApiError(400, "Invalid Last-Event-ID: send back the id of an event of this stream") from None
+    alive = lambda: client_connected(request)  # noqa: E731
+    with request.app[HUB].watch(alive, user_id=user_id) as inbox:
+        async with request.app[POOL].acquire() as conn:
+            opening = await changes.list_opening(conn, user_id, changed_after, OPENING_LIMIT)
+        response = await _open(request)
+        for generation in opening:
+            if not await _send(response, inbox, Update.of(generation)):
+                return response
+        await _relay(response, inbox, until_terminal=False)
+    return response

@@ -1,0 +1,1 @@
+"""The `studio` command: Studio's API from a terminal."""
