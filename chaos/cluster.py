@@ -44,6 +44,8 @@ def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
         "RETRY_MAX_S": "20",
         "RECONCILE_AFTER_S": "20",
         "RECONCILE_INTERVAL_S": "5",
+        # A create call that timed out ends `failed` after this long without a callback (an hour by default).
+        "RECONCILE_UNKNOWN_AFTER_S": "90",
         "LOG_LEVEL": "INFO",
     }
     env.update(simulator_env(env))
