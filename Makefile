@@ -1,6 +1,6 @@
 # Thin targets over `python -m ...`; every target installs what it needs first.
 .DEFAULT_GOAL := help
-.PHONY: help install lock run test lint bench up down migrate redrive clean
+.PHONY: help install lock run test lint bench chaos up down migrate redrive clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -12,6 +12,7 @@ help:
 	@echo "make test    install, then run the test suite against real servers"
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
+	@echo "make chaos   the fault soak: 1,000 generations under faults, then the balance (GENERATIONS=, SEED=)"
 	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 	@echo "make lock    refresh requirements*.lock from pyproject.toml (ARGS=--upgrade moves every pin)"
@@ -66,6 +67,11 @@ lint: install
 
 bench: install
 	$(PY) -m bench
+
+GENERATIONS ?= 1000
+SEED ?= 1
+chaos: install
+	$(PY) -m chaos --generations $(GENERATIONS) --seed $(SEED)
 
 migrate: install
 	$(PY) -m common.migrate

@@ -16,6 +16,7 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from common import log as logs
+from common.db.pool import UNAVAILABLE as DATABASE_UNAVAILABLE
 from common.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -118,6 +119,7 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None and resource.canonical != UNROUTED else "unmatched"
 
 
+DATABASE_RETRY_AFTER = "2"  # seconds: a restart of PostgreSQL takes about that long
 # Headers of aiohttp's own errors that tell the client what to do next (405's Allow is required by RFC 9110).
 _KEPT_HEADERS = ("Allow", "Retry-After")
 
@@ -141,6 +143,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = exc.reason if exc.status != 413 else "Request body too large"
             kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
             response = json_error(exc.status, message, kept)
+        except DATABASE_UNAVAILABLE as exc:
+            logger.warning("database unavailable: %r", exc, extra={"route": route, "method": request.method})
+            response = json_error(503, "Database unavailable, retry shortly", {"Retry-After": DATABASE_RETRY_AFTER})
         except Exception as exc:
             if isinstance(exc, ConnectionResetError) and _client_gone(request):
                 # Its client left mid-request (a truncated body): nobody waits for the answer, and no fault of ours.

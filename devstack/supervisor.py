@@ -106,7 +106,7 @@ class Supervisor:
                 entry.label,
                 code,
                 entry.delay_s,
-                extra={"process": entry.label, "exit_code": code},
+                extra={"label": entry.label, "exit_code": code},
             )
             entry.delay_s = min(entry.delay_s * 2, RESTART_MAX_S)
             return
@@ -121,4 +121,4 @@ class Supervisor:
             return
         entry.started_at, entry.restart_at = now, None
         entry.restarts += 1
-        logger.warning("%s restarted (restart %d)", entry.label, entry.restarts, extra={"process": entry.label})
+        logger.warning("%s restarted (restart %d)", entry.label, entry.restarts, extra={"label": entry.label})

@@ -7,6 +7,16 @@ from typing import Any
 
 import asyncpg
 
+# What a query meets while PostgreSQL is down, restarting or recovering, or when it went away mid-query: worth
+# retrying shortly, never the caller's fault. Services answer it 503 with Retry-After, not 500.
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):

@@ -3,8 +3,9 @@
 - `GET /_sim/predictions`: a JSON list with one object per prediction the simulator created (dropped-callback
   ones included), oldest first: `id`, `status` (Skytells' spelling), `createdAt`, `webhook` (the callback URL
   as given, query included), `outputs` (`url`, `sha256`, `bytes` of each output it made), `canceled` (whether
-  a cancel call ended it), and for tests `prompt`, `callbacks` (what was sent and the answers), `cdnRequests`
-  and `getRequests`.
+  a cancel call ended it), and for tests `prompt`, `callbacks` (what was sent and the answers; a 5xx answer
+  other than 503 with `Retry-After` is listed again in the callback's `unexpected`), `cdnRequests` and
+  `getRequests`.
 - `DELETE /_sim/predictions`: forget every prediction (their pending callbacks are dropped); 204.
 
 No key is asked for, so both answer only to loopback peers (404 to anyone else, as an unknown path would).

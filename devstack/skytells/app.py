@@ -211,6 +211,8 @@ async def _callback(app: web.Application, prediction: SimPrediction, event: str,
         try:
             async with app[HTTP].post(prediction.webhook_url, data=body, headers=headers) as response:
                 record["answers"].append(response.status)
+                if response.status >= 500 and not (response.status == 503 and "Retry-After" in response.headers):
+                    record.setdefault("unexpected", []).append(response.status)  # the fault soak counts these
                 if 200 <= response.status < 300:
                     return
         except (aiohttp.ClientError, TimeoutError) as exc:

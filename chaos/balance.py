@@ -1,0 +1,152 @@
+"""The balance after the soak: Studio's generations, objects and queues against the simulator's truth.
+
+Findings fall in three columns:
+- lost: a generation that never ended, a succeeded one whose object is missing, a prediction the simulator
+  made that no generation holds (a paid image nobody will see), an accepted id the database does not know;
+- wrong: a terminal status other than the simulator's, an object whose bytes differ, a user still charged for
+  an unfinished generation, a dead letter, an answer 5xx other than 503 with Retry-After;
+- extra: an object under `generations/` no generation points at, a prediction id the simulator never made.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import asyncpg
+import httpx
+
+from chaos.driver import Record
+from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name
+from common.predictions import TERMINAL, Status, from_skytells
+from common.settings import Settings
+from common.storage import PREFIX, open_s3
+
+ROWS = """
+SELECT id::text, user_id, prediction_id, status, output_urls, error FROM generations
+"""
+# What the quota counts against each user (the same condition as the API's quota check).
+CHARGED = """
+SELECT user_id, count(*) AS active FROM generations WHERE status IN ('queued', 'processing') GROUP BY user_id
+"""
+
+
+@dataclass
+class Balance:
+    outcomes: dict[str, int] = field(default_factory=dict)
+    lost: list[str] = field(default_factory=list)
+    wrong: list[str] = field(default_factory=list)
+    extra: list[str] = field(default_factory=list)
+
+
+async def unsettled(settings: Settings) -> int:
+    """Generations still unfinished plus events still queued or waiting for a retry: 0 once the soak has drained."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        count: int = await conn.fetchval("SELECT count(*) FROM generations WHERE status IN ('queued', 'processing')")
+    finally:
+        await conn.close()
+    queues = [QUEUE, *(delay_queue_name(d) for d in RetrySchedule.from_settings(settings).all)]
+    return count + sum((await _depths(settings.amqp_url, queues)).values())
+
+
+async def _depths(amqp_url: str, queues: list[str]) -> dict[str, int]:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        depths = {}
+        for name in queues:
+            queue = await channel.declare_queue(name, passive=True)
+            depths[name] = int(queue.declaration_result.message_count or 0)
+        return depths
+
+
+async def simulator_truth(client: httpx.AsyncClient, simulator: str) -> dict[str, dict[str, Any]]:
+    body = (await client.get(f"{simulator}/_sim/predictions", timeout=120)).json()
+    items: list[dict[str, Any]] = body
+    return {item["id"]: item for item in items}
+
+
+async def _objects(settings: Settings) -> dict[str, str]:
+    """Every object under `generations/` with the sha256 of its bytes."""
+    found: dict[str, str] = {}
+    async with open_s3(settings) as s3:
+        paginator = s3.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=settings.s3_bucket, Prefix=PREFIX):
+            for item in page.get("Contents", []):
+                obj = await s3.get_object(Bucket=settings.s3_bucket, Key=item["Key"])
+                async with obj["Body"] as stream:
+                    found[item["Key"]] = hashlib.sha256(await stream.read()).hexdigest()
+    return found
+
+
+async def check(
+    settings: Settings, public_base_url: str, client: httpx.AsyncClient, simulator: str, record: Record
+) -> Balance:
+    """`settings` reach the servers directly; `public_base_url` is the one outputs were stored under."""
+    balance = Balance()
+    truth = await simulator_truth(client, simulator)
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch(ROWS)
+        charged = await conn.fetch(CHARGED)
+    finally:
+        await conn.close()
+    objects = await _objects(settings)
+    public = f"{public_base_url}/"
+    expected_keys: set[str] = set()
+    held: set[str] = set()
+    known = {row["id"] for row in rows}
+    for row in rows:
+        status, gid = row["status"], row["id"]
+        balance.outcomes[status] = balance.outcomes.get(status, 0) + 1
+        if status not in TERMINAL:
+            balance.lost.append(f"generation {gid} never ended ({status})")
+            continue
+        prediction = truth.get(row["prediction_id"]) if row["prediction_id"] else None
+        if row["prediction_id"] is None:
+            if status == Status.SUCCEEDED:
+                balance.wrong.append(f"generation {gid} succeeded without a prediction")
+            continue
+        held.add(row["prediction_id"])
+        if prediction is None:
+            balance.extra.append(f"generation {gid} holds prediction {row['prediction_id']} the simulator never made")
+            continue
+        expected = from_skytells(prediction["status"])
+        if status != expected:
+            balance.wrong.append(
+                f"generation {gid} is {status}, the simulator says {prediction['status']}: {row['error']}"
+            )
+            continue
+        if status != Status.SUCCEEDED:
+            continue
+        outputs = prediction["outputs"]
+        if len(row["output_urls"]) != len(outputs):
+            balance.wrong.append(
+                f"generation {gid} has {len(row['output_urls'])} outputs, the simulator made {len(outputs)}"
+            )
+        for url, output in zip(row["output_urls"], outputs, strict=False):
+            key = url.removeprefix(public)
+            expected_keys.add(key)
+            if key not in objects:
+                balance.lost.append(f"generation {gid}: object {key} is missing")
+            elif objects[key] != output["sha256"]:
+                balance.wrong.append(f"generation {gid}: object {key} does not hold the simulator's bytes")
+    for prediction_id in truth.keys() - held:
+        balance.lost.append(f"prediction {prediction_id} belongs to no generation ({truth[prediction_id]['webhook']})")
+    for gid in record.accepted.keys() - known:
+        balance.lost.append(f"generation {gid} was accepted but is not in the database")
+    for key in objects.keys() - expected_keys:
+        balance.extra.append(f"object {key} belongs to no succeeded generation")
+    for row in charged:
+        balance.wrong.append(f"user {row['user_id']} still has {row['active']} unfinished generations counted")
+    dead = (await _depths(settings.amqp_url, [DEAD_QUEUE]))[DEAD_QUEUE]
+    balance.wrong += [f"dead letter #{n + 1} in {DEAD_QUEUE}" for n in range(dead)]
+    balance.wrong += [f"API answered {line}" for line in record.bad]
+    for prediction in truth.values():
+        for callback in prediction["callbacks"]:
+            for status in callback.get("unexpected", []):
+                balance.wrong.append(f"gateway answered {status} to a callback for {prediction['id']}")
+    return balance

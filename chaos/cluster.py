@@ -1,0 +1,118 @@
+"""The soak's own Studio: PostgreSQL, RabbitMQ, an S3 server, the simulator, and two replicas of each service.
+
+API and gateway replicas listen on ports of their own behind a `Balancer` on the public port, as they would
+behind a proxy. The local stack's supervisor keeps every replica running (one that exits is started again, as
+compose's `restart: unless-stopped` does); the cluster inflicts the soak's faults through the stack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from pathlib import Path
+
+from chaos.balancer import Balancer
+from devstack.postgres import Postgres
+from devstack.processes import free_port
+from devstack.stack import SERVICES, Server, Stack, simulator_env
+from devstack.tokens import issue_token
+
+logger = logging.getLogger(__name__)
+
+REPLICAS = 2
+JWT_SECRET = "chaos-jwt-secret-0123456789abcdef0123"
+PORT_VARS = {"api": "API_PORT", "webhook": "WEBHOOK_PORT", "persister": "PERSISTER_PORT"}
+
+
+def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
+    env |= {
+        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
+        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "S3_BUCKET": "studio-chaos",
+        "SIM_PORT": str(free_port()),
+        "SIM_DELAY_S": "1",
+        "API_PORT": str(public_api),
+        "WEBHOOK_PORT": str(public_webhook),
+        "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{public_webhook}/api/webhooks",
+        "AUTH_JWT_SECRET": JWT_SECRET,
+        "QUOTA_MAX_ACTIVE": "10",
+        # Faults last up to half a minute: the retry schedule must outlast them, as it does in production.
+        "RETRY_BASE_S": "1",
+        "RETRY_MAX_S": "20",
+        "RECONCILE_AFTER_S": "20",
+        "RECONCILE_INTERVAL_S": "5",
+        # A create call that timed out ends `failed` after this long without a callback (an hour by default).
+        "RECONCILE_UNKNOWN_AFTER_S": "90",
+        "LOG_LEVEL": "INFO",
+    }
+    env.update(simulator_env(env))
+    return env
+
+
+class Cluster:
+    def __init__(self, work_dir: Path) -> None:
+        self.api_port, self.webhook_port = free_port(), free_port()
+        self.env = soak_env(self.api_port, self.webhook_port)
+        self.stack = Stack(self.env, work_dir)
+        # Each replica's own port (the persister's serves only its probes and metrics).
+        self.ports = {service: [free_port() for _ in range(REPLICAS)] for service in SERVICES}
+        self.labels: dict[str, list[str]] = {}
+        self.kills = 0
+        self.balancers = [
+            Balancer("api", self.api_port, self.ports["api"]),
+            Balancer("webhook", self.webhook_port, self.ports["webhook"]),
+        ]
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def simulator_url(self) -> str:
+        return f"http://127.0.0.1:{self.env['SIM_PORT']}"
+
+    @property
+    def self_restarts(self) -> int:
+        """Restarts of replicas that exited by themselves (not killed by a fault)."""
+        restarts = sum(self.stack.supervisor.restarts(label) for labels in self.labels.values() for label in labels)
+        return restarts - self.kills
+
+    def token(self, user: str) -> str:
+        return issue_token(JWT_SECRET, user, ttl_s=6 * 3600)
+
+    async def start(self) -> None:
+        # Commits must survive the immediate stops the soak inflicts, as they do in production: the local
+        # stack's PostgreSQL acknowledges commits before writing them (synchronous_commit=off), which loses the
+        # last ones at a crash. The stack leaves a server that already answers alone.
+        postgres = Postgres(self.env["DATABASE_URL"], durable=True)
+        self.stack.postgres = await asyncio.to_thread(postgres.start)
+        self.stack.started.append(("postgres", postgres))
+        await asyncio.to_thread(self.stack.start_infrastructure)
+        await asyncio.to_thread(self.stack.start_simulator)
+        for balancer in self.balancers:
+            await balancer.up()
+        for service, ports in self.ports.items():
+            envs = [{PORT_VARS[service]: str(port)} for port in ports]
+            self.labels[service] = await asyncio.to_thread(self.stack.start_replicas, service, envs)
+
+    # The faults. Each returns once the fault is over and the part is starting again.
+
+    async def kill_replica(self, service: str, n: int) -> None:
+        """SIGKILL; the supervisor starts it again."""
+        labels = self.labels[service]
+        self.kills += 1
+        await asyncio.to_thread(self.stack.kill, labels[n % len(labels)])
+
+    async def outage(self, server: Server, down_s: float) -> None:
+        """RabbitMQ SIGKILLed, PostgreSQL stopped immediately, the S3 server stopped; started again later."""
+        await asyncio.to_thread(self.stack.outage, server)
+        await asyncio.sleep(down_s)
+        await asyncio.to_thread(self.stack.recover, server)
+
+    async def stop(self) -> None:
+        for balancer in self.balancers:
+            await balancer.down()
+        await asyncio.to_thread(self.stack.stop)

@@ -1,0 +1,113 @@
+"""`python -m chaos [--generations N] [--seed S]`: the fault soak, from a fresh stack to the balance.
+
+The load and the faults run side by side; once both are over the soak waits for every generation to end
+(the drain), then checks the balance against the simulator's truth and prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+
+from chaos import balance
+from chaos.cluster import Cluster
+from chaos.driver import USERS, Driver, drive
+from chaos.report import Summary, render
+from chaos.schedule import Fault, FaultKind, fault_schedule, workload
+from common import log as logs
+from common.settings import Settings
+from devstack.stack import Server
+
+logger = logging.getLogger("chaos")
+
+SERVICE_FAULTS = {FaultKind.API: "api", FaultKind.WEBHOOK: "webhook", FaultKind.PERSISTER: "persister"}
+SERVER_FAULTS: dict[FaultKind, Server] = {
+    FaultKind.RABBITMQ: "rabbitmq",
+    FaultKind.POSTGRES: "postgres",
+    FaultKind.S3: "s3",
+}
+SETTLE_S = 10.0  # the load goes on this long after the last fault's part is back
+
+
+async def _inflict(cluster: Cluster, fault: Fault) -> None:
+    logger.warning("fault: %s (down %.1f s, replica %d)", fault.kind, fault.down_s, fault.replica)
+    if fault.kind in SERVICE_FAULTS:
+        await cluster.kill_replica(SERVICE_FAULTS[fault.kind], fault.replica)
+    else:
+        await cluster.outage(SERVER_FAULTS[fault.kind], fault.down_s)
+
+
+async def _faults(cluster: Cluster, schedule: list[Fault], started: float, done: Counter[FaultKind]) -> None:
+    for fault in schedule:
+        await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
+        await _inflict(cluster, fault)
+        done[fault.kind] += 1
+
+
+async def _drain(cluster: Cluster, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # a server still coming back: ask again
+            if await balance.unsettled(cluster.stack.settings) == 0:
+                return True
+        await asyncio.sleep(1.0)
+    return False
+
+
+async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work_dir: Path | None = None) -> Summary:
+    work_dir = work_dir or Path(tempfile.mkdtemp(prefix="studio-chaos-"))
+    logger.warning("chaos: %d generations, seed %d; the services' logs go to %s/logs", generations, seed, work_dir)
+    cluster = Cluster(work_dir)
+    schedule = fault_schedule(seed, generations)
+    plans = workload(seed, generations)
+    window_s = schedule[-1].at_s + schedule[-1].down_s + SETTLE_S
+    try:
+        await cluster.start()
+        tokens = {f"chaos-user-{n:03d}": cluster.token(f"chaos-user-{n:03d}") for n in range(USERS)}
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            driver = Driver(client, cluster.api_url, tokens)
+            stop_following = asyncio.Event()
+            done: Counter[FaultKind] = Counter()
+            started = time.monotonic()
+            load = asyncio.create_task(drive(driver, plans, generations / window_s, stop_following))
+            await _faults(cluster, schedule, started, done)
+            with contextlib.suppress(TimeoutError):  # a create still unsettled then shows as not drained
+                await asyncio.wait_for(driver.created_all.wait(), drain_timeout_s)
+            load_s = time.monotonic() - started
+            logger.warning("faults over after %.0f s, %d creates unsettled; draining", load_s, driver.creates_left)
+            drained = driver.created_all.is_set() and await _drain(cluster, drain_timeout_s)
+            drain_s = time.monotonic() - started - load_s
+            stop_following.set()
+            load.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await load
+            restarts = cluster.self_restarts
+            direct = cluster.stack.settings
+            public = Settings.from_env(cluster.env).s3_public_base_url
+            found = await balance.check(direct, public, client, cluster.simulator_url, driver.record)
+        return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained)
+    finally:
+        await cluster.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
+    parser.add_argument("--generations", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.generations < 1:
+        parser.error("--generations must be at least 1")
+    logs.configure("chaos", "WARNING")
+    summary = asyncio.run(soak(args.generations, args.seed))
+    sys.stdout.write(render(summary) + "\n")
+    return 0 if summary.ok else 1
