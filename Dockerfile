@@ -17,6 +17,7 @@ COPY pyproject.toml ./
 COPY common ./common
 COPY services ./services
 COPY devstack ./devstack
+COPY studio_cli ./studio_cli
 # The project alone: its dependencies are all in place, and `pip check` fails the build if the lock lacks one.
 RUN pip install --no-deps --no-build-isolation . \
     && pip check \

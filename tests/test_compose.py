@@ -322,9 +322,10 @@ def test_dockerfile_is_slim_python_311_running_as_non_root():
     assert re.search(r"^FROM python:3\.11-slim\b", DOCKERFILE, re.M)
     users = re.findall(r"^USER\s+(\S+)", DOCKERFILE, re.M)
     assert users and users[-1] not in ("root", "0")
-    # Every package the services import is copied into the image.
-    for package in ("common", "services", "devstack"):
-        assert f"COPY {package} ./{package}" in DOCKERFILE
+    # Every package of the project is copied into the image, or `pip install .` would leave it out.
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    for package in (pattern.rstrip("*") for pattern in packages["include"]):
+        assert f"COPY {package} ./{package}" in DOCKERFILE, package
 
 
 def test_dockerignore_keeps_secrets_and_the_venv_out_of_the_image():
