@@ -19,7 +19,7 @@ from services.api.paging import MAX_LIMIT
 from services.webhook.views import MAX_BODY as WEBHOOK_MAX_BODY
 from tests.conftest import JWT_SECRET
 from tests.helpers import eventually, wait_for_status
-from tests.test_compose import SECRETS, WIRED
+from tests.test_compose_config import SECRETS, WIRED
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
