@@ -14,8 +14,9 @@ _lock = threading.Lock()
 _updated = False
 
 
-def ensure_installed(package: str, binary: Path) -> None:
-    """Install `package` unless `binary` exists; StartError when that cannot be done."""
+def ensure_installed(package: str, binary: Path, *, recommends: bool = True) -> None:
+    """Install `package` unless `binary` exists; StartError when that cannot be done. `recommends=False` leaves
+    out what the package only recommends (docker-compose recommends a whole Docker engine)."""
     global _updated
     if binary.exists():
         return
@@ -28,6 +29,7 @@ def ensure_installed(package: str, binary: Path) -> None:
         if not _updated:
             subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
             _updated = True
-        done = subprocess.run(["apt-get", "install", "-y", "-qq", package], env=env, capture_output=True, text=True)
+        command = ["apt-get", "install", "-y", "-qq", *([] if recommends else ["--no-install-recommends"]), package]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode != 0 or not binary.exists():
             raise StartError(f"apt-get install {package} failed: {done.stderr.strip()[-2000:]}")

@@ -71,7 +71,7 @@ SAMPLES = {
 def docker_compose() -> str:
     """Debian's docker-compose (v1: renders and validates the file, needs no engine), installed when missing."""
     binary = Path("/usr/bin/docker-compose")
-    apt.ensure_installed("docker-compose", binary)
+    apt.ensure_installed("docker-compose", binary, recommends=False)  # no engine: rendering needs none
     return str(binary)
 
 
