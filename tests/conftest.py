@@ -12,6 +12,7 @@ import asyncpg
 import httpx
 import pytest
 
+from common.broker import Broker
 from common.settings import Settings
 from devstack.processes import free_port
 from devstack.stack import Stack, simulator_env
@@ -110,3 +111,22 @@ async def db(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(settings.database_url)
     yield conn
     await conn.close()
+
+
+@pytest.fixture(scope="session")
+async def broker(services: Stack) -> AsyncIterator[Broker]:
+    """A confirming publisher on the session's RabbitMQ, to feed the session's persister events directly."""
+    broker = await Broker.connect(services.settings.amqp_url)
+    yield broker
+    await broker.close()
+
+
+@pytest.fixture(scope="session")
+def sim(urls: Urls) -> str:
+    """The simulator's base URL."""
+    return urls.simulator
+
+
+@pytest.fixture(scope="session")
+def persister_port(services: Stack) -> str:
+    return services.env["PERSISTER_PORT"]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
-from common.broker import QUEUE, Broker, event_message
+from common.broker import QUEUE, event_message
 from common.storage import open_s3
 from devstack.processes import free_port
 from tests.helpers import eventually, metric, metrics_of
@@ -25,23 +24,6 @@ from tests.persister_kit import (
     stored_objects,
     wait_row,
 )
-
-
-@pytest.fixture(scope="module")
-async def broker(services) -> AsyncIterator[Broker]:
-    broker = await Broker.connect(services.settings.amqp_url)
-    yield broker
-    await broker.close()
-
-
-@pytest.fixture(scope="module")
-def sim(urls) -> str:
-    return urls.simulator
-
-
-@pytest.fixture(scope="module")
-def persister_port(services) -> str:
-    return services.env["PERSISTER_PORT"]
 
 
 async def _persist(http, sim, db, broker, prompt: str, **kwargs):

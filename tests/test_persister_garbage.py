@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
@@ -15,23 +14,6 @@ from common.broker import DEAD_QUEUE, QUEUE, Broker
 from common.events import PredictionEvent
 from tests.helpers import eventually, metric, metrics_of
 from tests.persister_kit import dead_messages, event_of, insert_generation, publish, sim_prediction, wait_row
-
-
-@pytest.fixture(scope="module")
-async def broker(services) -> AsyncIterator[Broker]:
-    broker = await Broker.connect(services.settings.amqp_url)
-    yield broker
-    await broker.close()
-
-
-@pytest.fixture(scope="module")
-def sim(urls) -> str:
-    return urls.simulator
-
-
-@pytest.fixture(scope="module")
-def persister_port(services) -> str:
-    return services.env["PERSISTER_PORT"]
 
 
 @pytest.mark.parametrize(

@@ -8,21 +8,12 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
 
 import aio_pika
-import pytest
 
-from common.broker import ATTEMPT_HEADER, QUEUE, Broker, event_message
+from common.broker import ATTEMPT_HEADER, QUEUE, event_message
 from tests.helpers import eventually
 from tests.persister_kit import dead_messages, event_of, insert_generation, sim_prediction, wait_row
-
-
-@pytest.fixture(scope="module")
-async def broker(services) -> AsyncIterator[Broker]:
-    broker = await Broker.connect(services.settings.amqp_url)
-    yield broker
-    await broker.close()
 
 
 async def _redrive(services, *args: str) -> str:

@@ -85,11 +85,6 @@ async def dedicated_db(dedicated: Stack) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-@pytest.fixture(scope="module")
-def sim(urls) -> str:
-    return urls.simulator
-
-
 def _port(stack: Stack, label: str = "persister-a") -> str:
     return stack.env["PERSISTER_PORT"] if label == "persister-a" else stack.processes[label].env["PERSISTER_PORT"]
 
