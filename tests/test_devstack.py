@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,10 @@ async def test_data_dir_keeps_database_broker_and_bucket_across_outages_and_runs
             await _assert_kept(second.settings, http, s3)
     finally:
         await asyncio.to_thread(second.stop)
+        # pytest's folders are private: the cluster was kept where the postgres user can reach it; clean it up
+        moved = data / "postgres" / "LOCATION"
+        if moved.exists():
+            shutil.rmtree(moved.read_text().strip(), ignore_errors=True)
 
 
 async def _assert_kept(settings, http, s3_url) -> None:
