@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import hashlib
 import os
 import pwd
 import shutil
@@ -18,7 +17,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from devstack.processes import ManagedProcess, StartError, wait_until
+from devstack.processes import ManagedProcess, StartError, reachable_dir, wait_until
 
 RUN_AS = "postgres"
 
@@ -47,37 +46,6 @@ def _ensure_user() -> str | None:
     return RUN_AS
 
 
-# Where a kept cluster lives when the server's user cannot reach the data directory asked for (a checkout under
-# /root, a pytest temp dir): PostgreSQL's files must be readable by the user it runs as.
-SHARED_DATA = Path("/var/lib/studio-devstack")
-
-
-def _reachable_by(path: Path, user: str) -> bool:
-    """Can `user` traverse every directory down to `path`? (Only root runs the server as another user.)"""
-    entry = pwd.getpwnam(user)
-    for folder in (path, *path.parents):
-        mode = folder.stat()
-        if mode.st_uid == entry.pw_uid:
-            continue
-        if not (mode.st_mode & 0o001 or (mode.st_gid == entry.pw_gid and mode.st_mode & 0o010)):
-            return False
-    return True
-
-
-def _kept_dir(data_dir: Path) -> Path:
-    """`data_dir`, or, when the server's user could not reach it, a folder of its own named after it."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    user = _ensure_user()
-    if user is None or _reachable_by(data_dir, user):
-        return data_dir
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
-    kept = SHARED_DATA / f"postgres-{digest}"
-    kept.mkdir(parents=True, exist_ok=True)
-    SHARED_DATA.chmod(0o755)
-    (data_dir / "WHERE.txt").write_text(f"PostgreSQL's files for this folder are in {kept}\n")
-    return kept
-
-
 class Postgres:
     """PostgreSQL listening on 127.0.0.1 at the port, user, password and database a DSN names.
 
@@ -98,9 +66,10 @@ class Postgres:
         self.database = (parts.path or "/").lstrip("/") or self.user
         self.durable = durable or data_dir is not None
         self.kept = data_dir is not None
-        self.dir = (
-            _kept_dir(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="studio-pg-", dir=base_dir))
-        )
+        if data_dir is not None:
+            self.dir = reachable_dir(data_dir, _ensure_user(), "postgres")
+        else:
+            self.dir = Path(tempfile.mkdtemp(prefix="studio-pg-", dir=base_dir))
         self.process: ManagedProcess | None = None
 
     def start(self, timeout: float = 60.0) -> Postgres:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -55,6 +57,37 @@ def wait_until(what: str, ready: Callable[[], bool], timeout: float, process: Ma
         time.sleep(0.1)
     tail = f"; its log:\n{process.tail()}" if process is not None else ""
     raise StartError(f"{what} was not ready within {timeout:g}s{tail}")
+
+
+# Where kept data lives when the user a server runs as cannot reach the data directory asked for (a checkout
+# under /root, a pytest temp dir): the server's files must be reachable by that user.
+SHARED_DATA = Path("/var/lib/studio-devstack")
+
+
+def _reachable_by(path: Path, user: str) -> bool:
+    """Can `user` traverse every directory down to `path`? (Only root runs a server as another user.)"""
+    entry = pwd.getpwnam(user)
+    for folder in (path, *path.parents):
+        mode = folder.stat()
+        if mode.st_uid == entry.pw_uid:
+            continue
+        if not (mode.st_mode & 0o001 or (mode.st_gid == entry.pw_gid and mode.st_mode & 0o010)):
+            return False
+    return True
+
+
+def reachable_dir(data_dir: Path, user: str | None, server: str) -> Path:
+    """`data_dir`, or, when `user` (the server's) could not reach it, a folder of its own named after it, which
+    `data_dir/WHERE.txt` names; the next run with the same `data_dir` finds the data there again."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if user is None or _reachable_by(data_dir, user):
+        return data_dir
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:16]
+    kept = SHARED_DATA / f"{server}-{digest}"
+    kept.mkdir(parents=True, exist_ok=True)
+    SHARED_DATA.chmod(0o755)
+    (data_dir / "WHERE.txt").write_text(f"{server}'s files for this folder are in {kept}\n")
+    return kept
 
 
 class ManagedProcess:

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from devstack import apt
-from devstack.processes import ManagedProcess, free_port, wait_until
+from devstack.processes import ManagedProcess, free_port, reachable_dir, wait_until
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 RUN_AS = "rabbitmq"
@@ -57,9 +57,9 @@ class RabbitMQ:
         self.vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
         self.dist_port = free_port()
         self.kept = data_dir is not None
-        if data_dir is not None:
-            data_dir.mkdir(parents=True, exist_ok=True)
-        self.dir = data_dir or Path(tempfile.mkdtemp(prefix="studio-rmq-", dir=base_dir))
+        runs_as = RUN_AS if os.geteuid() == 0 else None
+        fresh = Path(tempfile.mkdtemp(prefix="studio-rmq-", dir=base_dir)) if data_dir is None else None
+        self.dir = fresh or reachable_dir(data_dir or Path(), runs_as, "rabbitmq")
         self.process: ManagedProcess | None = None
         self.node = f"studio{self.port}@localhost"
 

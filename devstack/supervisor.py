@@ -90,7 +90,10 @@ class Supervisor:
         while not self._stopping.wait(POLL_S):
             with self._lock:
                 for entry in self._entries.values():
-                    self._tend(entry)
+                    try:
+                        self._tend(entry)
+                    except Exception:  # one entry's trouble must not end the supervision of all
+                        logger.exception("supervising %s failed", entry.label)
 
     def _tend(self, entry: Supervised) -> None:
         now = time.monotonic()

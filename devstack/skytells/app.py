@@ -12,21 +12,19 @@ instead), `#sim:ratelimit=N` (`GET /v1/predictions/{id}` answers 429 with `Retry
 call with `"await": true` (the official SDK's `run()`) is answered once the prediction has ended, as Skytells
 does.
 
-Outputs are real PNGs made once per size and varied per prediction (`png.py`), so the simulator is never what
-limits a measurement. What it created, with each output's digest, is listed at `/_sim/predictions`
-(`admin.py`).
+Outputs are real PNGs made once per size and varied per prediction (`png.py`) and served by `cdn.py`, so the
+simulator is never what limits a measurement. What it created, with each output's digest, is listed at
+`/_sim/predictions` (`admin.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import os
 import re
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -38,7 +36,7 @@ from aiohttp import web
 from common import log as logs
 from common.predictions import SkytellsEvent, SkytellsStatus, from_skytells
 from common.signing import SIGNATURE_HEADER, sign
-from devstack.skytells import admin
+from devstack.skytells import admin, cdn
 from devstack.skytells.model import (
     HTTP,
     OUTPUTS,
@@ -48,7 +46,7 @@ from devstack.skytells.model import (
     SimPrediction,
     SimSettings,
 )
-from devstack.skytells.png import Output, Outputs
+from devstack.skytells.png import Outputs
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +151,7 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
         prediction.error = "Simulated failure: the model could not generate this image"
         prediction.settle(SkytellsStatus.FAILED)
     else:
-        outputs = await _make_outputs(app, prediction)
+        outputs = await cdn.make_outputs(app, prediction)
         if prediction.canceled:  # while its outputs were being made
             return
         prediction.outputs = outputs
@@ -165,26 +163,6 @@ async def _run(app: web.Application, prediction: SimPrediction) -> None:
         await _callback(app, prediction, event, final)
     if "late" in prediction.directives:
         await _callback(app, prediction, SkytellsEvent.STARTED, started_payload)
-
-
-NOT_AN_IMAGE = b"<html>this is not an image</html>"
-_LARGE = 1024 * 1024  # a template this big is built off the event loop, so callbacks and downloads go on
-
-
-async def _make_outputs(app: web.Application, prediction: SimPrediction) -> list[Output]:
-    count = max(1, int(prediction.directives.get("outputs") or 1))
-    outputs = app[OUTPUTS]
-    if "notimage" in prediction.directives:
-        return [Output((NOT_AN_IMAGE,), len(NOT_AN_IMAGE), hashlib.sha256(NOT_AN_IMAGE).hexdigest())]
-    labels = [f"{prediction.id}/{n}" for n in range(count)]
-    size = prediction.directives.get("size")
-    if not size:
-        prompt = str(prediction.input.get("prompt"))
-        return [outputs.gradient_of(f"{prompt} {label}") for label in labels]
-    nbytes = max(1, int(size))
-    if nbytes >= _LARGE and not outputs.is_cached(nbytes):
-        return await asyncio.to_thread(lambda: [outputs.noise_of(nbytes, label) for label in labels])
-    return [outputs.noise_of(nbytes, label) for label in labels]
 
 
 async def _callback(app: web.Application, prediction: SimPrediction, event: str, payload: dict[str, Any]) -> None:
@@ -249,44 +227,6 @@ async def cancel(request: web.Request) -> web.Response:
     return web.json_response(prediction.view(app[SIM_SETTINGS].public_url))
 
 
-async def cdn(request: web.Request) -> web.StreamResponse:
-    prediction = request.app[PREDICTIONS].get(request.match_info["id"])
-    index = int(request.match_info["n"])
-    ttl = request.app[SIM_SETTINGS].output_ttl_s
-    if (
-        prediction is None
-        or index >= len(prediction.outputs)
-        or prediction.completed_monotonic is None
-        or time.monotonic() - prediction.completed_monotonic > ttl
-    ):
-        raise web.HTTPNotFound(text="output not found or expired")
-    prediction.cdn_requests += 1
-    prediction.output_requests[index] += 1
-    directives = prediction.directives
-    if "cdngone" in directives:
-        raise web.HTTPNotFound(text="output not found or expired")
-    if prediction.cdn_requests <= int(directives.get("cdnbusy") or 0):
-        raise web.HTTPServiceUnavailable(text="CDN busy")
-    if prediction.output_requests[index] <= int(directives.get("cdn503") or 0):
-        raise web.HTTPServiceUnavailable(text="CDN busy")
-    if "redirect" in directives:
-        raise web.HTTPFound(f"http://{directives['redirect']}{request.path}")
-    output = prediction.outputs[index]
-    headers = {"Content-Type": "image/png"}
-    if "chunked" not in directives:  # `#sim:chunked`: no Content-Length, the size shows only at the end
-        headers["Content-Length"] = str(output.size)
-    response = web.StreamResponse(headers=headers)
-    await response.prepare(request)
-    step = 256 * 1024
-    pause = float(directives.get("cdnslow") or 0) / max(1, -(-output.size // step))
-    for chunk in output.chunks(step):
-        await response.write(chunk)
-        if pause:  # `#sim:cdnslow=S`: the body takes about S seconds
-            await asyncio.sleep(pause)
-    await response.write_eof()
-    return response
-
-
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -312,7 +252,7 @@ def create_app(settings: SimSettings) -> web.Application:
         app.router.add_post(prefix, create)
     app.router.add_get("/v1/predictions/{id}", get)
     app.router.add_post("/v1/predictions/{id}/cancel", cancel)
-    app.router.add_get(r"/cdn/{id}/{n:\d+}.png", cdn)
+    app.router.add_get(r"/cdn/{id}/{n:\d+}.png", cdn.serve)
     admin.add_routes(app)
     app.router.add_get("/healthz", healthz)
     return app
