@@ -112,11 +112,12 @@ def json_error(status: int, message: str, headers: Mapping[str, str] | None = No
 
 
 UNROUTED = "/{unrouted:.*}"
+_UNROUTED_CANONICAL = "/{unrouted}"  # how aiohttp names that resource
 
 
 def _route_name(request: web.Request) -> str:
     resource = request.match_info.route.resource
-    return resource.canonical if resource is not None and resource.canonical != UNROUTED else "unmatched"
+    return resource.canonical if resource is not None and resource.canonical != _UNROUTED_CANONICAL else "unmatched"
 
 
 DATABASE_RETRY_AFTER = "2"  # seconds: a restart of PostgreSQL takes about that long
@@ -195,8 +196,7 @@ class AccessLog(AbstractAccessLogger):
 
 
 def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
-    """`/healthz` (the process runs), `/readyz` (each named dependency answers), `/metrics`; and the 404/405 of
-    every other path."""
+    """`/healthz` (the process runs), `/readyz` (each named dependency answers), `/metrics`."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -218,6 +218,17 @@ def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
     async def metrics(_: web.Request) -> web.Response:
         return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
+    app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
+    app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
+    app.router.add_get("/metrics", metrics, expect_handler=expect_handler)
+
+
+def add_fallback(app: web.Application) -> None:
+    """The 404/405 of every path no route takes: every request reaches a route of ours, so aiohttp's own
+    route-level code never answers a stranger (its handling of `Expect` runs before any middleware). Call it
+    after every other route: for paths of the same prefix (`/` and this), aiohttp tries routes in the order they
+    were added."""
+
     async def unrouted(request: web.Request) -> web.StreamResponse:
         allowed: set[str] = set()
         for resource in request.app.router.resources():
@@ -227,12 +238,6 @@ def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
             raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
         raise web.HTTPNotFound()
 
-    app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
-    app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
-    app.router.add_get("/metrics", metrics, expect_handler=expect_handler)
-    # Every request reaches a route of ours, so aiohttp's own route-level code never answers a stranger: its
-    # handling of `Expect` runs before any middleware. aiohttp tries longer path prefixes first, so this
-    # catch-all is matched last, whenever the service's routes are added.
     app.router.add_route("*", UNROUTED, unrouted, expect_handler=expect_handler)
 
 

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from common import resources
 from common.settings import API_REQUIRED, Settings
-from common.web import add_probes, boot, error_middleware, expect_handler, run
+from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
 from services.api import cors, streams, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
     app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
     add_page(app, settings)
+    add_fallback(app)
     return app
 
 

@@ -23,7 +23,7 @@ from common.errors import BrokerUnavailable
 from common.settings import PERSISTER_REQUIRED, Settings
 from common.storage import check_bucket, open_s3
 from common.updates import UpdatePublisher
-from common.web import add_probes, boot, error_middleware, run
+from common.web import add_fallback, add_probes, boot, error_middleware, run
 from services.persister import redrive
 from services.persister.consumer import Consumer
 from services.persister.handling import Handler
@@ -144,6 +144,7 @@ def create_app(settings: Settings) -> web.Application:
             "consumer": consumer_ready,
         },
     )
+    add_fallback(app)
     return app
 
 

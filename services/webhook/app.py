@@ -6,7 +6,7 @@ from aiohttp import web
 
 from common import resources
 from common.settings import WEBHOOK_REQUIRED, Settings
-from common.web import add_probes, boot, error_middleware, expect_handler, run
+from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
 from services.webhook import views
 from services.webhook.keys import BROKER, SETTINGS
 
@@ -19,6 +19,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
     add_probes(app, {"broker": resources.broker_probe(app, BROKER)})
     app.router.add_post("/api/webhooks", views.receive, expect_handler=expect_handler)
+    add_fallback(app)
     return app
 
 
