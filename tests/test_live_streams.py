@@ -182,7 +182,7 @@ async def test_last_event_id_resumes_with_what_changed_while_away(http, urls, au
     assert int(missed.id or "") > int(first.id or "")
 
 
-@pytest.mark.parametrize("value", ["yesterday", "-5", "1" * 25, "12 34"])
+@pytest.mark.parametrize("value", ["yesterday", "-5", "1" * 25, "12 34", ""])
 async def test_a_last_event_id_that_is_not_ours_is_a_400(http, urls, auth, value):
     for path in ("/api/generations/events", f"/api/predictions/{uuid.uuid4()}/events"):
         response = await http.get(f"{urls.api}{path}", headers={**auth, "Last-Event-ID": value})
