@@ -8,7 +8,7 @@ import sys
 from bench.table import Row, render
 
 # Each module exposes `run() -> list[Row]` and starts whatever real servers it needs itself.
-MODULES = ("gateway", "persister", "simulator")
+MODULES = ("gateway", "persister", "simulator", "live")
 
 
 def main(argv: list[str]) -> int:

@@ -5,13 +5,19 @@ terminal one) and per user (unfinished generations first, then every change of t
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
+import aiormq
 import httpx
 import pytest
 
+from common.broker import Broker
 from common.predictions import TERMINAL
+from devstack.processes import ManagedProcess, free_port
+from devstack.stack import Stack
 from devstack.tokens import issue_token
 from studio_cli.sse import Event, read_events
 from tests.conftest import JWT_SECRET
@@ -176,9 +182,83 @@ async def test_last_event_id_resumes_with_what_changed_while_away(http, urls, au
     assert int(missed.id or "") > int(first.id or "")
 
 
-@pytest.mark.parametrize("value", ["yesterday", "-5", "1" * 25, "12 34"])
+@pytest.mark.parametrize("value", ["yesterday", "-5", "1" * 25, "12 34", ""])
 async def test_a_last_event_id_that_is_not_ours_is_a_400(http, urls, auth, value):
     for path in ("/api/generations/events", f"/api/predictions/{uuid.uuid4()}/events"):
         response = await http.get(f"{urls.api}{path}", headers={**auth, "Last-Event-ID": value})
         assert response.status_code == 400, (path, value)
         assert "Last-Event-ID" in response.json()["error"]
+
+
+@pytest.fixture(scope="module")
+def second_api(services: Stack) -> Iterator[tuple[str, ManagedProcess]]:
+    """Another API replica on the same database and broker."""
+    port = free_port()
+    process = services.start_service("api", env={"API_PORT": str(port)}, label="api-live-2")
+    yield f"http://127.0.0.1:{port}", process
+    process.stop()
+
+
+def _update_queue(process: ManagedProcess) -> str:
+    for line in process.log_path.read_text().splitlines():
+        if '"receiving live updates"' in line:
+            return str(json.loads(line)["queue"])
+    raise AssertionError("the replica never said which queue it reads")
+
+
+async def test_a_change_made_through_one_replica_reaches_a_stream_on_another_through_rabbitmq(
+    http, urls, auth, second_api
+):
+    other, _ = second_api
+    received_before = metric(await metrics_of(http, other), "studio_api_live_updates_received_total")
+    created = await _create(http, urls.api, auth, "across replicas #sim:delay=60")
+    events: list[Event] = []
+
+    async with http.stream("GET", f"{other}/api/predictions/{created['id']}/events", headers=auth) as response:
+        reading = asyncio.create_task(_collect(response, events))
+        await eventually("the first event", lambda: events)
+        cancel = await http.post(f"{urls.api}/api/predictions/{created['id']}/cancel", headers=auth)
+        assert cancel.status_code == 200
+        await asyncio.wait_for(reading, 10)
+
+    assert events[-1].json()["status"] == "canceled"
+    assert metric(await metrics_of(http, other), "studio_api_live_updates_received_total") > received_before
+
+
+async def test_each_replica_reads_its_own_queue_which_goes_away_with_it(services, settings):
+    port = free_port()
+    process = services.start_service("api", env={"API_PORT": str(port)}, label="api-live-3")
+    queue = await eventually("the replica's queue", lambda: _logged_queue(process))
+    broker = await Broker.connect(settings.amqp_url)
+    try:
+        assert await _queue_exists(broker, queue)
+        process.stop()
+        await eventually("the queue deleted", lambda: _gone(broker, queue), timeout=10)
+    finally:
+        await broker.close()
+
+
+def _logged_queue(process: ManagedProcess) -> str | None:
+    try:
+        return _update_queue(process)
+    except AssertionError:
+        return None
+
+
+async def _queue_exists(broker: Broker, name: str) -> bool:
+    """An exclusive queue of another connection answers "locked" to a passive declare; a deleted one "not found"."""
+    channel = await broker.connection.channel()
+    try:
+        await channel.declare_queue(name, passive=True)
+        return True
+    except aiormq.exceptions.ChannelLockedResource:
+        return True
+    except aiormq.exceptions.ChannelNotFoundEntity:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+
+
+async def _gone(broker: Broker, name: str) -> bool:
+    return not await _queue_exists(broker, name)

@@ -39,6 +39,7 @@ REAP_INTERVAL_S = 0.5
 INBOX_LIMIT = 1000
 
 OPEN_INBOXES = Gauge("studio_api_live_watchers", "Open event streams and Prefer: wait requests on this replica")
+RECEIVED = Counter("studio_api_live_updates_received_total", "Update messages received from studio.updates")
 RESYNCED = Counter("studio_api_live_resynced_total", "Generations re-read from the database and dispatched")
 
 
@@ -141,6 +142,7 @@ class Hub:
 
     def receive(self, body: bytes) -> None:
         """An update message from RabbitMQ."""
+        RECEIVED.inc()
         try:
             update = Update.from_json(body)
         except ValueError as exc:

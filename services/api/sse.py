@@ -8,7 +8,7 @@ from datetime import datetime
 from aiohttp import web
 
 from common.updates import Update, moment_of
-from common.web import ApiError
+from common.web import ApiError, read_header
 
 # A comment this often on an idle stream lets clients and proxies tell a quiet stream from a dead one.
 KEEPALIVE_S = 15.0
@@ -33,9 +33,9 @@ def moment_after(request: web.Request) -> datetime | None:
 
 def last_event_id(request: web.Request) -> int | None:
     """The `Last-Event-ID` a reconnecting client sends back: one of our event ids, or a 400."""
-    raw = request.headers.get(LAST_EVENT_ID_HEADER)
-    if raw is None or raw == "":
+    raw = read_header(request, LAST_EVENT_ID_HEADER, max_length=19)
+    if raw is None:
         return None
-    if not (len(raw) <= 19 and raw.isascii() and raw.isdigit()):
+    if not raw.isdigit():
         raise ApiError(400, INVALID)
     return int(raw)
