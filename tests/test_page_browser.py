@@ -312,7 +312,7 @@ async def test_keyboard_alone_at_a_phones_width(browser, urls, user_id, tmp_path
     assert visit.problems == []
 
 
-async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, settings, tmp_path, request):
+async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, settings, tmp_path, request, capsys):
     page = await _open(visit, urls.api, _token(user_id))
     prompts = ["a teacup full of stars", "a city of glass at night", "a fox in the snow", "a lighthouse at dawn"]
     finished = [await _generate(page, prompt) for prompt in prompts]
@@ -328,5 +328,5 @@ async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, setting
     path = tmp_path / "page.png"
     await page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    reporter.write_line(f"page screenshot: {path}")
+    with capsys.disabled():  # shown in the run's output, not captured with the test's
+        request.config.pluginmanager.get_plugin("terminalreporter").write_line(f"page screenshot: {path}")

@@ -382,7 +382,8 @@ async function generate(event) {
     $("prompt").value = "";
     updateCount();
     notify("");
-    announce(`“${prompt.slice(0, 60)}” is queued.`);
+    // The stream may have told of later states before this answer came; then those were announced already.
+    if (state.cards.get(generation.id)?.status === generation.status) announce(`“${prompt.slice(0, 60)}” is queued.`);
     refreshQuota();
   } catch (error) {
     if (error.status !== 0 && error.status !== 503) state.pending = null;
