@@ -43,6 +43,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
     app.cleanup_ctx.append(live_updates)
     app.on_response_prepare.append(cors.add_cors_headers)
+    # Before the probes: their catch-all route shares the page's "/" prefix, and aiohttp tries resources of one
+    # prefix in the order they were added.
+    add_page(app, settings)
     add_probes(app, {"database": resources.database_probe(app, POOL)})
     app.router.add_post("/api/generate", views.generate, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}", views.get_prediction, expect_handler=expect_handler)
@@ -52,7 +55,6 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
     app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
-    add_page(app, settings)
     return app
 
 
