@@ -5,6 +5,7 @@ Playwright never downloads a browser here: it drives `/usr/bin/chromium`, which 
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +15,10 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from common.db import generations
 from common.predictions import Status
+from devstack.processes import free_port
 from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET
+from tests.helpers import wait_for_status
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -219,6 +222,30 @@ async def test_a_busy_upstream_and_a_lost_network_read_as_sentences(visit, urls,
     await expect(page.locator("#live")).to_have_text("Live")
 
 
+async def test_after_the_api_crashes_the_page_reconnects_and_catches_up(visit, services, urls, user_id, http):
+    env = {"API_PORT": str(free_port())}
+    api = f"http://127.0.0.1:{env['API_PORT']}"
+    replica = await asyncio.to_thread(services.start_service, "api", env, "api-page")
+    try:
+        page = await _open(visit, api, _token(user_id))
+        await expect(page.locator("#live")).to_have_text("Live")
+        generation_id = await _generate(page, "patience #sim:delay=3")
+        card = page.locator(f'.card[data-id="{generation_id}"]')
+
+        await asyncio.to_thread(replica.kill)  # a crash: the stream is cut at once
+        await expect(page.locator("#live")).to_have_text("Reconnecting…")
+        # It ends while the page hears nothing; back, the stream replays only what is still unfinished.
+        auth = {"Authorization": f"Bearer {_token(user_id)}"}
+        assert (await wait_for_status(http, urls.api, generation_id, auth))["status"] == "succeeded"
+        await expect(card).not_to_have_attribute("data-status", "succeeded")
+        replica = await asyncio.to_thread(services.start_service, "api", env, "api-page")
+
+        await expect(page.locator("#live")).to_have_text("Live")
+        await page.wait_for_function(IMAGE_SHOWN, arg=generation_id)
+    finally:
+        await asyncio.to_thread(replica.kill)
+
+
 async def test_an_expired_token_asks_to_sign_in_again(visit, urls, user_id):
     page = visit.page
 
@@ -285,7 +312,7 @@ async def test_keyboard_alone_at_a_phones_width(browser, urls, user_id, tmp_path
     assert visit.problems == []
 
 
-async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, settings, tmp_path, request):
+async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, settings, tmp_path, request, capsys):
     page = await _open(visit, urls.api, _token(user_id))
     prompts = ["a teacup full of stars", "a city of glass at night", "a fox in the snow", "a lighthouse at dawn"]
     finished = [await _generate(page, prompt) for prompt in prompts]
@@ -301,5 +328,5 @@ async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, setting
     path = tmp_path / "page.png"
     await page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    reporter.write_line(f"page screenshot: {path}")
+    with capsys.disabled():  # shown in the run's output, not captured with the test's
+        request.config.pluginmanager.get_plugin("terminalreporter").write_line(f"page screenshot: {path}")

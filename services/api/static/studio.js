@@ -246,7 +246,8 @@ function refreshQuota() {
   }, 150);
 }
 
-// What finished while the stream was away: the stream itself only replays unfinished generations.
+// What ended while no stream was open (before the first one, or when the server lost track of the last event
+// id): a fresh stream opens with the unfinished generations only.
 async function refreshUnfinished() {
   const open = [...state.cards.entries()].filter(([, card]) => !TERMINAL.has(card.status));
   await Promise.all(
@@ -271,6 +272,7 @@ async function readEvents(body, onEvent, onActivity) {
   let buffer = "";
   let event = "message";
   let data = [];
+  let id = "";
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
@@ -282,7 +284,7 @@ async function readEvents(body, onEvent, onActivity) {
       const line = buffer.slice(0, end);
       buffer = buffer.slice(end + (buffer.startsWith("\r\n", end) ? 2 : 1));
       if (line === "") {
-        if (data.length) onEvent(event, data.join("\n"));
+        if (data.length) onEvent(event, data.join("\n"), id);
         event = "message";
         data = [];
       } else if (!line.startsWith(":")) {
@@ -291,6 +293,7 @@ async function readEvents(body, onEvent, onActivity) {
         const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
         if (field === "event") event = text;
         else if (field === "data") data.push(text);
+        else if (field === "id" && !text.includes("\0")) id = text;
       }
     }
   }
@@ -298,6 +301,7 @@ async function readEvents(body, onEvent, onActivity) {
 
 async function watch(stop) {
   let delay = 1000;
+  let lastEventId = "";
   while (!stop.signal.aborted) {
     const connection = new AbortController();
     const cut = () => connection.abort();
@@ -308,8 +312,11 @@ async function watch(stop) {
       silence = setTimeout(cut, STREAM_SILENCE_MS);
     };
     try {
+      const headers = { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" };
+      // Resuming, the server also replays what changed after the last event this page saw.
+      if (lastEventId) headers["Last-Event-ID"] = lastEventId;
       const response = await fetch("/api/generations/events", {
-        headers: { Authorization: `Bearer ${state.token}`, Accept: "text/event-stream" },
+        headers,
         cache: "no-store",
         signal: connection.signal,
       });
@@ -317,6 +324,7 @@ async function watch(stop) {
         signOut(sentence(new ApiError(401, ""), "stream"));
         return;
       }
+      if (response.status === 400) lastEventId = ""; // an id this server cannot resume from: start afresh
       if (!response.ok || !response.body) throw new ApiError(response.status, "");
       setLive("live");
       delay = 1000;
@@ -324,8 +332,9 @@ async function watch(stop) {
       refreshQuota();
       await readEvents(
         response.body,
-        (event, data) => {
+        (event, data, id) => {
           if (event !== "generation") return;
+          if (id) lastEventId = id;
           upsert(JSON.parse(data));
           refreshQuota();
         },
@@ -373,7 +382,8 @@ async function generate(event) {
     $("prompt").value = "";
     updateCount();
     notify("");
-    announce(`“${prompt.slice(0, 60)}” is queued.`);
+    // The stream may have told of later states before this answer came; then those were announced already.
+    if (state.cards.get(generation.id)?.status === generation.status) announce(`“${prompt.slice(0, 60)}” is queued.`);
     refreshQuota();
   } catch (error) {
     if (error.status !== 0 && error.status !== 503) state.pending = null;
