@@ -40,7 +40,7 @@ async def _read_answer(reader: asyncio.StreamReader, head: bytes | None = None) 
             if exc.partial.strip():
                 raise WireError(f"connection closed inside an answer's head: {exc.partial[:200]!r}") from None
             return None
-        except ConnectionResetError:
+        except ConnectionError:  # reset, or a broken pipe while the client was still sending: the end, too
             return None
         status_line, *lines = head.decode("latin-1").split("\r\n")
         version, _, rest = status_line.partition(" ")
