@@ -147,6 +147,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         except DATABASE_UNAVAILABLE as exc:
             logger.warning("database unavailable: %r", exc, extra={"route": route, "method": request.method})
             response = json_error(503, "Database unavailable, retry shortly", {"Retry-After": DATABASE_RETRY_AFTER})
+        except web.RequestPayloadError as exc:
+            # aiohttp could not decode the body as declared (broken chunks, a body not in its Content-Encoding).
+            logger.info("refused a malformed body: %s", str(exc).strip().splitlines()[-1:], extra={"route": route})
+            response = json_error(400, "Malformed request body")
         except Exception as exc:
             if isinstance(exc, ConnectionResetError) and _client_gone(request):
                 # Its client left mid-request (a truncated body): nobody waits for the answer, and no fault of ours.

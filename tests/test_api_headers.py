@@ -172,3 +172,20 @@ async def test_an_expect_header_of_any_bytes_is_a_json_417_and_100_continue_work
     [answer] = await exchange(_port(urls), request(b"POST", path, headers, BODY))
     assert answer.status == (201 if path == b"/api/generate" else 404), answer.body
     assert log.tracebacks() == []
+
+
+@pytest.mark.parametrize("service", ["api", "webhook"])
+async def test_a_body_that_cannot_be_decoded_as_declared_is_a_400(services, urls, user_id, service):
+    log = ServiceLog(services, service)
+    port = int(services.env["API_PORT" if service == "api" else "WEBHOOK_PORT"])
+    path = b"/api/generate" if service == "api" else b"/api/webhooks"
+    auth = [(b"Authorization", _bearer(user_id))]
+    broken = [
+        request(b"POST", path, [*auth, JSON, (b"Transfer-Encoding", b"chunked")], b"5\r\n{}\r\nzz\r\n", length=False),
+    ]
+    if service == "api":  # (the gateway refuses any Content-Encoding before reading: tests/test_webhook_encoding.py)
+        broken.append(request(b"POST", path, [*auth, JSON, (b"Content-Encoding", b"gzip")], BODY))
+    for wire in broken:
+        [answer] = await exchange(port, wire)
+        assert answer.status == 400, answer.body
+    assert log.tracebacks() == []
