@@ -79,6 +79,7 @@ HEADERS = (
     b"Expect",
     b"Accept-Encoding",
     b"Cookie",
+    b"Access-Control-Request-Method",
     SIGNATURE_HEADER.encode(),
 )
 FRAMING = {b"content-length", b"transfer-encoding", b"expect"}

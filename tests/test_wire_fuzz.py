@@ -39,6 +39,9 @@ def _targets() -> dict[str, Target]:
                 (b"GET", b"/api/predictions/" + any_id),
                 (b"POST", b"/api/predictions/" + any_id + b"/cancel"),
                 (b"GET", b"/api/generations?limit=5"),
+                (b"GET", b"/api/predictions/" + any_id + b"/events"),  # unknown id: a 404, not a stream
+                (b"GET", b"/api/me"),
+                (b"OPTIONS", b"/api/generate"),
                 (b"GET", b"/api/openapi.json"),
                 (b"GET", b"/readyz"),
             ),
@@ -49,6 +52,7 @@ def _targets() -> dict[str, Target]:
 
 
 @pytest.mark.parametrize("service", ["api", "webhook"])
+@pytest.mark.timeout(300 + CASES // 5)  # the long run needs more than the suite's default per test
 async def test_no_bytes_on_the_wire_cause_a_5xx_or_a_traceback(services, service, request):
     target = _targets()[service]
     port = int(services.env["API_PORT" if service == "api" else "WEBHOOK_PORT"])
