@@ -126,6 +126,16 @@ def _bucket(raw: str) -> str:
     return raw
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _flag(raw: str) -> bool:
+    try:
+        return _FLAGS[raw.strip().lower()]
+    except KeyError:
+        raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)") from None
+
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -201,6 +211,7 @@ class Settings:
     download_read_timeout_s: float = _setting("DOWNLOAD_READ_TIMEOUT_S", _seconds(0.1, 600), "20", {PERSISTER}, "read timeout of an output download")  # noqa: E501
     download_deadline_s: float = _setting("DOWNLOAD_DEADLINE_S", _seconds(1, 3600), "120", {PERSISTER}, "longest an output's whole download may take, however the bytes trickle in (then it is retried)")  # noqa: E501
     log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", ALL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    uvloop: bool = _setting("UVLOOP", _flag, "1", ALL, "run on uvloop when it is installed (faster); 0 for asyncio's own loop")  # noqa: E501
     # fmt: on
 
     @classmethod

@@ -59,4 +59,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     settings = boot("api", API_REQUIRED)
-    run(create_app(settings), settings.bind_host, settings.api_port)
+    run(create_app(settings), settings.bind_host, settings.api_port, use_uvloop=settings.uvloop)
