@@ -174,6 +174,7 @@ def _setting(env: str, parse: Callable[[str], Any], default: str | None, readers
 class Settings:
     # fmt: off
     database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER}, "PostgreSQL DSN")  # noqa: E501
+    database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER}, "most PostgreSQL connections one process opens")  # noqa: E501
     amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", ALL, "RabbitMQ URL")  # noqa: E501
     s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
     s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER}, "bucket for outputs")
