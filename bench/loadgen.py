@@ -67,6 +67,7 @@ class _Result:
     seconds: float
     statuses: dict[int, int]
     latencies_ms: list[float]
+    answered: int  # every response, the warm-up's included
 
     @property
     def rate(self) -> float:
@@ -91,8 +92,11 @@ async def _load(port: int, pool: Sequence[bytes], mode: str, seconds: float, rat
     stop_at = warm_until + seconds
     finished = loop.create_future()
     outstanding = 0
+    answered = 0
 
     def record(status: int, due: float) -> None:
+        nonlocal answered
+        answered += 1
         now = time.perf_counter()
         if warm_until <= due < stop_at:
             statuses[status] = statuses.get(status, 0) + 1
@@ -152,7 +156,7 @@ async def _load(port: int, pool: Sequence[bytes], mode: str, seconds: float, rat
     for client in clients:
         assert client.transport is not None
         client.transport.close()
-    return _Result(seconds, statuses, latencies)
+    return _Result(seconds, statuses, latencies, answered)
 
 
 def write_requests(path: Path, requests: Sequence[bytes]) -> Path:
@@ -206,6 +210,7 @@ def main(argv: list[str]) -> int:
         "statuses": result.statuses,
         "p50_ms": result.percentile(0.50),
         "p99_ms": result.percentile(0.99),
+        "answered": result.answered,
     }
     sys.stdout.write(json.dumps(summary) + "\n")
     return 0

@@ -75,36 +75,41 @@ def _publisher(broker: Broker, layer: str) -> Callable[[int], Coroutine[Any, Any
     return via_aiormq
 
 
-async def _loop(url: str, seconds: float, concurrency: int, layer: str) -> float:
+async def _loop(url: str, seconds: float, concurrency: int, layer: str) -> tuple[float, float]:
+    """Confirmed publishes per second, and CPU seconds of this process per publish (warm-up included)."""
     broker = await Broker.connect(url)
     publish = _publisher(broker, layer)
-    counted = 0
+    counted = total = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     warm_until, stop_at = started + WARMUP_SECONDS, started + WARMUP_SECONDS + seconds
 
     async def worker(offset: int) -> None:
-        nonlocal counted
+        nonlocal counted, total
         n = offset
         while (now := time.perf_counter()) < stop_at:
             confirmation = await publish(n)
             if not isinstance(confirmation, aiormq.spec.Basic.Ack):
                 raise RuntimeError(f"RabbitMQ did not confirm: {confirmation!r}")
+            total += 1
             if now >= warm_until:
                 counted += 1
             n += concurrency
 
     try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        cpu = time.process_time() - cpu
     finally:
         await broker.close()
-    return counted / seconds
+    return counted / seconds, cpu / max(1, total)
 
 
-def measure(url: str, seconds: float, concurrency: int, layer: str) -> float:
-    """Confirmed publishes per second through `layer`, measured in a separate process."""
+def measure(url: str, seconds: float, concurrency: int, layer: str) -> tuple[float, float]:
+    """Confirmed publishes per second through `layer`, and CPU seconds per publish, from a separate process."""
     argv = [sys.executable, "-m", "bench.publish", url, str(seconds), str(concurrency), layer]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=True)
-    return float(json.loads(done.stdout)["rate"])
+    result = json.loads(done.stdout)
+    return float(result["rate"]), float(result["cpu_s"])
 
 
 def main(argv: list[str]) -> int:
@@ -113,10 +118,10 @@ def main(argv: list[str]) -> int:
         raise SystemExit(f"layer must be one of {LAYERS}")
     loop = event_loop(Settings.from_env(os.environ).uvloop)
     try:
-        rate = loop.run_until_complete(_loop(url, seconds, concurrency, layer))
+        rate, cpu_s = loop.run_until_complete(_loop(url, seconds, concurrency, layer))
     finally:
         loop.close()
-    sys.stdout.write(json.dumps({"rate": rate}) + "\n")
+    sys.stdout.write(json.dumps({"rate": rate, "cpu_s": cpu_s}) + "\n")
     return 0
 
 
