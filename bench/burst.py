@@ -1,12 +1,14 @@
 """A launch burst: thousands of 256 KiB completions arriving at once for generations already recorded.
 
-The simulator holds a few hundred finished predictions (its CDN serves their PNGs); each completion names its own
-prediction, recorded as a generation in PostgreSQL, and one of those outputs; then every completion event is
-published at once, as the gateway would, and the clock runs until the last generation is stored. Beside it, in the same run, a bare copy loop (`python -m bench.burst bare ...`): the
-same downloads from the simulator's CDN and the same puts to the same S3 server, with the same HTTP and S3
-clients, at the same concurrency (one process of PERSISTER_PREFETCH workers per persister replica), and no
-broker, database or checks. Goal: the persisters drain at 0.7 of the bare rate or more, with one replica and
-with two; and 10,000 completions stored within Skytells' 300 s retention.
+The simulator holds a few hundred finished predictions (its CDN serves their PNGs); each completion names its
+own prediction, recorded as a generation in PostgreSQL, and one of those outputs; then every completion event is
+published at once, as the gateway would, and the clock runs until the last generation is stored.
+
+Beside it, in the same run, bare copy loops (`python -m bench.burst URLS_FILE`): the same downloads from the
+simulator's CDN and the same puts to the same S3 server, with the same HTTP and S3 clients, at the same
+concurrency (one process of PERSISTER_PREFETCH workers per persister replica), and no broker, database or
+checks. Goal: the persisters drain at 0.7 of the bare rate or more, with one replica and with two; and 10,000
+completions stored within Skytells' 300 s retention.
 """
 
 from __future__ import annotations
@@ -248,14 +250,11 @@ def run() -> list[Row]:
         ),
     ]
     if TWO_REPLICAS >= 10_000:
+        # What the bare loops would need for as many copies says whether the servers, not Studio, set the pace.
+        value = f"{two_s:.0f} s (bare copy: {TWO_REPLICAS / bare_two:.0f} s)"
+        met = verdict(two_s < RETENTION_S)
         rows.append(
-            Row(
-                NAME,
-                f"{TWO_REPLICAS:,} completions stored (2 persisters)",
-                f"{two_s:.0f} s",
-                f"< {RETENTION_S:.0f} s",
-                verdict(two_s < RETENTION_S),
-            )
+            Row(NAME, f"{TWO_REPLICAS:,} completions stored (2 persisters)", value, f"< {RETENTION_S:.0f} s", met)
         )
     else:
         rows.append(Row(NAME, "10,000 completions stored within 300 s", "(full run only)"))

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen, publish
+from bench.proc import cpu_seconds
 from bench.table import Row, quick, verdict
 from common.broker import QUEUE
 from common.settings import Settings
@@ -77,12 +78,6 @@ def serving(name: str, argv: list[str], env: dict[str, str], work: Path, ready_u
         process.stop()
 
 
-def _cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _queue(url: str, purge: bool = False) -> int:
     """Messages in the persister's queue (emptied first when `purge`: the ceiling's events are not counted)."""
 
@@ -125,9 +120,9 @@ def run() -> list[Row]:
         _queue(rabbit.url, purge=True)
         gateway_argv = [sys.executable, "-m", "services.webhook"]
         with serving("gateway", gateway_argv, env, work, f"http://127.0.0.1:{gateway_port}/readyz") as gateway:
-            cpu = _cpu_seconds(gateway.pid)
+            cpu = cpu_seconds(gateway.pid)
             peak = loadgen.measure(gateway_port, requests, "closed", SECONDS, connections=CONNECTIONS)
-            peak["cpu_s"] = (_cpu_seconds(gateway.pid) - cpu) / max(1, peak["answered"])
+            peak["cpu_s"] = (cpu_seconds(gateway.pid) - cpu) / max(1, peak["answered"])
             steady = {
                 share: loadgen.measure(gateway_port, requests, "open", SECONDS, peak["rate"] * share, CONNECTIONS)
                 for share in LOADS

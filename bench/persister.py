@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 import httpx
 
+from bench.proc import peak_rss_bytes
 from bench.table import Row, quick, verdict
 from common.signing import SIGNATURE_HEADER, sign
 from common.storage import open_s3
@@ -55,13 +56,6 @@ def _env() -> dict[str, str]:
     }
     env.update(simulator_env(env))
     return env
-
-
-def _peak_rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found")
 
 
 class _Bench:
@@ -138,7 +132,7 @@ async def _measure(stack: Stack) -> list[Row]:
                     prediction = await bench.prediction(size)
                     bare.append(await bench.bare_copy(s3, prediction))
                     persisted.append(await bench.persist(prediction))
-                peaks[size] = _peak_rss_bytes(persister_pid) / MIB
+                peaks[size] = peak_rss_bytes(persister_pid) / MIB
                 # Medians: the machine is shared, and a single slow run should not decide a verdict either way.
                 p, b = statistics.median(persisted), statistics.median(bare)
                 value = f"{p * 1000:,.0f} ms / {b * 1000:,.0f} ms"
