@@ -29,7 +29,7 @@ from bench.table import Row, quick, verdict
 from common.db import generations
 from common.db.pool import create_pool
 from common.settings import Settings
-from common.skytells import SkytellsClient
+from common.skytells import SkytellsClient, callback_url
 from common.web import event_loop
 from devstack.processes import ROOT, free_port
 from devstack.stack import Stack, simulator_env
@@ -84,12 +84,13 @@ async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) 
         user_id = _user(n)
         async with pool.acquire() as conn, conn.transaction():
             await generations.lock_user(conn, user_id)
-            await generations.expire_unsubmitted(conn, expiry_s, user_id)
+            await generations.expire_unsubmitted(conn, expiry_s, settings.reconcile_unknown_after_s, user_id)
             created = await generations.insert_within_quota(
                 conn, user_id=user_id, model="truefusion-pro", prompt=PROMPT, max_active=settings.quota_max_active
             )
         assert created is not None
-        prediction = await skytells.create_prediction("truefusion-pro", PROMPT, settings.public_webhook_url)
+        webhook_url = callback_url(settings.public_webhook_url, created.id)
+        prediction = await skytells.create_prediction("truefusion-pro", PROMPT, webhook_url)
         async with pool.acquire() as conn:
             await generations.set_prediction(conn, created.id, prediction.id, prediction.studio_status)
 
