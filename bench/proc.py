@@ -12,9 +12,18 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_bytes(pid: int) -> int:
+    """The process's resident memory now (VmRSS)."""
+    return _status_bytes(pid, "VmRSS")
+
+
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident memory so far (VmHWM: it only grows)."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found")
+    raise RuntimeError(f"{field} not found")
