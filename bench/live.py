@@ -25,6 +25,7 @@ from pathlib import Path
 
 import httpx
 
+from bench.proc import rss_bytes
 from bench.table import Row
 from devstack.processes import free_port
 from devstack.stack import Stack, simulator_env
@@ -63,13 +64,6 @@ def _env() -> dict[str, str]:
 
 def _auth(user: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {issue_token(JWT_SECRET, user)}"}
-
-
-def _rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("VmRSS not found")
 
 
 def _ms_since(stamp: str, now: float) -> float:
@@ -132,13 +126,13 @@ async def _open_idle_streams(api_port: int, count: int) -> list[asyncio.StreamWr
 
 async def _memory(api_port: int, pid: int) -> list[Row]:
     await asyncio.sleep(3)  # let start-up allocations settle
-    none = _rss_bytes(pid)
+    none = rss_bytes(pid)
     writers = await _open_idle_streams(api_port, 1000)
     await asyncio.sleep(3)
-    thousand = _rss_bytes(pid)
+    thousand = rss_bytes(pid)
     writers += await _open_idle_streams(api_port, 4000)
     await asyncio.sleep(3)
-    five_thousand = _rss_bytes(pid)
+    five_thousand = rss_bytes(pid)
     for writer in writers:
         writer.close()
     extra = (thousand - none) / MIB

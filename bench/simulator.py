@@ -19,17 +19,13 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
+from bench.proc import cpu_seconds
 from bench.table import Row
 from devstack.processes import ManagedProcess, free_port, http_ok, wait_until
 
 PREDICTIONS = 1500
 CONCURRENCY = 64
 GOAL_PER_MIN = 2000
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _drive(sim: str, pid: int, prompt: str) -> tuple[float, float]:
@@ -80,10 +76,10 @@ async def _drive(sim: str, pid: int, prompt: str) -> tuple[float, float]:
                     answer.raise_for_status()
 
         try:
-            cpu, start = _cpu_seconds(pid), time.perf_counter()
+            cpu, start = cpu_seconds(pid), time.perf_counter()
             await asyncio.gather(*(creator() for _ in range(CONCURRENCY)))
             await asyncio.wait_for(done.wait(), 600)
-            return time.perf_counter() - start, _cpu_seconds(pid) - cpu
+            return time.perf_counter() - start, cpu_seconds(pid) - cpu
         finally:
             await runner.cleanup()
 

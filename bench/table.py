@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,3 +23,12 @@ def render(rows: Sequence[Row]) -> str:
     lines = [" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def verdict(met: bool) -> str:
+    return "ok" if met else "MISSED"
+
+
+def quick() -> bool:
+    """`BENCH_QUICK=1`: shorter measurements and smaller bursts, for a quick look; the goals are the same."""
+    return os.environ.get("BENCH_QUICK", "") not in ("", "0")

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
+import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
 _EMPTY: dict[str, Any] = {}  # never mutated: `annotate` leaves it alone
@@ -48,7 +49,10 @@ class JsonFormatter(logging.Formatter):
                 line[key] = value
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        try:
+            return orjson.dumps(line, default=str).decode()
+        except TypeError:  # a lone surrogate in some text: the stdlib escapes what orjson refuses
+            return json.dumps(line, default=str)
 
 
 def configure(service: str, level: str = "INFO") -> None:
@@ -57,6 +61,12 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Nothing we write uses the caller's file and line, thread or process names: skip collecting them on every
+    # record (the logging HOWTO's "Optimization" section), a tenth of the cost of a line.
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     # Warnings and a crash's traceback would otherwise reach stderr as plain text, breaking one-JSON-per-line.
     logging.captureWarnings(True)
     sys.excepthook = _log_uncaught

@@ -95,13 +95,23 @@ class BrokerLink:
 
 
 def database(
-    settings_key: web.AppKey[Settings], key: web.AppKey[asyncpg.Pool], *, migrate: bool = False
+    settings_key: web.AppKey[Settings],
+    key: web.AppKey[asyncpg.Pool],
+    *,
+    migrate: bool = False,
+    stateless: bool = False,
 ) -> CleanupContext:
+    """`stateless`: see `create_pool`."""
+
     async def context(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(app[settings_key].database_url)
-        if migrate:
-            async with pool.acquire() as conn:
+        settings = app[settings_key]
+        if migrate:  # on a connection of its own: the migration lock is a session lock
+            conn = await asyncpg.connect(settings.database_url)
+            try:
                 await apply_migrations(conn)  # idempotent, and locked against replicas starting together
+            finally:
+                await conn.close()
+        pool = await create_pool(settings.database_url, max_size=settings.database_pool_size, stateless=stateless)
         app[key] = pool
         yield
         await pool.close()

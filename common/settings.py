@@ -126,6 +126,16 @@ def _bucket(raw: str) -> str:
     return raw
 
 
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _flag(raw: str) -> bool:
+    try:
+        return _FLAGS[raw.strip().lower()]
+    except KeyError:
+        raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)") from None
+
+
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -164,6 +174,7 @@ def _setting(env: str, parse: Callable[[str], Any], default: str | None, readers
 class Settings:
     # fmt: off
     database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER}, "PostgreSQL DSN")  # noqa: E501
+    database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER}, "most PostgreSQL connections one process opens")  # noqa: E501
     amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", ALL, "RabbitMQ URL")  # noqa: E501
     s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
     s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER}, "bucket for outputs")
@@ -201,6 +212,7 @@ class Settings:
     download_read_timeout_s: float = _setting("DOWNLOAD_READ_TIMEOUT_S", _seconds(0.1, 600), "20", {PERSISTER}, "read timeout of an output download")  # noqa: E501
     download_deadline_s: float = _setting("DOWNLOAD_DEADLINE_S", _seconds(1, 3600), "120", {PERSISTER}, "longest an output's whole download may take, however the bytes trickle in (then it is retried)")  # noqa: E501
     log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", ALL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    uvloop: bool = _setting("UVLOOP", _flag, "1", ALL, "run on uvloop when it is installed (faster); 0 for asyncio's own loop")  # noqa: E501
     # fmt: on
 
     @classmethod

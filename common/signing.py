@@ -25,8 +25,8 @@ def verify(body: bytes, header: str | None, secrets: Iterable[str]) -> bool:
         return False
     given = bytes.fromhex(candidate)
     # Check every key, not stopping at the first match, so timing says nothing about which key matched.
+    # `hmac.digest` is the one-shot C path: a fraction of the cost of building an `hmac.new` object.
     matched = False
     for secret in secrets:
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()
-        matched |= hmac.compare_digest(expected, given)
+        matched |= hmac.compare_digest(hmac.digest(secret.encode(), body, "sha256"), given)
     return matched

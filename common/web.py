@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -162,8 +163,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         finally:
             request[LOG_IDS] = logs.current()
     response.headers[REQUEST_ID_HEADER] = request_id
-    HTTP_REQUESTS.labels(route, request.method, str(response.status)).inc()
-    HTTP_LATENCY.labels(route, request.method).observe(time.perf_counter() - started)
+    _observe(route, request.method, response.status, time.perf_counter() - started)
     return response
 
 
@@ -197,6 +197,19 @@ class AccessLog(AbstractAccessLogger):
     @property
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
+
+
+_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+
+def _observe(route: str, method: str, status: int, seconds: float) -> None:
+    # `labels()` takes a lock and builds a key on every call: look each series up once, then keep it.
+    series = _SERIES.get((route, method, status))
+    if series is None:
+        series = HTTP_REQUESTS.labels(route, method, str(status)), HTTP_LATENCY.labels(route, method)
+        _SERIES[route, method, status] = series
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
@@ -245,7 +258,19 @@ def add_fallback(app: web.Application) -> None:
     app.router.add_route("*", UNROUTED, unrouted, expect_handler=expect_handler)
 
 
-def run(app: web.Application, host: str, port: int, **kwargs: Any) -> None:
+def event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop's when asked for and installed, else asyncio's own."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:  # optional: a platform without it runs on asyncio's loop
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def run(app: web.Application, host: str, port: int, *, use_uvloop: bool, **kwargs: Any) -> None:
     """`web.run_app` owns the lifecycle: SIGTERM stops accepting and lets in-flight requests finish."""
     web.run_app(
         app,
@@ -255,6 +280,7 @@ def run(app: web.Application, host: str, port: int, **kwargs: Any) -> None:
         shutdown_timeout=30,
         access_log_class=AccessLog,
         access_log=access_logger,
+        loop=event_loop(use_uvloop),
         **kwargs,
     )
 

@@ -23,7 +23,19 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
-async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10, **kwargs: Any) -> asyncpg.Pool:
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Nothing to undo: see `create_pool`."""
+
+
+async def create_pool(
+    dsn: str, *, min_size: int = 1, max_size: int = 10, stateless: bool = False, **kwargs: Any
+) -> asyncpg.Pool:
+    """`stateless`: the caller's queries leave no session state behind (advisory locks only transaction-scoped,
+    no LISTEN, SET or cursors), so the reset asyncpg sends on every release (`pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL`, one more round trip per request) is skipped. An open transaction is still rolled
+    back. The persister holds a session lock (the reconciler's) and keeps the reset."""
+    if stateless:
+        kwargs["reset"] = _keep_session
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30, **kwargs
     )

@@ -36,7 +36,9 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware, cors.preflight_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(resources.database(SETTINGS, POOL, migrate=True))  # the API also migrates at start
+    app.cleanup_ctx.append(
+        resources.database(SETTINGS, POOL, migrate=True, stateless=True)
+    )  # the API also migrates at start
     app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
     app.cleanup_ctx.append(_auth)
     # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
@@ -59,4 +61,4 @@ def create_app(settings: Settings) -> web.Application:
 
 def main() -> None:
     settings = boot("api", API_REQUIRED)
-    run(create_app(settings), settings.bind_host, settings.api_port)
+    run(create_app(settings), settings.bind_host, settings.api_port, use_uvloop=settings.uvloop)

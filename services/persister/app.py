@@ -155,4 +155,4 @@ def main() -> None:
         return
     if sys.argv[1:]:
         sys.exit(f"unknown command {' '.join(sys.argv[1:])!r}; usage: python -m services.persister [redrive ...]")
-    run(create_app(settings), settings.bind_host, settings.persister_port)
+    run(create_app(settings), settings.bind_host, settings.persister_port, use_uvloop=settings.uvloop)

@@ -27,4 +27,10 @@ def main() -> None:
     settings = boot("webhook", WEBHOOK_REQUIRED)
     # Bodies are never decompressed by aiohttp: the signature covers the bytes as sent, and an encoded callback is
     # refused (415) by the view, not by the parser with a plain-text 400 when it lacks the codec.
-    run(create_app(settings), settings.bind_host, settings.webhook_port, auto_decompress=False)
+    run(
+        create_app(settings),
+        settings.bind_host,
+        settings.webhook_port,
+        auto_decompress=False,
+        use_uvloop=settings.uvloop,
+    )

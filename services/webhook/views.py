@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
+import orjson
 from aiohttp import hdrs, web
 
 from common import log as logs
@@ -26,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY = 1024 * 1024
 _CHUNK = 64 * 1024
-_OK = json.dumps({"ok": True}).encode()
+_OK = orjson.dumps({"ok": True})
 
 
 def _refuse(outcome: Outcome, status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
@@ -57,6 +59,15 @@ def _encoded(request: web.Request) -> bool:
     return any(coding.strip().lower() not in ("", "identity") for coding in codings.split(","))
 
 
+def _json(body: bytes) -> Any:
+    """orjson parses a callback in a sixth of the stdlib's time; what it refuses but the stdlib reads (integers
+    beyond 64 bits, NaN) still gets the stdlib's answer, so no callback Skytells sends is refused for speed."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return json.loads(body)
+
+
 async def receive(request: web.Request) -> web.Response:
     if _encoded(request):
         raise _refuse(Outcome.BAD_ENCODING, 415, "Content-Encoding not supported: send the body as signed")
@@ -66,7 +77,7 @@ async def receive(request: web.Request) -> web.Response:
     if len(signatures) != 1 or not verify(body, signatures[0], request.app[SETTINGS].skytells_webhook_secrets):
         raise _refuse(Outcome.BAD_SIGNATURE, 401, "Invalid signature")
     try:
-        payload = json.loads(body)
+        payload = _json(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting is RecursionError
         raise _refuse(Outcome.BAD_PAYLOAD, 400, "Body is not JSON") from None
     try:
@@ -77,15 +88,16 @@ async def receive(request: web.Request) -> web.Response:
     event = PredictionEvent.from_prediction(prediction, "webhook", request.get("request_id"), generation_id)
     with logs.bind(prediction_id=prediction.id, event_id=event.event_id):
         started = time.perf_counter()
+        IN_FLIGHT.inc()
         try:
-            with IN_FLIGHT.track_inprogress():
-                await request.app[BROKER].publish_event(event)
+            await request.app[BROKER].publish_event(event)
         except BrokerUnavailable as exc:
             logger.warning("callback not accepted: %s", exc)
             raise _refuse(
                 Outcome.BROKER_UNAVAILABLE, 503, "Event broker unavailable, retry later", {"Retry-After": "5"}
             ) from None
         finally:
+            IN_FLIGHT.dec()
             PUBLISH_SECONDS.observe(time.perf_counter() - started)
         count(Outcome.ACCEPTED)
         logger.info("callback accepted", extra={"status": event.status})

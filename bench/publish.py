@@ -1,0 +1,129 @@
+"""The gateway's ceiling: the same events published with the same channel settings, and no HTTP in front.
+
+Run as its own process (`python -m bench.publish URL SECONDS CONCURRENCY LAYER`), on the event loop the
+services use, through `Broker.connect` (robust connection, publisher confirms, return-raising channel, the
+declared topology). As many publishers as the load generator has connections each publish an event, wait
+for RabbitMQ's confirm, and publish the next. Events are built beforehand: building them is the gateway's
+work, not the library's.
+
+Two layers are measured, and the faster is the ceiling: aio-pika's `Exchange.publish`, and aiormq's
+`basic_publish` underneath it (what the gateway uses).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aio_pika
+import aiormq
+
+from common.broker import EXCHANGE, Broker
+from common.events import PredictionEvent
+from common.predictions import parse_prediction
+from common.settings import Settings
+from common.web import event_loop
+from devstack.processes import ROOT
+
+WARMUP_SECONDS = 1.0
+LAYERS = ("aio-pika", "aiormq")
+
+
+def callback(n: int) -> dict[str, Any]:
+    """The n-th callback the gateway benchmark sends (the ceiling publishes the events made from them)."""
+    return {"id": f"pred_bench_{n:06d}", "status": "succeeded", "output": [f"https://cdn.skytells.ai/{n}.png"]}
+
+
+def _publisher(broker: Broker, layer: str) -> Callable[[int], Coroutine[Any, Any, object]]:
+    """Publish the n-th event; bodies and AMQP properties are ready beforehand, only the library's work is left."""
+    events = [PredictionEvent.from_prediction(parse_prediction(callback(n)), "webhook") for n in range(4096)]
+    bodies = [(event.to_json(), event.routing_key, event.event_id) for event in events]
+    if layer == "aio-pika":
+
+        async def via_aio_pika(n: int) -> object:
+            body, routing_key, message_id = bodies[n % len(bodies)]
+            message = aio_pika.Message(
+                body,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=message_id,
+            )
+            return await broker.exchange.publish(message, routing_key, mandatory=True)
+
+        return via_aio_pika
+
+    properties = [
+        aiormq.spec.Basic.Properties(
+            content_type="application/json", delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT), message_id=message_id
+        )
+        for _, _, message_id in bodies
+    ]
+
+    async def via_aiormq(n: int) -> object:
+        channel = await broker.channel.get_underlay_channel()
+        body, routing_key, _ = bodies[n % len(bodies)]
+        return await channel.basic_publish(
+            body, exchange=EXCHANGE, routing_key=routing_key, properties=properties[n % len(bodies)], mandatory=True
+        )
+
+    return via_aiormq
+
+
+async def _loop(url: str, seconds: float, concurrency: int, layer: str) -> tuple[float, float]:
+    """Confirmed publishes per second, and CPU seconds of this process per publish (warm-up included)."""
+    broker = await Broker.connect(url)
+    publish = _publisher(broker, layer)
+    counted = total = 0
+    cpu = time.process_time()
+    started = time.perf_counter()
+    warm_until, stop_at = started + WARMUP_SECONDS, started + WARMUP_SECONDS + seconds
+
+    async def worker(offset: int) -> None:
+        nonlocal counted, total
+        n = offset
+        while (now := time.perf_counter()) < stop_at:
+            confirmation = await publish(n)
+            if not isinstance(confirmation, aiormq.spec.Basic.Ack):
+                raise RuntimeError(f"RabbitMQ did not confirm: {confirmation!r}")
+            total += 1
+            if now >= warm_until:
+                counted += 1
+            n += concurrency
+
+    try:
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        cpu = time.process_time() - cpu
+    finally:
+        await broker.close()
+    return counted / seconds, cpu / max(1, total)
+
+
+def measure(url: str, seconds: float, concurrency: int, layer: str) -> tuple[float, float]:
+    """Confirmed publishes per second through `layer`, and CPU seconds per publish, from a separate process."""
+    argv = [sys.executable, "-m", "bench.publish", url, str(seconds), str(concurrency), layer]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    result = json.loads(done.stdout)
+    return float(result["rate"]), float(result["cpu_s"])
+
+
+def main(argv: list[str]) -> int:
+    url, seconds, concurrency, layer = argv[0], float(argv[1]), int(argv[2]), argv[3]
+    if layer not in LAYERS:
+        raise SystemExit(f"layer must be one of {LAYERS}")
+    loop = event_loop(Settings.from_env(os.environ).uvloop)
+    try:
+        rate, cpu_s = loop.run_until_complete(_loop(url, seconds, concurrency, layer))
+    finally:
+        loop.close()
+    sys.stdout.write(json.dumps({"rate": rate, "cpu_s": cpu_s}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
