@@ -245,8 +245,16 @@ async def _assert_kept(settings, http, s3_url) -> None:
     try:
         channel = await broker.channel()
         queue = await channel.declare_queue("kept", durable=True, arguments={"x-queue-type": "quorum"})
-        message = await queue.get(no_ack=False, fail=False, timeout=10)
-        assert message is not None and message.body == b"kept message"
+
+        async def kept_message() -> aio_pika.abc.AbstractIncomingMessage | None:
+            # A quorum queue answers once its log is replayed after a hard kill: seconds on a busy machine.
+            try:
+                return await queue.get(no_ack=False, fail=False, timeout=5)
+            except TimeoutError:
+                return None
+
+        message = await eventually("the kept message", kept_message, timeout=60)
+        assert message.body == b"kept message"
         await message.nack(requeue=True)
     finally:
         await broker.close()
