@@ -73,12 +73,11 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
     try:
         await cluster.start()
         tokens = {f"chaos-user-{n:03d}": cluster.token(f"chaos-user-{n:03d}") for n in range(USERS)}
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
-        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-            driver = Driver(client, cluster.api_url, tokens)
-            stop_following = asyncio.Event()
-            done: Counter[FaultKind] = Counter()
-            started = time.monotonic()
+        driver = Driver(cluster.api_url, tokens)
+        stop_following = asyncio.Event()
+        done: Counter[FaultKind] = Counter()
+        started = time.monotonic()
+        try:
             load = asyncio.create_task(drive(driver, plans, generations / window_s, stop_following))
             await _faults(cluster, schedule, started, done)
             with contextlib.suppress(TimeoutError):  # a create still unsettled then shows as not drained
@@ -91,10 +90,17 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
             load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await load
-            restarts = cluster.self_restarts
-            direct = cluster.stack.settings
-            public = Settings.from_env(cluster.env).s3_public_base_url
-            found = await balance.check(direct, public, client, cluster.simulator_url, driver.record)
+        finally:
+            await driver.close()
+        async with httpx.AsyncClient(timeout=60) as client:
+            found = await balance.check(
+                cluster.stack.settings,
+                Settings.from_env(cluster.env).s3_public_base_url,
+                client,
+                cluster.simulator_url,
+                driver.record,
+            )
+        restarts = cluster.self_restarts
         return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained)
     finally:
         await cluster.stop()

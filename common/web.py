@@ -17,7 +17,7 @@ from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from common import log as logs
-from common.db.pool import UNAVAILABLE as DATABASE_UNAVAILABLE
+from common.db.pool import unavailable as database_unavailable
 from common.settings import Settings, SettingsError
 
 logger = logging.getLogger(__name__)
@@ -145,9 +145,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             message = exc.reason if exc.status != 413 else "Request body too large"
             kept = {name: exc.headers[name] for name in _KEPT_HEADERS if name in exc.headers}
             response = json_error(exc.status, message, kept)
-        except DATABASE_UNAVAILABLE as exc:
-            logger.warning("database unavailable: %r", exc, extra={"route": route, "method": request.method})
-            response = json_error(503, "Database unavailable, retry shortly", {"Retry-After": DATABASE_RETRY_AFTER})
         except web.RequestPayloadError as exc:
             # aiohttp could not decode the body as declared (broken chunks, a body not in its Content-Encoding).
             logger.info("refused a malformed body: %s", str(exc).strip().splitlines()[-1:], extra={"route": route})
@@ -157,6 +154,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 # Its client left mid-request (a truncated body): nobody waits for the answer, and no fault of ours.
                 logger.info("client went away before its request was read", extra={"route": route})
                 response = json_error(400, "Request incomplete")
+            elif database_unavailable(exc):
+                logger.warning("database unavailable: %r", exc, extra={"route": route, "method": request.method})
+                response = json_error(503, "Database unavailable, retry shortly", {"Retry-After": DATABASE_RETRY_AFTER})
             else:
                 logger.exception("unhandled error", extra={"route": route, "method": request.method})
                 response = json_error(500, "Internal server error")

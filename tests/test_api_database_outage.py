@@ -6,9 +6,14 @@ import asyncio
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import httpx
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from chaos.balancer import Balancer
+from common.web import error_middleware
 from devstack.processes import free_port
 from devstack.stack import Stack
 
@@ -40,3 +45,31 @@ async def test_api_answers_503_with_retry_after_while_the_database_is_down(stack
     finally:
         await front.down()
         await asyncio.to_thread(process.stop)
+
+
+async def _lost_mid_transaction(_: web.Request) -> web.Response:
+    """What asyncpg raises when PostgreSQL goes away inside `conn.transaction()`: the query's error, then a
+    plain InterfaceError from the transaction's exit, chained to it."""
+    try:
+        raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    except asyncpg.PostgresError:
+        raise asyncpg.InterfaceError(
+            "cannot call Transaction.__aexit__(): the underlying connection is closed"
+        ) from None
+
+
+async def _misused(_: web.Request) -> web.Response:
+    raise asyncpg.InterfaceError("cannot perform operation: another operation is in progress")
+
+
+# The middleware keeps the request id under a string key, which this aiohttp version warns about.
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_a_connection_lost_inside_a_transaction_is_503_and_a_real_bug_stays_500(http) -> None:
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/lost", _lost_mid_transaction)
+    app.router.add_get("/bug", _misused)
+    async with TestServer(app, host="127.0.0.1") as server:
+        lost = await http.get(str(server.make_url("/lost")))
+        assert lost.status_code == 503 and lost.headers["Retry-After"] == "2", lost.text
+        bug = await http.get(str(server.make_url("/bug")))
+        assert bug.status_code == 500 and bug.json() == {"error": "Internal server error"}

@@ -18,6 +18,19 @@ UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+def unavailable(exc: BaseException) -> bool:
+    """Whether a failure started with the database going away: asyncpg reports a connection lost inside a
+    transaction as a plain InterfaceError at the transaction's exit, chained to the error that began it."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, UNAVAILABLE):
+            return True
+        if isinstance(cause, asyncpg.InterfaceError) and "connection is closed" in str(cause):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
