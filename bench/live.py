@@ -27,6 +27,7 @@ import httpx
 
 from bench.proc import rss_bytes
 from bench.table import Row
+from common.predictions import Status
 from devstack.processes import free_port
 from devstack.stack import Stack, simulator_env
 from devstack.tokens import issue_token
@@ -96,7 +97,7 @@ async def _stream_latency(http: httpx.AsyncClient, api: str) -> list[float]:
             async with gate:
                 body = {"prompt": f"bench stream {n}"}
                 created = await http.post(f"{api}/api/generate", json=body, headers={**auth, "Prefer": "wait=30"})
-                if created.status_code != 201 or created.json()["status"] != "succeeded":
+                if created.status_code != 201 or created.json()["status"] != Status.SUCCEEDED:
                     raise RuntimeError(f"bench generation: {created.status_code} {created.text}")
 
         await asyncio.gather(*(one(n) for n in range(GENERATIONS)))

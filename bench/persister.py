@@ -25,6 +25,7 @@ import httpx
 
 from bench.proc import peak_rss_bytes
 from bench.table import Row, quick, verdict
+from common.predictions import TERMINAL, SkytellsStatus, Status
 from common.signing import SIGNATURE_HEADER, sign
 from common.storage import open_s3
 from devstack.processes import free_port
@@ -77,7 +78,7 @@ class _Bench:
         pid = created.json()["id"]
         while True:
             view = (await self.http.get(f"{self.sim}/v1/predictions/{pid}", headers=SIM_KEY)).json()
-            if view["status"] == "succeeded":
+            if view["status"] == SkytellsStatus.SUCCEEDED:
                 return dict(view)
             await asyncio.sleep(0.02)
 
@@ -97,9 +98,9 @@ class _Bench:
             raise RuntimeError(f"gateway answered {answer.status_code}: {answer.text}")
         while True:
             status = await self.conn.fetchval("SELECT status FROM generations WHERE id = $1", gid)
-            if status in ("succeeded", "failed", "canceled"):
+            if status in TERMINAL:
                 elapsed = time.perf_counter() - started
-                if status != "succeeded":
+                if status != Status.SUCCEEDED:
                     raise RuntimeError(f"bench generation ended {status}")
                 return elapsed
             await asyncio.sleep(0.001)

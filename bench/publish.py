@@ -26,7 +26,7 @@ import aiormq
 
 from common.broker import EXCHANGE, Broker
 from common.events import PredictionEvent
-from common.predictions import parse_prediction
+from common.predictions import SkytellsStatus, parse_prediction
 from common.settings import Settings
 from common.web import event_loop
 from devstack.processes import ROOT
@@ -37,7 +37,11 @@ LAYERS = ("aio-pika", "aiormq")
 
 def callback(n: int) -> dict[str, Any]:
     """The n-th callback the gateway benchmark sends (the ceiling publishes the events made from them)."""
-    return {"id": f"pred_bench_{n:06d}", "status": "succeeded", "output": [f"https://cdn.skytells.ai/{n}.png"]}
+    return {
+        "id": f"pred_bench_{n:06d}",
+        "status": SkytellsStatus.SUCCEEDED,
+        "output": [f"https://cdn.skytells.ai/{n}.png"],
+    }
 
 
 def _publisher(broker: Broker, layer: str) -> Callable[[int], Coroutine[Any, Any, object]]:

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from bench.proc import cpu_seconds
 from bench.table import Row
+from common.predictions import SkytellsStatus
 from devstack.processes import ManagedProcess, free_port, http_ok, wait_until
 
 PREDICTIONS = 1500
@@ -49,7 +50,7 @@ async def _drive(sim: str, pid: int, prompt: str) -> tuple[float, float]:
 
         async def receive(request: web.Request) -> web.Response:
             payload = await request.json()
-            if payload.get("status") == "succeeded":
+            if payload.get("status") == SkytellsStatus.SUCCEEDED:
                 task = asyncio.create_task(download(payload["output"][0]))
                 downloads.add(task)
                 task.add_done_callback(downloads.discard)

@@ -19,10 +19,10 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from common.predictions import TERMINAL, Status
 from studio_cli.client import Api, Refused, extension_of
 
 OK, FAILED, REFUSED, INTERRUPTED = 0, 1, 2, 130
-TERMINAL = ("succeeded", "failed", "canceled")
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -69,7 +69,7 @@ async def generate(api: Api, args: argparse.Namespace) -> int:
             status.update(f"{final['status']}  {time.monotonic() - started:.1f}s")
     await following  # its refusal, if any
     elapsed = time.monotonic() - started
-    if final["status"] != "succeeded":
+    if final["status"] != Status.SUCCEEDED:
         if args.json:
             _json(final)
         err.print(f"{final['status']} after {elapsed:.1f}s: {final.get('error') or 'no reason given'}")
