@@ -28,7 +28,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
 # The ids a request's handling learned (its request id, and what handlers `annotate`), for its access line.
-LOG_IDS = "log_ids"
+LOG_IDS: web.RequestKey[Mapping[str, Any]] = web.RequestKey("log_ids")
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 MAX_REQUEST_ID = 128
 
 HTTP_REQUESTS = Counter(
@@ -130,7 +131,7 @@ _KEPT_HEADERS = ("Allow", "Retry-After")
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes JSON; anything unexpected is logged once and answered with a generic 500."""
     request_id = _request_id(request)
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     route = _route_name(request)
     response: web.StreamResponse

@@ -8,7 +8,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import httpx
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -63,7 +62,6 @@ async def _misused(_: web.Request) -> web.Response:
 
 
 # The middleware keeps the request id under a string key, which this aiohttp version warns about.
-@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 async def test_a_connection_lost_inside_a_transaction_is_503_and_a_real_bug_stays_500(http) -> None:
     app = web.Application(middlewares=[error_middleware])
     app.router.add_get("/lost", _lost_mid_transaction)

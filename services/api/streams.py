@@ -13,7 +13,7 @@ from aiohttp import web
 
 from common.db import changes
 from common.updates import Update
-from common.web import REQUEST_ID_HEADER
+from common.web import REQUEST_ID, REQUEST_ID_HEADER
 from services.api.hub import Inbox
 from services.api.keys import HUB, POOL
 from services.api.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, frame, last_event_id, moment_after
@@ -26,8 +26,8 @@ OPENING_LIMIT = 1000
 
 async def _open(request: web.Request) -> web.StreamResponse:
     headers = {"Content-Type": EVENT_STREAM, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    if "request_id" in request:  # set by the error middleware, which cannot add it once the stream has started
-        headers[REQUEST_ID_HEADER] = request["request_id"]
+    if REQUEST_ID in request:  # set by the error middleware, which cannot add it once the stream has started
+        headers[REQUEST_ID_HEADER] = request[REQUEST_ID]
     response = web.StreamResponse(headers=headers)
     await response.prepare(request)
     return response

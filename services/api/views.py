@@ -15,7 +15,7 @@ from common.db.generations import Generation
 from common.predictions import Status
 from common.skytells import SkytellsError, SkytellsTimeout, callback_url
 from common.updates import generation_json
-from common.web import ApiError
+from common.web import REQUEST_ID, ApiError
 from services.api import openapi
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
 from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
@@ -78,7 +78,7 @@ async def _reserve(
                     max_active=settings.quota_max_active,
                     idempotency_key=key,
                     request_hash=wanted.fingerprint if key else None,
-                    request_id=request.get("request_id"),
+                    request_id=request.get(REQUEST_ID),
                 )
                 if created is None:
                     raise ApiError(429, "Quota exceeded")

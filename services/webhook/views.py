@@ -20,7 +20,7 @@ from common.events import PredictionEvent
 from common.predictions import parse_prediction
 from common.signing import SIGNATURE_HEADER, verify
 from common.skytells import GENERATION_PARAM, generation_of_callback
-from common.web import ApiError
+from common.web import REQUEST_ID, ApiError
 from services.webhook.keys import BROKER, SETTINGS
 from services.webhook.metrics import IN_FLIGHT, PUBLISH_SECONDS, Outcome, count
 
@@ -85,7 +85,7 @@ async def receive(request: web.Request) -> web.Response:
     except ValueError as exc:
         raise _refuse(Outcome.BAD_PAYLOAD, 400, f"Invalid callback: {exc}") from None
     generation_id = generation_of_callback(request.query.get(GENERATION_PARAM))
-    event = PredictionEvent.from_prediction(prediction, "webhook", request.get("request_id"), generation_id)
+    event = PredictionEvent.from_prediction(prediction, "webhook", request.get(REQUEST_ID), generation_id)
     with logs.bind(prediction_id=prediction.id, event_id=event.event_id):
         started = time.perf_counter()
         IN_FLIGHT.inc()
