@@ -98,10 +98,18 @@ function announce(text) {
   $("announcer").textContent = text;
 }
 
-function failed(error, action) {
+async function failed(error, action) {
   if (error.status === 401) {
     signOut(sentence(error, action));
     return;
+  }
+  if (error.status === 429 && !state.quota) {
+    // A refusal may come before the debounced quota read: ask now, so the sentence can say how many.
+    try {
+      state.quota = (await api("/api/me")).quota;
+    } catch (_) {
+      // the sentence without the number
+    }
   }
   notify(sentence(error, action));
 }
