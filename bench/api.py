@@ -31,8 +31,8 @@ from common.db.pool import create_pool
 from common.settings import Settings
 from common.skytells import SkytellsClient, callback_url
 from common.web import event_loop
-from devstack.processes import ROOT, free_port
-from devstack.stack import Stack, simulator_env
+from devstack.processes import ROOT
+from devstack.stack import Stack, loopback_env
 from devstack.tokens import issue_token
 
 NAME = "api"
@@ -43,23 +43,6 @@ RATIO_GOAL = 0.5
 # The simulator answers at once and never completes these: no callback, no image to draw, nothing but the call.
 PROMPT = "a lighthouse at dawn #sim:drop #sim:delay=3600"
 SECRET = "bench-jwt-secret-of-at-least-32-bytes!"
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
-    env |= {
-        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
-        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "S3_BUCKET": "studio-bench",
-        "SIM_PORT": str(free_port()),
-        "API_PORT": str(free_port()),
-        "AUTH_JWT_SECRET": SECRET,
-        "QUOTA_MAX_ACTIVE": "100000",
-        "LOG_LEVEL": "WARNING",
-    }
-    env.update(simulator_env(env))
-    return env
 
 
 def _user(n: int) -> str:
@@ -162,7 +145,7 @@ def _requests(work: Path, ids: list[str]) -> tuple[Path, Path]:
 
 def run() -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="studio-bench-api-"))
-    stack = Stack(_env(), work)
+    stack = Stack(loopback_env(AUTH_JWT_SECRET=SECRET, QUOTA_MAX_ACTIVE="100000"), work)
     try:
         stack.start_infrastructure()
         stack.start_simulator()

@@ -34,7 +34,7 @@ from common.settings import Settings
 from common.storage import open_s3
 from common.web import event_loop
 from devstack.processes import ROOT, free_port
-from devstack.stack import Stack, simulator_env
+from devstack.stack import Stack, loopback_env
 from services.persister.download import CHUNK
 
 NAME = "burst"
@@ -48,24 +48,6 @@ TWO_REPLICAS = 600 if quick() else 10_000
 RATIO_GOAL = 0.7
 RETENTION_S = 300.0
 SIM_KEY = {"x-api-key": "sim-key"}
-
-
-def _env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
-    env |= {
-        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
-        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "S3_BUCKET": "studio-bench",
-        "SIM_PORT": str(free_port()),
-        "SIM_OUTPUT_TTL_S": "3600",
-        "PERSISTER_PORT": str(free_port()),
-        "PERSISTER_PREFETCH": str(PREFETCH),
-        "RECONCILE_AFTER_S": "86400",  # the reconciler must not join in: this measures the callbacks' path
-        "LOG_LEVEL": "WARNING",
-    }
-    env.update(simulator_env(env))
-    return env
 
 
 async def _predictions(sim: str, count: int) -> list[dict[str, object]]:
@@ -204,7 +186,14 @@ async def _bare_loop(urls: list[str]) -> None:
 
 def run() -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="studio-bench-burst-"))
-    stack = Stack(_env(), work)
+    stack = Stack(
+        loopback_env(
+            SIM_OUTPUT_TTL_S="3600",
+            PERSISTER_PREFETCH=str(PREFETCH),
+            RECONCILE_AFTER_S="86400",  # the reconciler must not join in: this measures the callbacks' path
+        ),
+        work,
+    )
     try:
         stack.start_infrastructure()
         stack.start_simulator()

@@ -14,7 +14,6 @@ Starts its own PostgreSQL, RabbitMQ, S3 server, simulator and the three services
 from __future__ import annotations
 
 import asyncio
-import os
 import resource
 import statistics
 import tempfile
@@ -28,8 +27,7 @@ import httpx
 from bench.proc import rss_bytes
 from bench.table import Row
 from common.predictions import Status
-from devstack.processes import free_port
-from devstack.stack import Stack, simulator_env
+from devstack.stack import Stack, loopback_env
 from devstack.tokens import issue_token
 from studio_cli.sse import read_events
 
@@ -39,28 +37,6 @@ CONCURRENCY = 5
 WAIT_RUNS = 10
 MIB = 1024 * 1024
 JWT_SECRET = "bench-live-jwt-secret-0123456789abcdef"
-
-
-def _env() -> dict[str, str]:
-    webhook_port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
-    env |= {
-        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
-        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "S3_BUCKET": "studio-bench-live",
-        "SIM_PORT": str(free_port()),
-        "SIM_DELAY_S": "0.05",
-        "WEBHOOK_PORT": str(webhook_port),
-        "PERSISTER_PORT": str(free_port()),
-        "API_PORT": str(free_port()),
-        "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
-        "AUTH_JWT_SECRET": JWT_SECRET,
-        "QUOTA_MAX_ACTIVE": "1000",
-        "LOG_LEVEL": "WARNING",
-    }
-    env.update(simulator_env(env))
-    return env
 
 
 def _auth(user: str) -> dict[str, str]:
@@ -188,7 +164,12 @@ async def _measure(stack: Stack) -> list[Row]:
 def run() -> list[Row]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20_000)), hard))  # 5,000 streams, both ends
-    stack = Stack(_env(), Path(tempfile.mkdtemp(prefix="studio-bench-live-")))
+    stack = Stack(
+        loopback_env(
+            S3_BUCKET="studio-bench-live", SIM_DELAY_S="0.05", AUTH_JWT_SECRET=JWT_SECRET, QUOTA_MAX_ACTIVE="1000"
+        ),
+        Path(tempfile.mkdtemp(prefix="studio-bench-live-")),
+    )
     try:
         stack.start_infrastructure()
         stack.start_simulator()

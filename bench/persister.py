@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -28,35 +27,13 @@ from bench.table import Row, quick, verdict
 from common.predictions import TERMINAL, SkytellsStatus, Status
 from common.signing import SIGNATURE_HEADER, sign
 from common.storage import open_s3
-from devstack.processes import free_port
-from devstack.stack import Stack, simulator_env
+from devstack.stack import Stack, loopback_env
 
 MIB = 1024 * 1024
 RUNS = 3 if quick() else 9
 NAME = "persister"
 SIZES = ((64 * 1024, "64 KiB"), (MIB, "1 MiB"), (8 * MIB, "8 MiB"), (64 * MIB, "64 MiB"))
 SIM_KEY = {"x-api-key": "sim-key"}
-
-
-def _env() -> dict[str, str]:
-    webhook_port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
-    env |= {
-        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
-        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "S3_BUCKET": "studio-bench",
-        "SIM_PORT": str(free_port()),
-        "SIM_DELAY_S": "0.05",
-        "WEBHOOK_PORT": str(webhook_port),
-        "PERSISTER_PORT": str(free_port()),
-        "API_PORT": str(free_port()),
-        "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
-        "OUTPUT_MAX_BYTES": str(128 * MIB),
-        "LOG_LEVEL": "WARNING",
-    }
-    env.update(simulator_env(env))
-    return env
 
 
 class _Bench:
@@ -154,7 +131,8 @@ async def _measure(stack: Stack) -> list[Row]:
 
 
 def run() -> list[Row]:
-    stack = Stack(_env(), Path(tempfile.mkdtemp(prefix="studio-bench-persister-")))
+    env = loopback_env(SIM_DELAY_S="0.05", OUTPUT_MAX_BYTES=str(128 * MIB))
+    stack = Stack(env, Path(tempfile.mkdtemp(prefix="studio-bench-persister-")))
     try:
         stack.start_infrastructure()
         stack.start_simulator()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from pathlib import Path
 
 from chaos.balancer import Balancer
 from devstack.postgres import Postgres
 from devstack.processes import free_port
-from devstack.stack import SERVICES, Server, Stack, simulator_env
+from devstack.stack import SERVICES, Server, Stack, loopback_env
 from devstack.tokens import issue_token
 
 logger = logging.getLogger(__name__)
@@ -26,32 +25,25 @@ PORT_VARS = {"api": "API_PORT", "webhook": "WEBHOOK_PORT", "persister": "PERSIST
 
 
 def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
-    env |= {
-        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
-        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "S3_BUCKET": "studio-chaos",
-        "SIM_PORT": str(free_port()),
-        "SIM_DELAY_S": "1",
-        "API_PORT": str(public_api),
-        "WEBHOOK_PORT": str(public_webhook),
-        "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{public_webhook}/api/webhooks",
-        "AUTH_JWT_SECRET": JWT_SECRET,
-        "QUOTA_MAX_ACTIVE": "10",
+    return loopback_env(
+        S3_BUCKET="studio-chaos",
+        SIM_DELAY_S="1",
+        API_PORT=str(public_api),
+        WEBHOOK_PORT=str(public_webhook),
+        PUBLIC_WEBHOOK_URL=f"http://127.0.0.1:{public_webhook}/api/webhooks",
+        AUTH_JWT_SECRET=JWT_SECRET,
+        QUOTA_MAX_ACTIVE="10",
         # Faults last up to half a minute: the retry schedule must outlast them, as it does in production.
-        "RETRY_BASE_S": "1",
-        "RETRY_MAX_S": "20",
-        "RECONCILE_AFTER_S": "20",
-        "RECONCILE_INTERVAL_S": "5",
+        RETRY_BASE_S="1",
+        RETRY_MAX_S="20",
+        RECONCILE_AFTER_S="20",
+        RECONCILE_INTERVAL_S="5",
         # A create call that timed out ends `failed` after this long without a callback (an hour by default);
         # callbacks held back by the faults came up to 150 s late at 1,000 generations, so not much less than
         # the CDN's retention (after which the image is gone anyway).
-        "RECONCILE_UNKNOWN_AFTER_S": "300",
-        "LOG_LEVEL": "INFO",
-    }
-    env.update(simulator_env(env))
-    return env
+        RECONCILE_UNKNOWN_AFTER_S="300",
+        LOG_LEVEL="INFO",
+    )
 
 
 class Cluster:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +25,7 @@ from common.migrate import migrate
 from common.settings import Settings
 from common.storage import ensure_bucket, open_s3
 from devstack.postgres import Postgres
-from devstack.processes import ManagedProcess, http_ok, port_open, wait_until
+from devstack.processes import ManagedProcess, free_port, http_ok, port_open, wait_until
 from devstack.rabbitmq import RabbitMQ, amqp_handshake
 from devstack.s3 import S3Server
 from devstack.supervisor import Supervisor
@@ -63,6 +64,30 @@ def simulator_env(environ: Mapping[str, str]) -> dict[str, str]:
         "SKYTELLS_WEBHOOK_SECRET": env["SIM_WEBHOOK_SECRET"],
         "OUTPUT_ALLOWED_HOSTS": f"{allowed},127.0.0.1",
     }
+
+
+def loopback_env(**settings: str) -> dict[str, str]:
+    """This process's environment with every server and service on a free loopback port, the simulator as
+    Skytells, then `settings` on top (the benches, the fault soak and the tests each start a stack of their own).
+
+    `S3_PUBLIC_BASE_URL` is dropped: a value from the caller's shell would point links at another bucket."""
+    webhook_port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
+    env |= {
+        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
+        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "S3_BUCKET": "studio-bench",
+        "SIM_PORT": str(free_port()),
+        "API_PORT": str(free_port()),
+        "WEBHOOK_PORT": str(webhook_port),
+        "PERSISTER_PORT": str(free_port()),
+        "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    env.update(simulator_env(env))
+    return env
 
 
 class Stack:

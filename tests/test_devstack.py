@@ -21,7 +21,7 @@ import jwt
 import pytest
 
 from devstack.processes import ROOT, ManagedProcess, free_port, http_ok
-from devstack.stack import Stack
+from devstack.stack import Stack, loopback_env
 from devstack.supervisor import RESTART_FIRST_S, Supervisor
 from tests.helpers import eventually
 
@@ -190,13 +190,7 @@ async def test_a_crash_loop_backs_off(tmp_path):
 
 
 async def test_data_dir_keeps_database_broker_and_bucket_across_outages_and_runs(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "S3_PUBLIC_BASE_URL"}
-    env |= {
-        "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
-        "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-        "S3_BUCKET": "studio-kept",
-    }
+    env = loopback_env(S3_BUCKET="studio-kept")
     data = tmp_path / "data"
     first = Stack(env, tmp_path / "run1", data)
     try:
