@@ -29,6 +29,7 @@ from aio_pika.abc import (
 
 from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
+from common.frames import Publisher
 from common.settings import Settings
 
 EXCHANGE = "studio.predictions"
@@ -151,6 +152,7 @@ class Broker:
         self.connection = connection
         self.channel = channel
         self.exchange = exchange
+        self._publisher = Publisher()
 
     @classmethod
     async def connect(cls, url: str, delays: Sequence[float] = ()) -> Broker:
@@ -193,21 +195,14 @@ class Broker:
 
     async def publish_event(self, event: PredictionEvent, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         """Return only once RabbitMQ has confirmed the event; else raise BrokerUnavailable."""
-        # The gateway's hot path goes straight to the aiormq channel: aio-pika's Message and Exchange layers
-        # cost about 40% of the CPU of a publish. Same confirm, `mandatory` and return-raising channel.
-        properties = aiormq.spec.Basic.Properties(
-            content_type="application/json",
-            delivery_mode=int(aio_pika.DeliveryMode.PERSISTENT),
-            message_id=event.event_id,
-        )
 
         async def publish() -> object:
             if self.channel.is_closed:  # reconnecting: fail now rather than wait for the timeout
                 raise aiormq.exceptions.ChannelInvalidStateError("channel closed")
+            # The gateway's hot path: frames packed by `common.frames` on the same confirming channel, with the
+            # same `mandatory` and return-raising semantics as aio-pika's publish, at a fraction of its CPU.
             channel = await self.channel.get_underlay_channel()
-            return await channel.basic_publish(
-                event.to_json(), exchange=EXCHANGE, routing_key=event.routing_key, properties=properties, mandatory=True
-            )
+            return await self._publisher.publish(channel, EXCHANGE, event.routing_key, event.event_id, event.to_json())
 
         await _confirmed(publish(), timeout)
 
