@@ -26,7 +26,7 @@ from typing import Any
 import aio_pika
 import aiormq
 
-from common.broker import EXCHANGE, Broker
+from common.broker import EXCHANGE, PUBLISH_TIMEOUT_S, Broker
 from common.events import PredictionEvent
 from common.frames import Publisher
 from common.predictions import SkytellsStatus, parse_prediction
@@ -84,7 +84,7 @@ def _publisher(broker: Broker, layer: str) -> Callable[[int], Coroutine[Any, Any
 
     if layer == "aiormq":
         return via_aiormq
-    publisher = Publisher()
+    publisher = Publisher(PUBLISH_TIMEOUT_S)
 
     async def via_studio(n: int) -> object:
         channel = await broker.channel.get_underlay_channel()

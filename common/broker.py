@@ -152,7 +152,7 @@ class Broker:
         self.connection = connection
         self.channel = channel
         self.exchange = exchange
-        self._publisher = Publisher()
+        self._publisher = Publisher(PUBLISH_TIMEOUT_S)
 
     @classmethod
     async def connect(cls, url: str, delays: Sequence[float] = ()) -> Broker:
