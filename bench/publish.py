@@ -123,6 +123,43 @@ async def _loop(url: str, seconds: float, concurrency: int, layer: str) -> tuple
     return counted / seconds, cpu / max(1, total)
 
 
+async def _open_loop(url: str, seconds: float, rate: float, layer: str) -> dict[str, float]:
+    """Latency percentiles of publishes due at `rate` a second, each counted from when it was due: RabbitMQ's own
+    confirm latency at that load, the floor under the gateway's."""
+    broker = await Broker.connect(url)
+    publish = _publisher(broker, layer)
+    latencies: list[float] = []
+    started = time.perf_counter()
+    warm_until = started + WARMUP_SECONDS
+    total = int((WARMUP_SECONDS + seconds) * rate)
+
+    async def one(n: int, due: float) -> None:
+        await publish(n)
+        if due >= warm_until:
+            latencies.append((time.perf_counter() - due) * 1000)
+
+    pending = []
+    try:
+        for n in range(total):
+            due = started + n / rate
+            if (wait := due - time.perf_counter()) > 0:
+                await asyncio.sleep(wait)
+            pending.append(asyncio.ensure_future(one(n, due)))
+        await asyncio.gather(*pending)
+    finally:
+        await broker.close()
+    latencies.sort()
+    return {"p50_ms": latencies[len(latencies) // 2], "p99_ms": latencies[int(len(latencies) * 0.99)]}
+
+
+def latency(url: str, seconds: float, rate: float, layer: str = "studio") -> tuple[float, float]:
+    """p50 and p99 in ms of confirmed publishes at `rate` through `layer`, from a separate process."""
+    argv = [sys.executable, "-m", "bench.publish", url, str(seconds), "0", layer, str(rate)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=True)
+    result = json.loads(done.stdout)
+    return float(result["p50_ms"]), float(result["p99_ms"])
+
+
 def measure(url: str, seconds: float, concurrency: int, layer: str) -> tuple[float, float]:
     """Confirmed publishes per second through `layer`, and CPU seconds per publish, from a separate process."""
     argv = [sys.executable, "-m", "bench.publish", url, str(seconds), str(concurrency), layer]
@@ -132,15 +169,20 @@ def measure(url: str, seconds: float, concurrency: int, layer: str) -> tuple[flo
 
 
 def main(argv: list[str]) -> int:
+    """`URL SECONDS CONCURRENCY LAYER`: the closed loop's rate; with a fifth argument RATE, the open loop's latency."""
     url, seconds, concurrency, layer = argv[0], float(argv[1]), int(argv[2]), argv[3]
     if layer not in LAYERS:
         raise SystemExit(f"layer must be one of {LAYERS}")
     loop = event_loop(Settings.from_env(os.environ).uvloop)
     try:
-        rate, cpu_s = loop.run_until_complete(_loop(url, seconds, concurrency, layer))
+        if len(argv) > 4:
+            result = loop.run_until_complete(_open_loop(url, seconds, float(argv[4]), layer))
+        else:
+            rate, cpu_s = loop.run_until_complete(_loop(url, seconds, concurrency, layer))
+            result = {"rate": rate, "cpu_s": cpu_s}
     finally:
         loop.close()
-    sys.stdout.write(json.dumps({"rate": rate, "cpu_s": cpu_s}) + "\n")
+    sys.stdout.write(json.dumps(result) + "\n")
     return 0
 
 
