@@ -3,6 +3,7 @@ another user's generation and a malformed id are 404s indistinguishable from an 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 import warnings
@@ -12,6 +13,7 @@ import jwt.warnings
 import pytest
 
 from devstack.tokens import issue_token
+from services.api.auth import MAX_REMEMBERED_TOKEN, Verified, VerifiedTokens
 from tests.conftest import JWT_SECRET
 
 OTHER_SECRET = "another-secret-of-at-least-32-bytes-xx"
@@ -94,3 +96,23 @@ async def test_other_users_and_malformed_ids_look_unknown(http, urls, auth):
     assert answers == [(404, {"error": "Not found"}, "application/json; charset=utf-8")] * len(answers)
     own = await http.get(f"{urls.api}/api/predictions/{mine}", headers=auth)
     assert own.status_code == 200 and own.json()["id"] == mine
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(http, urls, user_id):
+    """A verified token is answered from memory afterwards, but only until its `exp`."""
+    expires = int(time.time()) + 2
+    headers = {"Authorization": f"Bearer {_hs({'sub': user_id, 'exp': expires})}"}
+    for _ in range(2):  # the second one is answered from memory
+        assert (await http.get(f"{urls.api}/api/generations", headers=headers)).status_code == 200
+    await asyncio.sleep(max(0.0, expires - time.time()) + 0.2)
+    late = await http.get(f"{urls.api}/api/generations", headers=headers)
+    assert late.status_code == 401 and late.json() == {"error": "Token expired"}
+
+
+def test_remembered_tokens_are_bounded_and_the_oldest_go_first():
+    tokens = VerifiedTokens(size=3)
+    for n in range(5):
+        tokens.add(f"token-{n}", Verified(f"user-{n}", 0, "HS256", None, JWT_SECRET))
+    tokens.add("x" * (MAX_REMEMBERED_TOKEN + 1), Verified("huge", 0, "HS256", None, JWT_SECRET))
+    assert len(tokens) == 3
+    assert [tokens.get(f"token-{n}") is not None for n in range(5)] == [False, False, True, True, True]

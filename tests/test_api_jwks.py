@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -22,7 +23,9 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from common.web import ApiError
 from devstack.processes import free_port
+from services.api.auth import Authenticator
 from services.api.jwks import Jwks, JwksUnavailable
 from tests.conftest import JWT_SECRET
 
@@ -178,6 +181,28 @@ async def test_a_rotated_key_is_fetched_once_the_minute_is_over(provider):
             assert all(key is not None for key in results) and jwks.fetches == 2  # one fetch for all twenty
         finally:
             idp.keys.pop()
+
+
+async def test_a_remembered_token_is_refused_once_its_key_is_withdrawn(provider, settings):
+    """Tokens verified once are answered from memory, but only while their key is still the provider's."""
+    idp, url = provider
+    clock = Clock()
+    configured = replace(settings, auth_jwks_url=url, auth_jwt_audience=AUDIENCE, auth_jwt_issuer=ISSUER)
+    token = _token(RSA_KEY, "RS256", "rsa-1")
+    published = list(idp.keys)
+    async with httpx.AsyncClient() as client:
+        auth = Authenticator(configured, Jwks(url, client, clock))
+        subject = await auth.subject(token)
+        assert await auth.subject(token) == subject and len(auth.verified) == 1
+        idp.keys[:] = [_jwk(ROTATED_KEY, "rsa-2")]
+        try:
+            clock.now += 61
+            await auth.subject(_token(ROTATED_KEY, "RS256", "rsa-2"))  # the keys are read again: rsa-1 is gone
+            with pytest.raises(ApiError) as refused:
+                await auth.subject(token)
+            assert refused.value.status == 401
+        finally:
+            idp.keys[:] = published
 
 
 async def test_a_provider_that_cannot_be_read_is_retried_after_a_few_seconds(provider):
