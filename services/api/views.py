@@ -12,6 +12,7 @@ from aiohttp import web
 from common import log as logs
 from common.db import changes, generations
 from common.db.generations import Generation
+from common.events import dumps
 from common.predictions import Status
 from common.skytells import SkytellsError, SkytellsTimeout, callback_url
 from common.updates import generation_json
@@ -28,13 +29,20 @@ logger = logging.getLogger(__name__)
 # How long a repeat waits for a concurrent first request with the same Idempotency-Key to get its answer.
 REPLAY_WAIT_S = 30.0
 REPLAY_POLL_S = 0.05
+JSON = "application/json"
+
+
+def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    """`web.json_response` encoded by orjson (`dumps`: compact, non-ASCII text as UTF-8, the stdlib for what
+    orjson refuses), in a third of the time; the same Content-Type."""
+    return web.Response(body=dumps(body), status=status, headers=headers, content_type=JSON, charset="utf-8")
 
 
 def _generation_response(generation: Generation, status: int = 200, wait_s: int | None = None) -> web.Response:
     headers = {"Location": f"/api/predictions/{generation.id}"}
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-    return web.json_response(generation_json(generation), status=status, headers=headers)
+    return _json(generation_json(generation), status, headers)
 
 
 async def _user(request: web.Request) -> str:
@@ -163,7 +171,7 @@ async def _own_generation(request: web.Request, user_id: str) -> Generation:
 
 
 async def get_prediction(request: web.Request) -> web.Response:
-    return web.json_response(generation_json(await _own_generation(request, await _user(request))))
+    return _json(generation_json(await _own_generation(request, await _user(request))))
 
 
 async def list_generations(request: web.Request) -> web.Response:
@@ -174,7 +182,7 @@ async def list_generations(request: web.Request) -> web.Response:
         rows = await generations.list_for_user(conn, user_id, limit + 1, before)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
-    return web.json_response({"items": [generation_json(g) for g in page], "nextCursor": next_cursor})
+    return _json({"items": [generation_json(g) for g in page], "nextCursor": next_cursor})
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
@@ -202,17 +210,15 @@ async def cancel_prediction(request: web.Request) -> web.Response:
                 request.app[UPDATES].notify(ended)
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
-    return web.json_response(generation_json(current or generation))
+    return _json(generation_json(current or generation))
 
 
 async def me(request: web.Request) -> web.Response:
     user_id = await _user(request)
     async with request.app[POOL].acquire() as conn:
         active = await changes.count_active(conn, user_id)
-    return web.json_response(
-        {"userId": user_id, "activeGenerations": active, "quota": request.app[SETTINGS].quota_max_active}
-    )
+    return _json({"userId": user_id, "activeGenerations": active, "quota": request.app[SETTINGS].quota_max_active})
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(openapi.document(request.app[SETTINGS].allowed_models))
+    return _json(openapi.document(request.app[SETTINGS].allowed_models))
