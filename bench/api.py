@@ -6,8 +6,9 @@
 - `GET /api/predictions/{id}` beside its ceiling: the same SELECT through the same pool, no HTTP.
 
 Both sides run at the same concurrency (the load generator's connections, the ceiling's workers) against one
-PostgreSQL and the Skytells simulator; the ceiling's pool has a connection per worker, so it never waits for
-one. Goal: each endpoint at 0.5 or more of its ceiling.
+PostgreSQL and the Skytells simulator, through a pool opened the same way (`open_pool`: `DATABASE_POOL_SIZE`
+connections, no reset on release), so both wait for a free connection alike. Goal: each endpoint at 0.5 or more
+of its ceiling.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import asyncpg
 from bench import loadgen
 from bench.table import Row, quick, verdict
 from common.db import generations
-from common.db.pool import create_pool
+from common.resources import open_pool
 from common.settings import Settings
 from common.skytells import SkytellsClient, callback_url
 from common.web import event_loop
@@ -54,7 +55,7 @@ def _user(n: int) -> str:
 
 async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) -> float:
     settings = Settings.from_env(os.environ)
-    pool = await create_pool(settings.database_url, min_size=concurrency, max_size=concurrency, stateless=True)
+    pool = await open_pool(settings, stateless=True)  # the API's own pool settings
     skytells = SkytellsClient(
         settings.skytells_base_url, settings.skytells_api_key, timeout=settings.skytells_timeout_s
     )

@@ -3,7 +3,8 @@
 Each resource is an aiohttp clean-up context (code before `yield` opens it, after closes it) stored under the
 service's typed key, with the readiness probe that goes with it:
 
-- `database(key)`: the asyncpg pool (`DATABASE_URL`), optionally migrating first; `database_probe`.
+- `database(key)`: the asyncpg pool (`DATABASE_URL`, `DATABASE_POOL_SIZE`: `open_pool`), optionally migrating
+  first; `database_probe`.
 - `skytells(key)`: the Skytells client (`SKYTELLS_BASE_URL`, `SKYTELLS_API_KEY`, `SKYTELLS_TIMEOUT_S`).
 - `broker_link(key)`: a link to RabbitMQ that lets the process start while the broker is down and connects
   once it answers (`AMQP_URL`, the retry schedule's delay queues); `broker_probe`.
@@ -94,6 +95,12 @@ class BrokerLink:
             await self.broker.close()
 
 
+async def open_pool(settings: Settings, *, stateless: bool = False) -> asyncpg.Pool:
+    """The pool a service queries through, as `DATABASE_URL` and `DATABASE_POOL_SIZE` say (the benches' ceilings
+    open theirs here too, so both sides of a ratio wait for connections alike). `stateless`: see `create_pool`."""
+    return await create_pool(settings.database_url, max_size=settings.database_pool_size, stateless=stateless)
+
+
 def database(
     settings_key: web.AppKey[Settings],
     key: web.AppKey[asyncpg.Pool],
@@ -111,7 +118,7 @@ def database(
                 await apply_migrations(conn)  # idempotent, and locked against replicas starting together
             finally:
                 await conn.close()
-        pool = await create_pool(settings.database_url, max_size=settings.database_pool_size, stateless=stateless)
+        pool = await open_pool(settings, stateless=stateless)
         app[key] = pool
         yield
         await pool.close()
