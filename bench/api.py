@@ -3,12 +3,15 @@
 - `POST /api/generate` (authenticated, quota-checked, Skytells called, prediction id recorded) beside its
   ceiling: the same database transaction (per-user lock, expiry, quota-checked insert), the same Skytells call
   and the same update, through the same code with no HTTP in front (`python -m bench.api ceiling ...`).
-- `GET /api/predictions/{id}` beside its ceiling: the same SELECT through the same pool, no HTTP.
+- `GET /api/predictions/{id}` beside its ceiling: the same SELECT through the same pool, no HTTP; and, for
+  scale, a bare aiohttp app answering it from the same pool and SELECT, with no middleware and no token to check:
+  how far HTTP alone keeps the endpoint from its ceiling.
 
 Both sides run at the same concurrency (the load generator's connections, the ceiling's workers) against one
 PostgreSQL and the Skytells simulator, through a pool opened the same way (`open_pool`: `DATABASE_POOL_SIZE`
 connections, no reset on release), so both wait for a free connection alike. Goal: each endpoint at 0.5 or more
-of its ceiling.
+of its ceiling. CPU time per request (the API process's, the ceiling's, the bare app's) tells the code's cost
+apart from the shared machine's.
 """
 
 from __future__ import annotations
@@ -21,18 +24,25 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from aiohttp import web
 
 from bench import loadgen
+from bench.gateway import serving
+from bench.proc import cpu_seconds
 from bench.table import Row, quick, verdict
 from common.db import generations
+from common.events import dumps
 from common.resources import open_pool
 from common.settings import Settings
 from common.skytells import SkytellsClient, callback_url
+from common.updates import generation_json
 from common.web import event_loop
-from devstack.processes import ROOT
+from devstack.processes import ROOT, free_port
 from devstack.stack import Stack, loopback_env
 from devstack.tokens import issue_token
 
@@ -53,14 +63,16 @@ def _user(n: int) -> str:
 # --- the ceilings (run in their own process, on the services' event loop) -------------------------------------
 
 
-async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) -> float:
+async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) -> tuple[float, float]:
+    """Operations per second counted after the warm-up, and CPU seconds per operation over the whole loop."""
     settings = Settings.from_env(os.environ)
     pool = await open_pool(settings, stateless=True)  # the API's own pool settings
     skytells = SkytellsClient(
         settings.skytells_base_url, settings.skytells_api_key, timeout=settings.skytells_timeout_s
     )
     expiry_s = generations.unsubmitted_expiry_s(settings.skytells_timeout_s)
-    counted = 0
+    counted = total = 0
+    cpu = time.process_time()
     started = time.perf_counter()
     warm_until, stop_at = started + loadgen.WARMUP_SECONDS, started + loadgen.WARMUP_SECONDS + seconds
 
@@ -86,25 +98,58 @@ async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) 
     operation = generate if kind == "generate" else get
 
     async def worker(n: int) -> None:
-        nonlocal counted
+        nonlocal counted, total
         while (now := time.perf_counter()) < stop_at:
             await operation(n)
+            total += 1
             if now >= warm_until:
                 counted += 1
             n += concurrency
 
     try:
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        cpu = time.process_time() - cpu
     finally:
         await skytells.aclose()
         await pool.close()
-    return counted / seconds
+    return counted / seconds, cpu / max(1, total)
 
 
-def _ceiling_measure(env: dict[str, str], kind: str, ids_file: Path) -> float:
+def _ceiling_measure(env: dict[str, str], kind: str, ids_file: Path) -> tuple[float, float]:
     argv = [sys.executable, "-m", "bench.api", kind, str(SECONDS), str(CONCURRENCY), str(ids_file)]
     done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=SECONDS + 60, check=True)
-    return float(json.loads(done.stdout)["rate"])
+    result = json.loads(done.stdout)
+    return float(result["rate"]), float(result["cpu_s"])
+
+
+def _bare_main(port: int, ids_file: Path) -> None:
+    """The bare app (`python -m bench.api bare PORT IDS_FILE`): each row's owner is known from the seeding, as a
+    remembered token's subject is, so no token is read. Never a service: it answers anyone."""
+    settings = Settings.from_env(os.environ)
+    owners = {gid: _user(n) for n, gid in enumerate(json.loads(ids_file.read_text()))}
+    pool_key = web.AppKey("pool", asyncpg.Pool)
+
+    async def database(app: web.Application) -> AsyncIterator[None]:
+        app[pool_key] = await open_pool(settings, stateless=True)
+        yield
+        await app[pool_key].close()
+
+    async def get(request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        async with request.app[pool_key].acquire() as conn:
+            found = await generations.get_for_user(conn, uuid.UUID(raw), owners[raw])
+        if found is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=dumps(generation_json(found)), content_type="application/json", charset="utf-8")
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.cleanup_ctx.append(database)
+    app.router.add_get("/api/predictions/{id}", get)
+    app.router.add_get("/healthz", healthz)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=event_loop(settings.uvloop))
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
@@ -144,65 +189,85 @@ def _requests(work: Path, ids: list[str]) -> tuple[Path, Path]:
     return loadgen.write_requests(work / "generate.bin", posts), loadgen.write_requests(work / "get.bin", gets)
 
 
+def _served(port: int, requests: Path, pid: int) -> dict[str, Any]:
+    """The load generator's result, with the serving process's CPU seconds per answer."""
+    cpu = cpu_seconds(pid)
+    served = loadgen.measure(port, requests, "closed", SECONDS, connections=CONCURRENCY)
+    served["cpu_s"] = (cpu_seconds(pid) - cpu) / max(1, served["answered"])
+    return served
+
+
 def run() -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="studio-bench-api-"))
     stack = Stack(loopback_env(AUTH_JWT_SECRET=SECRET, QUOTA_MAX_ACTIVE="100000"), work)
     try:
         stack.start_infrastructure()
         stack.start_simulator()
-        stack.start_service("api")
+        api = stack.start_service("api")
         port = int(stack.env["API_PORT"])
         ids = asyncio.run(_seed(stack.settings.database_url, USERS * 4))
         ids_file = work / "ids.json"
         ids_file.write_text(json.dumps(ids))
         posts, gets = _requests(work, ids)
         results = {
-            "generate": (
-                _ceiling_measure(stack.env, "generate", ids_file),
-                loadgen.measure(port, posts, "closed", SECONDS, connections=CONCURRENCY),
-            ),
-            "get": (
-                _ceiling_measure(stack.env, "get", ids_file),
-                loadgen.measure(port, gets, "closed", SECONDS, connections=CONCURRENCY),
-            ),
+            "generate": (_ceiling_measure(stack.env, "generate", ids_file), _served(port, posts, api.pid)),
+            "get": (_ceiling_measure(stack.env, "get", ids_file), _served(port, gets, api.pid)),
         }
+        bare_port = free_port()
+        argv = [sys.executable, "-m", "bench.api", "bare", str(bare_port), str(ids_file)]
+        with serving("api-bare", argv, stack.env, work, f"http://127.0.0.1:{bare_port}/healthz") as bare_app:
+            bare = _served(bare_port, gets, bare_app.pid)
     finally:
         stack.stop()
-    return _rows(results)
+    return _rows(results, bare)
 
 
-def _rows(results: dict[str, tuple[float, dict[str, object]]]) -> list[Row]:
+def _rows(results: dict[str, tuple[tuple[float, float], dict[str, Any]]], bare: dict[str, Any]) -> list[Row]:
     rows = []
     labels = {
-        "generate": ("POST /api/generate", "transaction + Skytells call + update", 201),
-        "get": ("GET /api/predictions/{id}", "the same SELECT", 200),
+        "generate": ("POST /api/generate", "transaction + Skytells call + update", "operation", 201),
+        "get": ("GET /api/predictions/{id}", "the same SELECT", "SELECT", 200),
     }
-    for kind, (ceiling, served) in results.items():
-        endpoint, what, expected = labels[kind]
-        rate = float(served["rate"])  # type: ignore[arg-type]
-        statuses: dict[int, int] = served["statuses"]  # type: ignore[assignment]
-        others = sum(v for k, v in statuses.items() if k != expected)
+    for kind, ((ceiling, ceiling_cpu_s), served) in results.items():
+        endpoint, what, operation, expected = labels[kind]
+        rate = float(served["rate"])
+        others = sum(v for k, v in served["statuses"].items() if k != expected)
         ratio = rate / ceiling if ceiling else 0.0
+        cpu_metric, cpu = f"CPU per request (API) / per {operation} (ceiling)", f"{_us(served)} / {_us(ceiling_cpu_s)}"
+        rows.append(Row(NAME, f"ceiling: {what}, no HTTP ({CONCURRENCY} workers)", f"{ceiling:,.0f}/s"))
+        if kind == "get":
+            bare_ratio = bare["rate"] / ceiling if ceiling else 0.0
+            metric = f"bare aiohttp + the same pool and SELECT, no middleware or token ({CONCURRENCY} conns)"
+            rows.append(Row(NAME, metric, f"{bare['rate']:,.0f}/s = {bare_ratio:.2f} of ceiling"))
+            cpu_metric, cpu = f"{cpu_metric} / per GET (bare)", f"{cpu} / {_us(bare)}"
         rows += [
-            Row(NAME, f"ceiling: {what}, no HTTP ({CONCURRENCY} workers)", f"{ceiling:,.0f}/s"),
             Row(NAME, f"{endpoint} ({CONCURRENCY} conns), p50 {served['p50_ms']:.1f} ms", f"{rate:,.0f}/s"),
             Row(NAME, f"{endpoint} / ceiling", f"{ratio:.2f}", f">= {RATIO_GOAL}", verdict(ratio >= RATIO_GOAL)),
+            Row(NAME, f"{endpoint}: {cpu_metric}", cpu),
             Row(NAME, f"{endpoint} answers other than {expected}", str(others), "0", verdict(others == 0)),
         ]
     return rows
 
 
+def _us(measured: dict[str, Any] | float) -> str:
+    seconds = measured["cpu_s"] if isinstance(measured, dict) else measured
+    return f"{seconds * 1e6:,.0f} us"
+
+
 def main(argv: list[str]) -> int:
+    if argv[0] == "bare":
+        _bare_main(int(argv[1]), Path(argv[2]))
+        return 0
     kind, seconds, concurrency, ids_file = argv[0], float(argv[1]), int(argv[2]), Path(argv[3])
     ids = json.loads(ids_file.read_text())
     loop = event_loop(Settings.from_env(os.environ).uvloop)
     try:
-        rate = loop.run_until_complete(_ceiling(kind, seconds, concurrency, ids))
+        rate, cpu_s = loop.run_until_complete(_ceiling(kind, seconds, concurrency, ids))
     finally:
         loop.close()
-    sys.stdout.write(json.dumps({"rate": rate}) + "\n")
+    sys.stdout.write(json.dumps({"rate": rate, "cpu_s": cpu_s}) + "\n")
     return 0
 
 
-if __name__ == "__main__":  # a ceiling: python -m bench.api generate|get SECONDS CONCURRENCY IDS_FILE
+if __name__ == "__main__":  # python -m bench.api generate|get SECONDS CONCURRENCY IDS_FILE, or bare PORT IDS_FILE
     sys.exit(main(sys.argv[1:]))
