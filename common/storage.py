@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import AsyncIterable, AsyncIterator
 from contextlib import asynccontextmanager
@@ -113,49 +114,47 @@ async def upload_stream(
     content_type: str,
     part_size: int = PART_SIZE,
 ) -> int:
-    """Stream `chunks` into `bucket/key`, holding about one part in memory. Returns the size.
+    """Stream `chunks` into `bucket/key`, holding at most one part in memory. Returns the size.
 
     Small objects go up in one PUT; larger ones as a multipart upload, aborted if anything fails (an
-    exception from `chunks` itself, such as a size limit, propagates unchanged). One part-sized buffer is
-    filled in place and sent as it is, then reused: slicing and copying parts would double the peak memory
-    and leave the allocator holding several part-sized blocks.
+    exception from `chunks` itself, such as a size limit, propagates unchanged). Each part is written into a
+    BytesIO that grows with what arrives and is handed over as it is: botocore reads a file for its checksum
+    and signature in pieces, and aiohttp sends it in 64 KiB pieces, so no part-sized copy is ever made (raw
+    bytes would be sliced and joined to the headers by aiohttp, twice the part again), and a small output
+    costs its own size, not a part's.
     """
-    buffer = bytearray(part_size)
-    view = memoryview(buffer)
-    filled = 0
+    part = io.BytesIO()
     total = 0
     upload_id: str | None = None
     parts: list[dict[str, Any]] = []
 
-    async def send_part(data: bytes | bytearray) -> None:
+    async def send_part() -> None:
         nonlocal upload_id
         if upload_id is None:
             created = await client.create_multipart_upload(Bucket=bucket, Key=key, ContentType=content_type)
             upload_id = created["UploadId"]
         number = len(parts) + 1
-        answer = await client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data)
+        part.seek(0)
+        answer = await client.upload_part(Bucket=bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=part)
         parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 
     try:
         async for chunk in chunks:
             total += len(chunk)
-            offset = 0
-            while offset < len(chunk):
-                take = min(part_size - filled, len(chunk) - offset)
-                view[filled : filled + take] = chunk[offset : offset + take]
-                filled += take
-                offset += take
-                if filled == part_size:
-                    await send_part(buffer)  # sent before the buffer is refilled
-                    filled = 0
-        rest = bytes(view[:filled])
-        view.release()
-        del buffer
+            rest = memoryview(chunk)
+            while len(rest) > part_size - part.tell():  # the chunk overflows this part: fill it and send it
+                room = part_size - part.tell()
+                part.write(rest[:room])
+                rest = rest[room:]
+                await send_part()
+                part = io.BytesIO()
+            part.write(rest)
         if upload_id is None:
-            await client.put_object(Bucket=bucket, Key=key, Body=rest, ContentType=content_type)
+            part.seek(0)
+            await client.put_object(Bucket=bucket, Key=key, Body=part, ContentType=content_type)
         else:
-            if rest:
-                await send_part(rest)
+            if part.tell():
+                await send_part()
             await client.complete_multipart_upload(
                 Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
