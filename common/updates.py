@@ -183,7 +183,9 @@ class UpdatePublisher:
         try:
             # A robust channel that is reconnecting would hold the publish until it is back.
             async with asyncio.timeout(PUBLISH_TIMEOUT_S):
-                await exchange.publish(message, f"generation.{update.status}")
+                # Not mandatory: with no API replica listening, RabbitMQ would return every update, and aiormq
+                # log each return as an error carrying the whole body.
+                await exchange.publish(message, f"generation.{update.status}", mandatory=False)
         except Exception as exc:  # a notification: the streams' periodic re-read makes up for it
             UPDATES_DROPPED.inc()
             logger.debug("update not published: %r", exc)
