@@ -46,7 +46,7 @@ async def create_pool(
     """`stateless`: the caller's queries leave no session state behind (advisory locks only transaction-scoped,
     no LISTEN, SET or cursors), so the reset asyncpg sends on every release (`pg_advisory_unlock_all(); CLOSE ALL;
     UNLISTEN *; RESET ALL`, one more round trip per request) is skipped. An open transaction is still rolled
-    back. The persister holds a session lock (the reconciler's) and keeps the reset."""
+    back. The persister's one session lock (the reconciler's) is released explicitly, or its connection ended."""
     if stateless:
         kwargs["reset"] = _keep_session
     pool: asyncpg.Pool = await asyncpg.create_pool(

@@ -115,7 +115,9 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[CONSUMER] = None  # the consumer, once RabbitMQ has answered
     for context in (
-        resources.database(SETTINGS, POOL),
+        # Stateless: no query leaves session state, so asyncpg's reset round trip on every release is skipped; the
+        # reconciler's session lock is released explicitly, or its connection ended (reconciler.py).
+        resources.database(SETTINGS, POOL, stateless=True),
         _storage,
         _http,
         resources.skytells(SETTINGS, SKYTELLS),

@@ -69,28 +69,40 @@ class Reconciler:
 
     async def run_once(self) -> int:
         """One pass if this replica gets the lock; returns how many events it published."""
-        published = 0
         async with self.pool.acquire() as conn:
-            if not await reconciliation.try_reconciler_lock(conn):
-                return 0
+            held = True  # until the lock is known to be free: a try cut short may have taken it
             try:
-                # Rows whose create call was lost (an API crash before Skytells answered) have no prediction
-                # to look up; end them so they stop showing `queued` and holding quota.
-                expiry_s = generations.unsubmitted_expiry_s(self.settings.skytells_timeout_s)
-                expired = await generations.expire_unsubmitted(conn, expiry_s, self.settings.reconcile_unknown_after_s)
-                if expired:
-                    RECONCILED.labels(Reconciled.UNSUBMITTED_FAILED).inc(expired)
-                    logger.warning("ended %d generations whose create call was lost", expired)
-                stale = await reconciliation.claim_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
-                now = time.monotonic()
-                self._published = {k: t for k, t in self._published.items() if now - t < REPUBLISH_AFTER_S}
-                for generation in stale:
-                    if generation.prediction_id in self._published:
-                        continue
-                    with logs.bind(generation_id=str(generation.id), prediction_id=generation.prediction_id):
-                        published += await self._reconcile(conn, generation)
+                if not await reconciliation.try_reconciler_lock(conn):
+                    held = False
+                    return 0
+                try:
+                    return await self._pass(conn)
+                finally:
+                    await reconciliation.release_reconciler_lock(conn)
+                    held = False
             finally:
-                await reconciliation.release_reconciler_lock(conn)
+                if held:
+                    # The persister's pool skips asyncpg's reset on release (see app.py): a session lock whose
+                    # release did not happen must not go back to it. Ending the session frees the lock.
+                    conn.terminate()
+
+    async def _pass(self, conn: asyncpg.Connection) -> int:
+        # Rows whose create call was lost (an API crash before Skytells answered) have no prediction to look up;
+        # end them so they stop showing `queued` and holding quota.
+        expiry_s = generations.unsubmitted_expiry_s(self.settings.skytells_timeout_s)
+        expired = await generations.expire_unsubmitted(conn, expiry_s, self.settings.reconcile_unknown_after_s)
+        if expired:
+            RECONCILED.labels(Reconciled.UNSUBMITTED_FAILED).inc(expired)
+            logger.warning("ended %d generations whose create call was lost", expired)
+        stale = await reconciliation.claim_stale_unfinished(conn, self.settings.reconcile_after_s, BATCH)
+        now = time.monotonic()
+        self._published = {k: t for k, t in self._published.items() if now - t < REPUBLISH_AFTER_S}
+        published = 0
+        for generation in stale:
+            if generation.prediction_id in self._published:
+                continue
+            with logs.bind(generation_id=str(generation.id), prediction_id=generation.prediction_id):
+                published += await self._reconcile(conn, generation)
         return published
 
     async def _reconcile(self, conn: asyncpg.Connection, generation: Generation) -> int:
