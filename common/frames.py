@@ -2,7 +2,7 @@
 
 aiormq's `basic_publish` builds pamqp frame objects, marshals each through pamqp's generic encoder, wraps the
 call in a countdown, a timeout and a close watcher, waits for its frames to be drained, and wakes aiormq's writer
-once per message: about four times the CPU of this path (`make bench`, the gateway rows). An event's frames are
+once per message: about three times the CPU of this path (`make bench`, the gateway rows). An event's frames are
 always the same three shapes (Basic.Publish, a content header with three properties, the body), so they are
 packed here with `struct`, and the events of one turn of the event loop go out in one write.
 
