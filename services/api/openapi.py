@@ -50,7 +50,30 @@ _ID_PARAMETER = {
 
 
 def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
-    return add_live(_document(allowed_models), _ID_PARAMETER)
+    return _answers_of_every_route(add_live(_document(allowed_models), _ID_PARAMETER))
+
+
+_UNAVAILABLE = (
+    "the database, or the identity provider's keys (`AUTH_JWKS_URL`), cannot be reached right now: retry after"
+    " Retry-After"
+)
+
+
+def _answers_of_every_route(document: dict[str, Any]) -> dict[str, Any]:
+    """What any operation may answer besides its own: 417 for an `Expect` other than `100-continue`, and, where a
+    token is checked, 503 while the database or the identity provider's keys cannot be read."""
+    for path_item in document["paths"].values():
+        for operation in path_item.values():
+            responses = operation["responses"]
+            responses.setdefault("417", _ref("ExpectationFailed"))
+            if not operation.get("security"):  # public routes say `security: []`
+                continue
+            if "503" in responses:
+                own = responses["503"]["description"]
+                responses["503"] = {**responses["503"], "description": f"{own}; or {_UNAVAILABLE}"}
+            else:
+                responses["503"] = _ref("Unavailable")
+    return document
 
 
 def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
@@ -238,6 +261,8 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     {"WWW-Authenticate": {"schema": {"type": "string"}}},
                 ),
                 "NotFound": _error("No such generation for this user"),
+                "ExpectationFailed": _error("An `Expect` header other than `100-continue`"),
+                "Unavailable": _error(_UNAVAILABLE[0].upper() + _UNAVAILABLE[1:], retry_after),
             },
             "schemas": {
                 "GenerateRequest": {
