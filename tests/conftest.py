@@ -15,6 +15,7 @@ import pytest
 from common.broker import Broker
 from common.settings import Settings
 from devstack.processes import free_port
+from devstack.rabbitmq import RabbitMQ
 from devstack.stack import Stack, simulator_env
 from devstack.tokens import issue_token
 
@@ -130,3 +131,13 @@ def sim(urls: Urls) -> str:
 @pytest.fixture(scope="session")
 def persister_port(services: Stack) -> str:
     return services.env["PERSISTER_PORT"]
+
+
+@pytest.fixture(scope="module")
+def rabbit() -> Iterator[RabbitMQ]:
+    """A RabbitMQ of the module's own, for what the session's broker cannot show: its outages, or nobody bound."""
+    broker = RabbitMQ(f"amqp://guest:guest@127.0.0.1:{free_port()}/").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()

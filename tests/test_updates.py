@@ -6,26 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import aio_pika
-import pytest
 
 from common.db.generations import Generation
 from common.predictions import Status
 from common.updates import UpdatePublisher
-from devstack.processes import free_port
-from devstack.rabbitmq import RabbitMQ
-
-
-@pytest.fixture(scope="module")
-def lonely_rabbit() -> Iterator[RabbitMQ]:
-    broker = RabbitMQ(f"amqp://guest:guest@127.0.0.1:{free_port()}/").start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 def _generation() -> Generation:
@@ -51,10 +38,10 @@ def _generation() -> Generation:
     )
 
 
-async def test_an_update_is_never_returned_by_rabbitmq_nor_logged_as_an_error(lonely_rabbit, caplog):
+async def test_an_update_is_never_returned_by_rabbitmq_nor_logged_as_an_error(rabbit, caplog):
     """No API replica binds a queue to `studio.updates` here: a mandatory publish would come back, and
     aiormq would log every returned update as an error with its body."""
-    connection = await aio_pika.connect_robust(lonely_rabbit.url)
+    connection = await aio_pika.connect_robust(rabbit.url)
     publisher = UpdatePublisher()
     publisher.start()
     try:

@@ -15,7 +15,7 @@ import json
 import logging
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -26,7 +26,6 @@ import pytest
 from common.broker import DEAD_QUEUE, EXCHANGE, QUEUE
 from common.signing import SIGNATURE_HEADER, sign
 from devstack.processes import ManagedProcess, free_port
-from devstack.rabbitmq import RabbitMQ
 from devstack.stack import Stack
 from tests.helpers import eventually
 
@@ -36,15 +35,6 @@ NEW_KEY, OLD_KEY = "new-key", "old-key"
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def rabbit() -> Iterator[RabbitMQ]:
-    broker = RabbitMQ(f"amqp://guest:guest@127.0.0.1:{free_port()}/").start()
-    try:
-        yield broker
-    finally:
-        broker.stop()
 
 
 @dataclass
