@@ -6,15 +6,17 @@ carries them without each call site passing them along.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import json
 import logging
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
@@ -36,28 +38,113 @@ class JsonFormatter(logging.Formatter):
         self.service = service
 
     def format(self, record: logging.LogRecord) -> str:
+        fields = {key: value for key, value in vars(record).items() if key not in _RESERVED and key[0] != "_"}
+        if record.exc_info:
+            fields["exc_info"] = self.formatException(record.exc_info)
+        return self.line(record.created, record.levelname.lower(), record.name, record.getMessage(), fields)
+
+    def line(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any]) -> str:
+        """One JSON line: the fixed keys, then the bound ids, then the line's own fields (which win)."""
         line: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
+            "ts": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+            "level": level,
             "service": self.service,
-            "logger": record.name,
-            "message": record.getMessage(),
+            "logger": logger,
+            "message": message,
         }
         line.update(_context.get())
-        for key, value in vars(record).items():
-            if key not in _RESERVED and not key.startswith("_"):
-                line[key] = value
-        if record.exc_info:
-            line["exc_info"] = self.formatException(record.exc_info)
+        line.update(fields)
         try:
             return orjson.dumps(line, default=str).decode()
         except TypeError:  # a lone surrogate in some text: the stdlib escapes what orjson refuses
             return json.dumps(line, default=str)
 
 
+class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes the lines logged during one turn of the event loop in one write at its end, rather than one
+    system call per line (the gateway logs a line per callback, thousands a second). Outside a running loop,
+    and for errors, it writes at once: a line that explains a crash is never left waiting."""
+
+    def __init__(self, stream: TextIO, formatter: JsonFormatter) -> None:
+        super().__init__(stream)
+        self.setFormatter(formatter)
+        self.json = formatter
+        self._pending: list[str] = []
+        self._flush_on: asyncio.AbstractEventLoop | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:
+            self.handleError(record)
+            return
+        self.write_line(text, urgent=record.levelno >= logging.ERROR)
+
+    def write_line(self, text: str, urgent: bool = False) -> None:
+        with self.lock:  # type: ignore[union-attr]  # created by Handler.__init__
+            self._pending.append(text)
+            if urgent or not self._deferred():
+                self.flush()
+
+    def _deferred(self) -> bool:
+        """True when a flush at the end of this loop turn will write the pending lines."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False  # another thread, or no loop: write now
+        if self._flush_on is loop:
+            return True
+        if self._flush_on is not None:
+            return False  # scheduled on a loop that stopped before running it: write now
+        loop.call_soon(self.flush)
+        self._flush_on = loop
+        return True
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._flush_on = None
+            if self._pending:
+                text = "\n".join(self._pending) + "\n"
+                self._pending.clear()
+                try:
+                    self.stream.write(text)
+                    self.stream.flush()
+                except (OSError, ValueError):  # a closed or broken stdout: as StreamHandler, never raise
+                    pass
+
+
+_handler: TurnHandler | None = None
+
+
+def line_writer(name: str) -> Callable[[str, dict[str, Any]], None] | None:
+    """A writer of info lines for `name` that skips the `logging` machinery (a record, its attributes, the
+    filters), for a line logged thousands of times a second; None when `logging` is not configured by
+    `configure`, or that logger is not at INFO, or has handlers of its own. The line is the one `logging`
+    would write: same keys, same bound ids, same handler."""
+    handler = _handler
+    logger = logging.getLogger(name)
+    if handler is None or not logger.isEnabledFor(logging.INFO) or logging.getLogger().handlers != [handler]:
+        return None
+    if logger.filters or any(parent.handlers for parent in _ancestors(logger)):
+        return None
+    formatter = handler.json
+
+    def write(message: str, fields: dict[str, Any]) -> None:
+        handler.write_line(formatter.line(time.time(), "info", name, message, fields))
+
+    return write
+
+
+def _ancestors(logger: logging.Logger) -> Iterator[logging.Logger]:
+    current: logging.Logger | None = logger
+    while current is not None and current.parent is not None:  # the root's handler is the one checked above
+        yield current
+        current = current.parent
+
+
 def configure(service: str, level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(service))
+    global _handler
+    handler = _handler = TurnHandler(sys.stdout, JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

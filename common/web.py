@@ -177,24 +177,26 @@ class AccessLog(AbstractAccessLogger):
     requests it could not even parse too (no handler ran for them, so they have no request id). It carries the
     ids the request's handling learned, so a line about one generation names it as every other line does.
 
-    The line is cheap on a hot path: one `logging` call, and none at all (nor any timing) when the level filters
-    it out, since aiohttp asks `enabled` once per connection."""
+    The line is cheap on a hot path: written straight to the log's handler, without a `logging` record, and not
+    at all (nor any timing) when the level filters it out, since aiohttp asks `enabled` once per connection."""
+
+    def __init__(self, logger: logging.Logger, log_format: str) -> None:
+        super().__init__(logger, log_format)
+        self._write = logs.line_writer(logger.name)  # per connection: aiohttp builds one for each
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         method, path, status = request.method, request.path, response.status
-        self.logger.info(
-            "%s %s %d",
-            method,
-            path,
-            status,
-            extra={
-                **request.get(LOG_IDS, _NO_IDS),
-                "method": method,
-                "path": path,
-                "status": status,
-                "latency_ms": round(time * 1000, 2),
-            },
-        )
+        fields = {
+            **request.get(LOG_IDS, _NO_IDS),
+            "method": method,
+            "path": path,
+            "status": status,
+            "latency_ms": round(time * 1000, 2),
+        }
+        if self._write is not None:
+            self._write(f"{method} {path} {status}", fields)
+        else:
+            self.logger.info("%s %s %d", method, path, status, extra=fields)
 
     @property
     def enabled(self) -> bool:

@@ -199,3 +199,62 @@ def test_access_lines_cost_nothing_when_the_level_filters_them_out():
     assert not AccessLog(quiet, "").enabled
     quiet.setLevel(logging.INFO)
     assert AccessLog(quiet, "").enabled
+
+
+BUFFERED = """
+import asyncio, json, logging, sys
+from common import log
+writes = []
+class Counting:
+    def write(self, text):
+        writes.append(text)
+        return len(text)
+    def flush(self):
+        pass
+counting = Counting()
+log.configure("probe")
+sys.excepthook = sys.__excepthook__  # a failed assertion here is reported on stderr, not into `writes`
+logging.getLogger().handlers[0].setStream(counting)
+logger = logging.getLogger("probe")
+
+async def turn():
+    for n in range(3):
+        logger.info("line %d", n)
+    log.line_writer("studio.access")("GET / 200", {"status": 200})
+    assert writes == [], writes  # held until the turn ends
+    logger.error("urgent")
+    assert len(writes) == 1 and writes[0].count("\\n") == 5, writes  # an error takes the held lines with it
+    logger.info("later")
+    await asyncio.sleep(0)
+    assert len(writes) == 2, writes
+
+asyncio.run(turn())
+loop = asyncio.new_event_loop()
+
+def last() -> None:
+    logger.info("left behind when the loop stops")
+    loop.stop()  # before the flush this line scheduled can run
+
+loop.call_soon(last)
+loop.run_forever()
+loop.close()
+assert len(writes) == 2, writes
+logger.info("outside a loop")
+assert len(writes) == 3 and writes[2].count("\\n") == 2, writes  # the line a stopped loop left is not lost
+lines = [json.loads(raw) for chunk in writes for raw in chunk.splitlines()]
+assert [line["message"] for line in lines] == [
+    "line 0", "line 1", "line 2", "GET / 200", "urgent", "later", "left behind when the loop stops", "outside a loop"
+]
+access = lines[3]
+assert access["logger"] == "studio.access" and access["level"] == "info" and access["status"] == 200
+assert access["service"] == "probe" and access["ts"]
+quiet = logging.getLogger("studio.access")
+quiet.setLevel(logging.WARNING)
+assert log.line_writer("studio.access") is None  # filtered out: no writer, so nothing bypasses the level
+print("ok", file=sys.stderr)
+"""
+
+
+def test_lines_of_one_loop_turn_go_out_in_one_write_and_errors_at_once():
+    done = subprocess.run([sys.executable, "-c", BUFFERED], capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0 and done.stderr.strip() == "ok", done.stderr
