@@ -18,6 +18,7 @@ Source = Literal["webhook", "reconciler"]
 # Event ids are derived from what the callback says, so the same callback delivered twice (Skytells retries,
 # `#sim:dup`, the reconciler finding what a callback already said) yields the same id and dedupes downstream.
 _EVENT_NAMESPACE = uuid.UUID("5b0b6a38-6a8e-4d8e-9d0f-6f1f0c2e7a11")
+_quoted = json.encoder.encode_basestring_ascii  # what `json.dumps` uses for a str, by default
 
 
 def event_id_of(identity: str) -> str:
@@ -28,6 +29,14 @@ def event_id_of(identity: str) -> str:
     digest[8] = (digest[8] & 0x3F) | 0x80
     text = digest.hex()
     return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def identity_of(prediction: Prediction) -> str:
+    """What an event's id is derived from: `json.dumps([id, status, output, error])`, spelled out with the
+    stdlib's own string encoder (the same text, without building an encoder per call)."""
+    output = ", ".join(map(_quoted, prediction.output))
+    error = "null" if prediction.error is None else _quoted(prediction.error)
+    return f"[{_quoted(prediction.id)}, {_quoted(prediction.status)}, [{output}], {error}]"
 
 
 @dataclass(frozen=True)
@@ -53,9 +62,8 @@ class PredictionEvent:
         request_id: str | None = None,
         generation_id: str | None = None,
     ) -> PredictionEvent:
-        identity = json.dumps([prediction.id, prediction.status, list(prediction.output), prediction.error])
         return cls(
-            event_id=event_id_of(identity),
+            event_id=event_id_of(identity_of(prediction)),
             prediction_id=prediction.id,
             status=prediction.studio_status,
             skytells_status=prediction.status,

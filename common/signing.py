@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Iterable
 
 SIGNATURE_HEADER = "x-skytells-signature"
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_BLOCK = 64  # SHA-256's block size, in bytes
+_IPAD = bytes(b ^ 0x36 for b in range(256))
+_OPAD = bytes(b ^ 0x5C for b in range(256))
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -25,8 +29,27 @@ def verify(body: bytes, header: str | None, secrets: Iterable[str]) -> bool:
         return False
     given = bytes.fromhex(candidate)
     # Check every key, not stopping at the first match, so timing says nothing about which key matched.
-    # `hmac.digest` is the one-shot C path: a fraction of the cost of building an `hmac.new` object.
     matched = False
     for secret in secrets:
-        matched |= hmac.compare_digest(hmac.digest(secret.encode(), body, "sha256"), given)
+        matched |= hmac.compare_digest(_digest(secret, body), given)
     return matched
+
+
+def _digest(secret: str, body: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104) from the key's two padded hash states, computed once per key: half the cost of
+    `hmac.digest`, which sets up OpenSSL's HMAC for the key on every call."""
+    inner, outer = _keyed(secret)
+    inner = inner.copy()
+    inner.update(body)
+    outer = outer.copy()
+    outer.update(inner.digest())
+    return outer.digest()
+
+
+@functools.lru_cache(maxsize=16)  # the configured secrets: one or two, more while rotating
+def _keyed(secret: str) -> tuple[hashlib._Hash, hashlib._Hash]:
+    key = secret.encode()
+    if len(key) > _BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))

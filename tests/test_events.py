@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import pytest
 
-from common.events import event_id_of
+from common.events import PredictionEvent, event_id_of
+from common.predictions import Prediction
 
 
 @pytest.mark.parametrize("identity", ["", '["pred_1", "succeeded", ["https://x/1.png"], null]', "ünïcødé ☃ \U0001f600"])
@@ -14,3 +16,16 @@ def test_event_ids_are_the_uuid5_of_the_callbacks_identity(identity):
     # Computed by hand for speed, they must stay what uuid5 gives: a duplicate callback straddling a deploy
     # still dedupes.
     assert event_id_of(identity) == str(uuid.uuid5(uuid.UUID("5b0b6a38-6a8e-4d8e-9d0f-6f1f0c2e7a11"), identity))
+
+
+TEXTS = ["", "pred_1", "succeeded", "ünïcødé", '"quoted" \\ back', "\n\t\x00\x7f", "\ud800", "\U0001f600"]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_the_identity_is_the_json_of_id_status_output_and_error(text):
+    # The identity is spelled out by hand for speed; it must stay the stdlib's `json.dumps` text byte for byte.
+    for output, error in [((), None), ((text,), text), ((text, "https://x/2.png"), None), (("a", text, "b"), "boom")]:
+        prediction = Prediction(id=text, status=text, output=output, error=error, model=None)
+        expected = json.dumps([text, text, list(output), error])
+        event = PredictionEvent.from_prediction(prediction, "webhook")
+        assert event.event_id == event_id_of(expected)

@@ -25,6 +25,15 @@ def test_any_rotated_key_verifies_and_others_do_not():
     assert not verify(BODY + b" ", sign(BODY, "new"), ["new"])
 
 
+@pytest.mark.parametrize("key", ["", "k", "x" * 64, "x" * 65, "ключ" * 20, "y" * 500])
+@pytest.mark.parametrize("body", [b"", BODY, bytes(range(256)) * 40])
+def test_verification_agrees_with_the_stdlib_hmac_for_every_key_length(key, body):
+    # The gateway keeps each key's padded hash states; a key longer than SHA-256's block is hashed first.
+    signature = hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+    assert verify(body, signature, ["other", key])
+    assert not verify(body, signature, ["other", key + "!"])
+
+
 @pytest.mark.parametrize("header", [None, "", "abc", "z" * 64, sign(BODY, "k")[:-1], "é" * 64, "sha256="])
 def test_malformed_headers_are_rejected(header):
     assert verify(BODY, header, ["k"]) is False
