@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,8 @@ RATIO_GOAL = 0.6
 P99_GOAL_MS = 10.0
 LOADS = (0.25, 0.5, 0.9)  # fractions of the peak at which latency is measured
 NAME = "gateway"
+BARE_LAYERS = ("aiormq", "studio")  # the bare app publishing through the library, and through Studio's own path
+_BARE_NAMES = {"aiormq": "aiormq's publish", "studio": "the gateway's publish path"}
 
 
 def _callbacks(work: Path) -> Path:
@@ -52,18 +54,41 @@ def _callbacks(work: Path) -> Path:
     return loadgen.write_requests(work / "callbacks.bin", requests)
 
 
-def _bare_main(port: int) -> None:
-    """The bare baseline: an aiohttp app that reads the body and answers what the gateway answers."""
+def _bare_main(port: int, url: str | None = None, layer: str | None = None) -> None:
+    """The bare baselines: an aiohttp app that reads the body and answers what the gateway answers; given a
+    RabbitMQ `url` and a publish `layer`, it first publishes the next prebuilt event as the ceiling's loop does
+    and waits for the confirm. No signature, parsing, middleware or log line: HTTP and the library alone."""
+    import aiormq
     from aiohttp import web
 
+    from common.broker import Broker
+
+    broker_key = web.AppKey("broker", Broker)
+    publish_key: web.AppKey[publish.Publish] = web.AppKey("publish")
+    sent = 0
+
     async def receive(request: web.Request) -> web.Response:
+        nonlocal sent
         await request.read()
+        if layer is not None:
+            sent += 1
+            if not isinstance(await request.app[publish_key](sent), aiormq.spec.Basic.Ack):
+                return web.Response(status=503)
         return web.Response(body=b'{"ok": true}', content_type="application/json")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def broker(app: web.Application) -> AsyncIterator[None]:
+        if url is not None and layer is not None:
+            app[broker_key] = await Broker.connect(url)
+            app[publish_key] = publish.publisher(app[broker_key], layer)
+        yield
+        if broker_key in app:
+            await app[broker_key].close()
+
     app = web.Application()
+    app.cleanup_ctx.append(broker)
     app.router.add_post("/api/webhooks", receive)
     app.router.add_get("/healthz", healthz)
     loop = event_loop(Settings.from_env(os.environ).uvloop)
@@ -98,6 +123,14 @@ def _queue(url: str, purge: bool = False) -> int:
     return asyncio.run(depth())
 
 
+def _peak(port: int, requests: Path, pid: int) -> dict[str, Any]:
+    """The closed loop's result, with the serving process's CPU seconds per answer."""
+    cpu = cpu_seconds(pid)
+    result = loadgen.measure(port, requests, "closed", SECONDS, connections=CONNECTIONS)
+    result["cpu_s"] = (cpu_seconds(pid) - cpu) / max(1, result["answered"])
+    return result
+
+
 def _ms(value: float) -> str:
     return f"{value:.2f} ms"
 
@@ -115,16 +148,18 @@ def run() -> list[Row]:
             "SKYTELLS_WEBHOOK_SECRET": SECRET,
             "LOG_LEVEL": "INFO",
         }
-        bare_argv = [sys.executable, "-m", "bench.gateway", str(bare_port)]
-        with serving("bare", bare_argv, env, work, f"http://127.0.0.1:{bare_port}/healthz"):
-            bare = loadgen.measure(bare_port, requests, "closed", SECONDS, connections=CONNECTIONS)
+        bare = {}
+        for layer in (None, *BARE_LAYERS):
+            bare_argv = [sys.executable, "-m", "bench.gateway", str(bare_port)]
+            if layer is not None:
+                bare_argv += [rabbit.url, layer]
+            with serving("bare", bare_argv, env, work, f"http://127.0.0.1:{bare_port}/healthz") as server:
+                bare[layer] = _peak(bare_port, requests, server.pid)
         ceilings = {layer: publish.measure(rabbit.url, SECONDS, CONNECTIONS, layer) for layer in publish.LAYERS}
         _queue(rabbit.url, purge=True)
         gateway_argv = [sys.executable, "-m", "services.webhook"]
         with serving("gateway", gateway_argv, env, work, f"http://127.0.0.1:{gateway_port}/readyz") as gateway:
-            cpu = cpu_seconds(gateway.pid)
-            peak = loadgen.measure(gateway_port, requests, "closed", SECONDS, connections=CONNECTIONS)
-            peak["cpu_s"] = (cpu_seconds(gateway.pid) - cpu) / max(1, peak["answered"])
+            peak = _peak(gateway_port, requests, gateway.pid)
             steady = {
                 share: loadgen.measure(gateway_port, requests, "open", SECONDS, peak["rate"] * share, CONNECTIONS)
                 for share in LOADS
@@ -137,7 +172,7 @@ def run() -> list[Row]:
 
 
 def _rows(
-    bare: dict[str, Any],
+    bare: dict[str | None, dict[str, Any]],
     ceilings: dict[str, tuple[float, float]],
     peak: dict[str, Any],
     steady: dict[float, Any],
@@ -152,12 +187,27 @@ def _rows(
     accepted = sum(r["statuses"].get(200, 0) for r in runs)
     refused = sum(v for r in runs for k, v in r["statuses"].items() if k != 200)
     rows = [
-        Row(NAME, f"bare aiohttp answering 200 (closed loop, {CONNECTIONS} conns), for scale", _rate(bare["rate"])),
+        Row(
+            NAME,
+            f"bare aiohttp answering 200 (closed loop, {CONNECTIONS} conns), for scale",
+            _rate(bare[None]["rate"]),
+        ),
         *(
             Row(NAME, f"ceiling: confirmed publishes via {name}, no HTTP", _rate(r))
             for name, (r, _) in libraries.items()
         ),
         Row(NAME, "the gateway's own publish path (common.frames), no HTTP, for scale", _rate(own_rate)),
+        # What HTTP and a library's publish reach with none of the gateway's own work: the most any gateway
+        # built on aiohttp could reach, against the same ceiling.
+        *(
+            Row(
+                NAME,
+                f"bare aiohttp + {_BARE_NAMES[layer]}, no signature, parsing, middleware or log line, / ceiling",
+                f"{bare[layer]['rate'] / ceiling if ceiling else 0.0:.2f} ({_rate(bare[layer]['rate'])}, "
+                f"{_us(bare[layer]['cpu_s'])} CPU each)",
+            )
+            for layer in BARE_LAYERS
+        ),
         Row(NAME, "gateway: signed callbacks confirmed in RabbitMQ (peak)", _rate(peak["rate"])),
         Row(NAME, f"gateway / ceiling ({layer})", f"{ratio:.2f}", f">= {RATIO_GOAL}", verdict(ratio >= RATIO_GOAL)),
         Row(NAME, "gateway p50 / p99 at peak", f"{_ms(peak['p50_ms'])} / {_ms(peak['p99_ms'])}"),
@@ -205,5 +255,5 @@ def _rate(value: float) -> str:
     return f"{value:,.0f}/s"
 
 
-if __name__ == "__main__":  # the bare baseline server: python -m bench.gateway PORT
-    _bare_main(int(sys.argv[1]))
+if __name__ == "__main__":  # a bare baseline server: python -m bench.gateway PORT [AMQP_URL LAYER]
+    _bare_main(int(sys.argv[1]), *sys.argv[2:4])

@@ -48,7 +48,10 @@ def callback(n: int) -> dict[str, Any]:
     }
 
 
-def _publisher(broker: Broker, layer: str) -> Callable[[int], Coroutine[Any, Any, object]]:
+Publish = Callable[[int], Coroutine[Any, Any, object]]
+
+
+def publisher(broker: Broker, layer: str) -> Publish:
     """Publish the n-th event; bodies and AMQP properties are ready beforehand, only the library's work is left."""
     events = [PredictionEvent.from_prediction(parse_prediction(callback(n)), "webhook") for n in range(4096)]
     bodies = [(event.to_json(), event.routing_key, event.event_id) for event in events]
@@ -84,12 +87,12 @@ def _publisher(broker: Broker, layer: str) -> Callable[[int], Coroutine[Any, Any
 
     if layer == "aiormq":
         return via_aiormq
-    publisher = Publisher(PUBLISH_TIMEOUT_S)
+    own = Publisher(PUBLISH_TIMEOUT_S)
 
     async def via_studio(n: int) -> object:
         channel = await broker.channel.get_underlay_channel()
         body, routing_key, message_id = bodies[n % len(bodies)]
-        return await publisher.publish(channel, EXCHANGE, routing_key, message_id, body)
+        return await own.publish(channel, EXCHANGE, routing_key, message_id, body)
 
     return via_studio
 
@@ -97,7 +100,7 @@ def _publisher(broker: Broker, layer: str) -> Callable[[int], Coroutine[Any, Any
 async def _loop(url: str, seconds: float, concurrency: int, layer: str) -> tuple[float, float]:
     """Confirmed publishes per second, and CPU seconds of this process per publish (warm-up included)."""
     broker = await Broker.connect(url)
-    publish = _publisher(broker, layer)
+    publish = publisher(broker, layer)
     counted = total = 0
     cpu = time.process_time()
     started = time.perf_counter()
@@ -127,7 +130,7 @@ async def _open_loop(url: str, seconds: float, rate: float, layer: str) -> dict[
     """Latency percentiles of publishes due at `rate` a second, each counted from when it was due: RabbitMQ's own
     confirm latency at that load, the floor under the gateway's."""
     broker = await Broker.connect(url)
-    publish = _publisher(broker, layer)
+    publish = publisher(broker, layer)
     latencies: list[float] = []
     started = time.perf_counter()
     warm_until = started + WARMUP_SECONDS
