@@ -119,13 +119,13 @@ _handler: TurnHandler | None = None
 def line_writer(name: str) -> Callable[[str, dict[str, Any]], None] | None:
     """A writer of info lines for `name` that skips the `logging` machinery (a record, its attributes, the
     filters), for a line logged thousands of times a second; None when `logging` is not configured by
-    `configure`, or that logger is not at INFO, or has handlers of its own. The line is the one `logging`
-    would write: same keys, same bound ids, same handler."""
+    `configure`, or that logger is not at INFO, has handlers of its own or does not reach the root's. The line
+    is the one `logging` would write: same keys, same bound ids, same handler."""
     handler = _handler
     logger = logging.getLogger(name)
     if handler is None or not logger.isEnabledFor(logging.INFO) or logging.getLogger().handlers != [handler]:
         return None
-    if logger.filters or any(parent.handlers for parent in _ancestors(logger)):
+    if logger.filters or any(parent.handlers or not parent.propagate for parent in _ancestors(logger)):
         return None
     formatter = handler.json
 

@@ -251,6 +251,9 @@ assert access["service"] == "probe" and access["ts"]
 quiet = logging.getLogger("studio.access")
 quiet.setLevel(logging.WARNING)
 assert log.line_writer("studio.access") is None  # filtered out: no writer, so nothing bypasses the level
+quiet.setLevel(logging.INFO)
+quiet.propagate = False
+assert log.line_writer("studio.access") is None  # its lines would not reach the root's handler either
 print("ok", file=sys.stderr)
 """
 
