@@ -68,7 +68,6 @@ class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self, stream: TextIO, formatter: JsonFormatter) -> None:
         super().__init__(stream)
         self.setFormatter(formatter)
-        self.json = formatter
         self._pending: list[str] = []
         self._flush_on: asyncio.AbstractEventLoop | None = None
 
@@ -127,7 +126,8 @@ def line_writer(name: str) -> Callable[[str, dict[str, Any]], None] | None:
         return None
     if logger.filters or any(parent.handlers or not parent.propagate for parent in _ancestors(logger)):
         return None
-    formatter = handler.json
+    formatter = handler.formatter
+    assert isinstance(formatter, JsonFormatter)  # set by `configure`, never replaced
 
     def write(message: str, fields: dict[str, Any]) -> None:
         handler.write_line(formatter.line(time.time(), "info", name, message, fields))
