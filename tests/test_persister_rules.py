@@ -8,7 +8,8 @@ import pytest
 from common.broker import RetrySchedule, delay_queue_name, download_retry_delays, retry_delays
 from common.errors import OutputRejected
 from common.settings import Settings
-from services.persister.download import check_url, host_allowed, resolve_checked, sniff
+from common.addresses import host_allowed
+from services.persister.download import check_url, resolve_checked, sniff
 
 OUTPUT_WINDOW_S = 300  # Skytells deletes outputs about 5 minutes after completion
 

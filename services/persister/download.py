@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -20,13 +19,12 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from common.addresses import IpAddress, forbidden, host_allowed, valid_hostname
 from common.errors import OutputRejected, UpstreamUnavailable
 
 CHUNK = 128 * 1024
 MAX_REDIRECTS = 5
 SNIFF_BYTES = 16
-
-IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def sniff(head: bytes) -> tuple[str, str] | None:
@@ -42,40 +40,6 @@ def sniff(head: bytes) -> tuple[str, str] | None:
     return None
 
 
-def host_allowed(host: str, patterns: Sequence[str]) -> bool:
-    host = host.lower().rstrip(".")
-    for pattern in patterns:
-        pattern = pattern.lower().rstrip(".")
-        if pattern.startswith("*."):
-            if host.endswith(pattern[1:]) and host != pattern[2:]:
-                return True
-        elif host == pattern:
-            return True
-    return False
-
-
-def listed_explicitly(name: str, patterns: Sequence[str]) -> bool:
-    name = name.lower().strip("[]").rstrip(".")
-    return any(p.lower().strip("[]").rstrip(".") == name for p in patterns if not p.startswith("*."))
-
-
-# One DNS label once IDNA-encoded (RFC 1035: 1 to 63 characters); `_` occurs in real CDN names.
-_LABEL = re.compile(r"[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-def _valid_hostname(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-        return True
-    except ValueError:
-        pass
-    try:
-        encoded = host.rstrip(".").encode("idna").decode("ascii")
-    except UnicodeError:  # an empty or over-long label, or characters IDNA refuses
-        return False
-    return len(encoded) <= 253 and all(_LABEL.fullmatch(label) for label in encoded.split("."))
-
-
 def check_url(url: str, allowed_hosts: Sequence[str]) -> httpx.URL:
     """The URL as httpx will request it; OutputRejected when it is not one we may, or can, fetch.
 
@@ -89,7 +53,7 @@ def check_url(url: str, allowed_hosts: Sequence[str]) -> httpx.URL:
         raise OutputRejected(f"output URL cannot be parsed ({exc}): {url[:200]}") from None
     if parts.scheme not in ("http", "https") or not hostname:
         raise OutputRejected(f"output URL is not http(s): {url[:200]}")
-    if port == 0 or not _valid_hostname(hostname):
+    if port == 0 or not valid_hostname(hostname):
         raise OutputRejected(f"output URL has an invalid host or port: {url[:200]}")
     if not host_allowed(hostname, allowed_hosts):
         raise OutputRejected(f"output host not allowed: {hostname}")
@@ -99,18 +63,6 @@ def check_url(url: str, allowed_hosts: Sequence[str]) -> httpx.URL:
         return target
     except (httpx.InvalidURL, ValueError) as exc:  # idna.IDNAError is a UnicodeError, hence a ValueError
         raise OutputRejected(f"output URL cannot be parsed ({exc}): {url[:200]}") from None
-
-
-def _internal(address: IpAddress) -> bool:
-    return (
-        address.is_private
-        or address.is_loopback
-        or address.is_link_local
-        or address.is_multicast
-        or address.is_reserved
-        or address.is_unspecified
-        or not address.is_global
-    )
 
 
 async def resolve_checked(host: str, port: int, allowed_hosts: Sequence[str]) -> IpAddress:
@@ -131,10 +83,9 @@ async def resolve_checked(host: str, port: int, allowed_hosts: Sequence[str]) ->
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
         if not addresses:
             raise UpstreamUnavailable(f"CDN host {host} does not resolve")
-    if not listed_explicitly(host, allowed_hosts):
-        for address in addresses:
-            if _internal(address) and not listed_explicitly(str(address), allowed_hosts):
-                raise OutputRejected(f"output host {host} resolves to a non-public address ({address})")
+    refused = forbidden(host, addresses, allowed_hosts)
+    if refused is not None:
+        raise OutputRejected(f"output host {host} resolves to a non-public address ({refused})")
     return addresses[0]
 
 
