@@ -33,7 +33,7 @@ from common.web import event_loop
 from devstack.processes import ManagedProcess, free_port, http_ok, wait_until
 from devstack.rabbitmq import RabbitMQ
 
-SECRET = "bench-secret"
+SECRET = "bench-webhook-secret"
 SECONDS = 3.0 if quick() else 5.0
 CONNECTIONS = 32
 RATIO_GOAL = 0.6

@@ -147,6 +147,14 @@ def _log_level(raw: str) -> str:
 
 
 JWT_SECRET_MIN_BYTES = 32
+WEBHOOK_SECRET_MIN_CHARS = 16
+
+
+def _webhook_secrets(raw: str) -> tuple[str, ...]:
+    keys = _csv(raw)
+    if any(len(key) < WEBHOOK_SECRET_MIN_CHARS for key in keys):  # a short HMAC key can be guessed offline
+        raise ValueError(f"every key must be at least {WEBHOOK_SECRET_MIN_CHARS} characters")
+    return keys
 
 
 def _jwt_secret(raw: str) -> str:
@@ -185,14 +193,17 @@ class Settings:
     skytells_base_url: str = _setting("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
     skytells_api_key: str = _setting("SKYTELLS_API_KEY", _text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
     skytells_timeout_s: float = _setting("SKYTELLS_TIMEOUT_S", _seconds(0.1, 300), "15", {API, PERSISTER}, "deadline of one call to Skytells")  # noqa: E501
-    skytells_webhook_secrets: tuple[str, ...] = _setting("SKYTELLS_WEBHOOK_SECRET", _csv, None, {WEBHOOK}, "HMAC key(s) of callbacks, comma-separated (rotation)")  # noqa: E501
+    skytells_webhook_secrets: tuple[str, ...] = _setting("SKYTELLS_WEBHOOK_SECRET", _webhook_secrets, None, {WEBHOOK}, "HMAC key(s) of callbacks, comma-separated (rotation), each at least 16 characters")  # noqa: E501
     public_webhook_url: str = _setting("PUBLIC_WEBHOOK_URL", _url("http", "https"), "http://127.0.0.1:8081/api/webhooks", {API}, "callback URL given to Skytells")  # noqa: E501
     auth_jwt_secret: str = _setting("AUTH_JWT_SECRET", _jwt_secret, None, {API}, "HS256 key for API bearer tokens, at least 32 bytes; required unless `AUTH_JWKS_URL` is set")  # noqa: E501
     auth_jwks_url: str = _setting("AUTH_JWKS_URL", _optional_url, "", {API}, "JWKS of an identity provider: RS256 and ES256 tokens signed by its keys are accepted too")  # noqa: E501
+    auth_jwks_refresh_s: float = _setting("AUTH_JWKS_REFRESH_S", _seconds(1, _DAY), "600", {API}, "longest time between two reads of `AUTH_JWKS_URL` (a shorter `Cache-Control: max-age` wins): a key the provider withdrew stops working by then")  # noqa: E501
     auth_jwt_audience: str = _setting("AUTH_JWT_AUDIENCE", _optional_text, "", {API}, "when set, tokens must carry this `aud`")  # noqa: E501
     auth_jwt_issuer: str = _setting("AUTH_JWT_ISSUER", _optional_text, "", {API}, "when set, tokens must carry this `iss`")  # noqa: E501
     cors_allowed_origins: tuple[str, ...] = _setting("CORS_ALLOWED_ORIGINS", _origins, "", {API}, "browser origins allowed to call the API (comma-separated, exact origins)")  # noqa: E501
     quota_max_active: int = _setting("QUOTA_MAX_ACTIVE", _integer(1, 100_000), "10", {API}, "active (queued + processing) generations allowed per user")  # noqa: E501
+    rate_limit_creates_per_minute: int = _setting("RATE_LIMIT_CREATES_PER_MINUTE", _integer(1, 1_000_000), "600", {API}, "`POST /api/generate` calls allowed per user per minute, across all replicas")  # noqa: E501
+    streams_per_user: int = _setting("STREAMS_PER_USER", _integer(1, 10_000), "20", {API}, "open event streams allowed per user, on one API replica")  # noqa: E501
     allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", _csv, "truefusion-pro,truefusion-edge,truefusion-2.0", {API}, "models a request may name, comma-separated; the first is the default")  # noqa: E501
     output_allowed_hosts: tuple[str, ...] = _setting("OUTPUT_ALLOWED_HOSTS", _csv, "*.skytells.ai,*.skytells.cloud", {PERSISTER}, "hosts the persister may download outputs from (`*.x.com` allowed)")  # noqa: E501
     output_max_bytes: int = _setting("OUTPUT_MAX_BYTES", _integer(1, 5 * 1024**3), "52428800", {PERSISTER}, "largest output accepted")  # noqa: E501

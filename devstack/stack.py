@@ -32,7 +32,7 @@ from devstack.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
-SIM_DEFAULTS = {"SIM_API_KEY": "sim-key", "SIM_WEBHOOK_SECRET": "sim-secret", "SIM_PORT": "8090"}
+SIM_DEFAULTS = {"SIM_API_KEY": "sim-key", "SIM_WEBHOOK_SECRET": "sim-webhook-secret-local", "SIM_PORT": "8090"}
 SERVICES = {  # name -> (module, settings field holding its port)
     "api": ("services.api", "api_port"),
     "webhook": ("services.webhook", "webhook_port"),

@@ -48,6 +48,8 @@ BAD_AUTHORIZATION = {
     "empty sub": f"Bearer {_hs({'sub': '', 'exp': NOW + 600})}",
     "blank sub": f"Bearer {_hs({'sub': '   ', 'exp': NOW + 600})}",
     "numeric sub": f"Bearer {_hs({'sub': 42, 'exp': NOW + 600})}",
+    # Longer than any index on user ids is meant to hold (a very long one reached PostgreSQL's row limit).
+    "sub over 255 bytes": f"Bearer {_hs({'sub': 'é' * 128, 'exp': NOW + 600})}",
     "exp not a number": f"Bearer {_hs({'sub': 'alice', 'exp': 'tomorrow'})}",
 }
 

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from common.web import ApiError
 from devstack.processes import free_port
 from services.api.auth import Authenticator
-from services.api.jwks import Jwks, JwksUnavailable
+from services.api.jwks import Jwks, JwksUnavailable, max_age
 from tests.conftest import JWT_SECRET
 
 AUDIENCE, ISSUER = "studio-api", "https://idp.example.test/"
@@ -49,11 +49,13 @@ class Provider:
         self.reads = 0
         self.delay = 0.0
         self.status = 200
+        self.cache_control: str | None = None
 
     async def jwks(self, _: web.Request) -> web.Response:
         self.reads += 1
         await asyncio.sleep(self.delay)
-        return web.json_response({"keys": self.keys}, status=self.status)
+        headers = {"Cache-Control": self.cache_control} if self.cache_control else None
+        return web.json_response({"keys": self.keys}, status=self.status, headers=headers)
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +205,63 @@ async def test_a_remembered_token_is_refused_once_its_key_is_withdrawn(provider,
             assert refused.value.status == 401
         finally:
             idp.keys[:] = published
+
+
+async def test_a_withdrawn_key_stops_working_within_the_refresh_time_and_its_tokens_are_dropped(provider, settings):
+    """No token naming an unknown key is needed: the keys are read again at least every AUTH_JWKS_REFRESH_S."""
+    idp, url = provider
+    clock = Clock()
+    configured = replace(settings, auth_jwks_url=url, auth_jwt_audience=AUDIENCE, auth_jwt_issuer=ISSUER)
+    leaked, kept = _token(RSA_KEY, "RS256", "rsa-1"), _token(EC_KEY, "ES256", "ec-1")
+    published = list(idp.keys)
+    async with httpx.AsyncClient() as client:
+        jwks = Jwks(url, client, clock, refresh_s=600)
+        auth = Authenticator(configured, jwks)
+        await auth.subject(leaked), await auth.subject(kept)
+        kept_key = await jwks.key("ec-1", "ES256")
+        assert len(auth.verified) == 2 and jwks.fetches == 1
+        idp.keys[:] = [_jwk(EC_KEY, "ec-1")]  # the provider withdraws the leaked key
+        try:
+            clock.now += 599
+            assert await auth.subject(leaked)  # not yet read again
+            clock.now += 2
+            assert await auth.subject(kept)  # this request reads the keys again ...
+            assert jwks.fetches == 2 and len(auth.verified) == 1  # ... and the leaked key's token is forgotten
+            assert await jwks.key("ec-1", "ES256") is kept_key  # a key still published stays the same key
+            with pytest.raises(ApiError) as refused:
+                await auth.subject(leaked)
+            assert refused.value.status == 401
+        finally:
+            idp.keys[:] = published
+
+
+async def test_a_shorter_max_age_from_the_provider_wins(provider):
+    idp, url = provider
+    clock = Clock()
+    idp.cache_control = "public, max-age=30, must-revalidate"
+    try:
+        async with httpx.AsyncClient() as client:
+            jwks = Jwks(url, client, clock, refresh_s=600)
+            assert await jwks.key("rsa-1", "RS256") is not None and jwks.fetches == 1
+            clock.now += 29
+            assert await jwks.key("rsa-1", "RS256") is not None and jwks.fetches == 1
+            clock.now += 2
+            assert await jwks.key("rsa-1", "RS256") is not None and jwks.fetches == 2
+            idp.cache_control = "max-age=3600"  # a longer one does not: AUTH_JWKS_REFRESH_S is the most
+            clock.now += 31
+            await jwks.key("rsa-1", "RS256")
+            clock.now += 601
+            await jwks.key("rsa-1", "RS256")
+            assert jwks.fetches == 4
+    finally:
+        idp.cache_control = None
+
+
+def test_max_age_is_read_from_cache_control():
+    assert max_age(None) is None and max_age("public") is None
+    assert max_age("public, max-age=300") == 300 and max_age('max-age="42"') == 42
+    assert max_age("no-store") == 0 and max_age("private, no-cache") == 0
+    assert max_age("s-maxage=10") is None
 
 
 async def test_a_provider_that_cannot_be_read_is_retried_after_a_few_seconds(provider):

@@ -39,8 +39,14 @@ def test_every_bad_variable_is_named_in_one_error():
 
 
 def test_several_webhook_secrets_for_rotation():
-    settings = Settings.from_env({"SKYTELLS_WEBHOOK_SECRET": "new, old"})
-    assert settings.skytells_webhook_secrets == ("new", "old")
+    settings = Settings.from_env({"SKYTELLS_WEBHOOK_SECRET": "new-key-0123456789, old-key-0123456789"})
+    assert settings.skytells_webhook_secrets == ("new-key-0123456789", "old-key-0123456789")
+
+
+def test_a_webhook_secret_under_16_characters_is_refused():
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"SKYTELLS_WEBHOOK_SECRET": "long-enough-key-0123,short"})
+    assert caught.value.problems == {"SKYTELLS_WEBHOOK_SECRET": "every key must be at least 16 characters"}
 
 
 @pytest.mark.parametrize("name", ["SKYTELLS_TIMEOUT_S", "DOWNLOAD_READ_TIMEOUT_S", "RECONCILE_INTERVAL_S"])

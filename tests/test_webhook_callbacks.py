@@ -22,7 +22,7 @@ from services.webhook.metrics import Outcome
 from services.webhook.views import MAX_BODY
 from tests.helpers import eventually, metric, samples
 
-SECRET = "sim-secret"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
+SECRET = "sim-webhook-secret-local"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
 
 
 def new_id() -> str:

@@ -31,7 +31,7 @@ from tests.helpers import eventually
 
 logger = logging.getLogger(__name__)
 
-NEW_KEY, OLD_KEY = "new-key", "old-key"
+NEW_KEY, OLD_KEY = "new-key-0123456789", "old-key-0123456789"
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from common.signing import SIGNATURE_HEADER, sign
 from tests.helpers import ServiceLog
 from tests.wire import exchange, request
 
-SECRET = "sim-secret"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
+SECRET = "sim-webhook-secret-local"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
 
 
 @pytest.fixture

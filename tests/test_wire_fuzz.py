@@ -26,7 +26,7 @@ from tests.wire import WireError, exchange
 CASES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 SEED = int(os.environ.get("FUZZ_SEED", str(random.randrange(2**32))))
 CONCURRENCY = 8
-SECRET = "sim-secret"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
+SECRET = "sim-webhook-secret-local"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
 
 
 def _targets() -> dict[str, Target]:

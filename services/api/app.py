@@ -29,7 +29,7 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     async with httpx.AsyncClient(timeout=JWKS_TIMEOUT_S) as http:
-        app[AUTH] = Authenticator(settings, Jwks(settings.auth_jwks_url, http))
+        app[AUTH] = Authenticator(settings, Jwks(settings.auth_jwks_url, http, refresh_s=settings.auth_jwks_refresh_s))
         yield
 
 

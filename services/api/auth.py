@@ -4,8 +4,8 @@ Accepted: HS256 signed with `AUTH_JWT_SECRET`, and, with `AUTH_JWKS_URL`, RS256 
 identity provider's keys (`services/api/jwks.py`). The algorithm a token names picks the kind of key before
 anything is verified: an HS256 token is checked against the shared secret only, never against a public key (the
 "algorithm confusion" forgery, where a public key is used as an HMAC secret), and `none` or any other algorithm
-is refused outright. `sub` (a non-empty string PostgreSQL can store) and `exp` are required; `aud` and `iss` too
-when `AUTH_JWT_AUDIENCE` / `AUTH_JWT_ISSUER` are set.
+is refused outright. `sub` (a non-empty string of at most 255 bytes that PostgreSQL can store) and `exp` are
+required; `aud` and `iss` too when `AUTH_JWT_AUDIENCE` / `AUTH_JWT_ISSUER` are set.
 
 A token once verified is remembered (`VerifiedTokens`) until its `exp`: a client sends the same token with each
 request, and checking it anew (two base64 and JSON decodes, the signature, the claims) was half the CPU of a
@@ -38,6 +38,9 @@ MAX_AUTHORIZATION = 8190
 # (4,096 x 2 KiB at most), and ordinary tokens are a few hundred bytes.
 REMEMBERED_TOKENS = 4096
 MAX_REMEMBERED_TOKEN = 2048
+# A user id is a key of several indexes; one far longer than any provider's ids could exceed PostgreSQL's index
+# row limit and turn every request of its bearer into a database error.
+MAX_SUBJECT_BYTES = 255
 
 
 def _refused(message: str) -> ApiError:
@@ -79,6 +82,11 @@ class VerifiedTokens:
     def forget(self, token: str) -> None:
         self._tokens.pop(token, None)
 
+    def forget_keys(self, keys: set[Any]) -> None:
+        """Drop every token a withdrawn key vouched for."""
+        for token in [token for token, verified in self._tokens.items() if verified.key in keys]:
+            del self._tokens[token]
+
 
 class Authenticator:
     def __init__(self, settings: Settings, jwks: Jwks | None = None, clock: Callable[[], float] = time.time) -> None:
@@ -86,6 +94,8 @@ class Authenticator:
         self._jwks = jwks
         self._clock = clock
         self.verified = VerifiedTokens()
+        if jwks is not None:
+            jwks.on_withdrawn(self.verified.forget_keys)
         self._audience = settings.auth_jwt_audience or None
         self._issuer = settings.auth_jwt_issuer or None
         self._required = ["exp", "sub"] + (["aud"] if self._audience else []) + (["iss"] if self._issuer else [])
@@ -125,7 +135,12 @@ class Authenticator:
         key = await self._key(algorithm, kid)
         claims = self._verify(token, key, algorithm)
         subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject.strip() or not storable(subject):
+        if (
+            not isinstance(subject, str)
+            or not subject.strip()
+            or len(subject.encode()) > MAX_SUBJECT_BYTES
+            or not storable(subject)
+        ):
             raise _refused("Invalid token")
         self.verified.add(token, Verified(subject, int(claims["exp"]), algorithm, kid, key))
         return subject
