@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter as Tally
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
@@ -102,6 +103,7 @@ class Inbox:
 class Hub:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
+        self._streams: Tally[str] = Tally()
         self._by_generation: dict[str, set[Inbox]] = {}
         self._by_user: dict[str, set[Inbox]] = {}
         self._inboxes: set[Inbox] = set()
@@ -133,6 +135,19 @@ class Hub:
                 watchers.discard(inbox)
                 if not watchers:
                     del index[key]
+
+    def take_stream(self, user_id: str, limit: int) -> bool:
+        """One of the user's `limit` event streams on this replica, or False when all are taken: one account cannot
+        hold the replica's memory and sockets with streams it opens. Give it back with `release_stream`."""
+        if self._streams[user_id] >= limit:
+            return False
+        self._streams[user_id] += 1
+        return True
+
+    def release_stream(self, user_id: str) -> None:
+        self._streams[user_id] -= 1
+        if self._streams[user_id] <= 0:
+            del self._streams[user_id]
 
     def dispatch(self, update: Update) -> None:
         for inbox in self._by_generation.get(update.generation_id, ()):

@@ -5,23 +5,50 @@ Each event is `event: generation`, `id: <version>` (the change's position, see `
 generation object on one `data:` line. An idle stream gets a `: keep-alive` comment every 15 s, so proxies and
 clients can tell a quiet stream from a dead one. A client that resumes with `Last-Event-ID` gets, after the
 unfinished generations, whatever changed since that event: it does not miss a terminal state while away.
+
+A client that stays connected but stops reading would block a write for ever, pinning the handler and everything
+it holds: a write that waits `WRITE_TIMEOUT_S` disconnects it. A user may hold `STREAMS_PER_USER` streams on one
+replica; one more is a 429.
 """
 
 from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
 
 from aiohttp import web
 
 from common.db import changes
 from common.updates import Update
-from common.web import REQUEST_ID, REQUEST_ID_HEADER
+from common.web import REQUEST_ID, REQUEST_ID_HEADER, ApiError
 from services.api.hub import Inbox
-from services.api.keys import HUB, POOL
+from services.api.keys import HUB, POOL, SETTINGS
 from services.api.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, frame, last_event_id, moment_after
 from services.api.views import _own_generation, _parse_id, _user
 from services.api.waiting import client_connected
 
+logger = logging.getLogger(__name__)
+
 # Most unfinished (plus, on resume, changed) generations a per-user stream opens with.
 OPENING_LIMIT = 1000
+WRITE_TIMEOUT_S = 30.0
+
+
+class _Stalled(Exception):
+    """The client stopped reading: a write waited WRITE_TIMEOUT_S."""
+
+
+async def _write(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            await response.write(data)
+    except TimeoutError:
+        logger.warning("event stream client stopped reading; disconnected")
+        if request.transport is not None:
+            request.transport.abort()  # what it has not read is dropped with the connection
+        raise _Stalled from None
 
 
 async def _open(request: web.Request) -> web.StreamResponse:
@@ -33,30 +60,41 @@ async def _open(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _send(response: web.StreamResponse, inbox: Inbox, update: Update) -> bool:
+async def _send(request: web.Request, response: web.StreamResponse, inbox: Inbox, update: Update) -> bool:
     """Write one event unless the stream showed it already; False once the client is gone."""
     if not inbox.news(update):
         return True
     try:
-        await response.write(frame(update))
-    except ConnectionError:
+        await _write(request, response, frame(update))
+    except (ConnectionError, _Stalled):
         return False
     return True
 
 
-async def _relay(response: web.StreamResponse, inbox: Inbox, *, until_terminal: bool) -> None:
+async def _relay(request: web.Request, response: web.StreamResponse, inbox: Inbox, *, until_terminal: bool) -> None:
     while not inbox.closed:
         update = await inbox.next(KEEPALIVE_S)
         try:
             if update is None:
                 if not inbox.closed:
-                    await response.write(KEEPALIVE)
+                    await _write(request, response, KEEPALIVE)
                 continue
-            await response.write(frame(update))
-        except ConnectionError:
+            await _write(request, response, frame(update))
+        except (ConnectionError, _Stalled):
             return
         if until_terminal and update.terminal:
             return
+
+
+@contextlib.contextmanager
+def _stream_slot(request: web.Request, user_id: str) -> Iterator[None]:
+    hub, limit = request.app[HUB], request.app[SETTINGS].streams_per_user
+    if not hub.take_stream(user_id, limit):
+        raise ApiError(429, f"Too many open event streams (at most {limit} per user)", {"Retry-After": "5"})
+    try:
+        yield
+    finally:
+        hub.release_stream(user_id)
 
 
 async def generation_events(request: web.Request) -> web.StreamResponse:
@@ -64,11 +102,11 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
     generation_id = _parse_id(request.match_info["id"])
     last_event_id(request)  # checked; the stream starts with the current state either way
     alive = lambda: client_connected(request)  # noqa: E731
-    with request.app[HUB].watch(alive, generation_id=str(generation_id)) as inbox:
+    with _stream_slot(request, user_id), request.app[HUB].watch(alive, generation_id=str(generation_id)) as inbox:
         current = Update.of(await _own_generation(request, user_id))
         response = await _open(request)
-        if await _send(response, inbox, current) and not current.terminal:
-            await _relay(response, inbox, until_terminal=True)
+        if await _send(request, response, inbox, current) and not current.terminal:
+            await _relay(request, response, inbox, until_terminal=True)
     return response
 
 
@@ -76,12 +114,12 @@ async def user_events(request: web.Request) -> web.StreamResponse:
     user_id = await _user(request)
     changed_after = moment_after(request)
     alive = lambda: client_connected(request)  # noqa: E731
-    with request.app[HUB].watch(alive, user_id=user_id) as inbox:
+    with _stream_slot(request, user_id), request.app[HUB].watch(alive, user_id=user_id) as inbox:
         async with request.app[POOL].acquire() as conn:
             opening = await changes.list_opening(conn, user_id, changed_after, OPENING_LIMIT)
         response = await _open(request)
         for generation in opening:
-            if not await _send(response, inbox, Update.of(generation)):
+            if not await _send(request, response, inbox, Update.of(generation)):
                 return response
-        await _relay(response, inbox, until_terminal=False)
+        await _relay(request, response, inbox, until_terminal=False)
     return response
