@@ -199,7 +199,9 @@ def _served(port: int, requests: Path, pid: int) -> dict[str, Any]:
 
 def run() -> list[Row]:
     work = Path(tempfile.mkdtemp(prefix="studio-bench-api-"))
-    stack = Stack(loopback_env(AUTH_JWT_SECRET=SECRET, QUOTA_MAX_ACTIVE="100000"), work)
+    stack = Stack(
+        loopback_env(AUTH_JWT_SECRET=SECRET, QUOTA_MAX_ACTIVE="100000", RATE_LIMIT_CREATES_PER_MINUTE="1000000"), work
+    )
     try:
         stack.start_infrastructure()
         stack.start_simulator()

@@ -166,7 +166,11 @@ def run() -> list[Row]:
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 20_000)), hard))  # 5,000 streams, both ends
     stack = Stack(
         loopback_env(
-            S3_BUCKET="studio-bench-live", SIM_DELAY_S="0.05", AUTH_JWT_SECRET=JWT_SECRET, QUOTA_MAX_ACTIVE="1000"
+            S3_BUCKET="studio-bench-live",
+            SIM_DELAY_S="0.05",
+            AUTH_JWT_SECRET=JWT_SECRET,
+            QUOTA_MAX_ACTIVE="1000",
+            RATE_LIMIT_CREATES_PER_MINUTE="1000000",
         ),
         Path(tempfile.mkdtemp(prefix="studio-bench-live-")),
     )

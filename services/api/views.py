@@ -21,6 +21,7 @@ from services.api import openapi
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
 from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
+from services.api.rate_limit import check_create_rate
 from services.api.submission import await_callback, record_prediction
 from services.api.waiting import wait_for_end
 
@@ -104,6 +105,7 @@ async def _reserve(
 
 async def generate(request: web.Request) -> web.Response:
     user_id = await _user(request)
+    await check_create_rate(request, user_id)
     wait_s = prefer_wait(request)
     generation, status = await _create(request, user_id)
     if wait_s is None:
