@@ -23,13 +23,12 @@ from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
 from services.api.submission import await_callback, record_prediction
-from services.api.waiting import wait_for_end
+from services.api.waiting import wait_for_end, wait_for_news
 
 logger = logging.getLogger(__name__)
 
 # How long a repeat waits for a concurrent first request with the same Idempotency-Key to get its answer.
 REPLAY_WAIT_S = 30.0
-REPLAY_POLL_S = 0.05
 JSON = "application/json"
 
 
@@ -96,11 +95,13 @@ async def _reserve(
             raise ApiError(409, "Idempotency-Key was already used with a different request")
         if existing.prediction_id is not None or existing.terminal or existing.submit_timed_out_at is not None:
             return existing, True  # (a timed-out create call: the generation waits for its callback)
-        # The first request with this key is still waiting for Skytells: wait for its outcome. If Skytells
+        # The first request with this key is still waiting for Skytells: wait for its outcome, woken by the live
+        # updates (no connection held meanwhile, so a burst of repeats cannot drain the pool). If Skytells
         # refuses it, its key is released and the next round makes a fresh attempt.
-        if asyncio.get_running_loop().time() > deadline:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
             raise ApiError(409, "A request with this Idempotency-Key is still in progress", {"Retry-After": "1"})
-        await asyncio.sleep(REPLAY_POLL_S)
+        await wait_for_news(request, existing.id, remaining)
 
 
 async def generate(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ the time is up (the state "as it stands then").
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from aiohttp import web
 
@@ -42,3 +43,10 @@ async def wait_for_end(request: web.Request, generation: Generation, seconds: in
             if update.terminal:
                 return await _read(request, generation)
     return generation if generation.terminal else await _read(request, generation)
+
+
+async def wait_for_news(request: web.Request, generation_id: uuid.UUID, seconds: float) -> None:
+    """Return at the generation's next update reaching this replica (the hub's re-read of it included, every few
+    seconds), or after `seconds`: a cheap "something may have changed, look again", holding no connection."""
+    with request.app[HUB].watch(lambda: client_connected(request), generation_id=str(generation_id)) as inbox:
+        await inbox.next(max(0.0, seconds))
