@@ -122,7 +122,12 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                             retry_after,
                         ),
                         "413": _error("Body over 64 KiB"),
-                        "429": _error("Quota exceeded: QUOTA_MAX_ACTIVE generations already queued or processing"),
+                        "429": _error(
+                            "`Rate limit exceeded`: more than RATE_LIMIT_CREATES_PER_MINUTE calls by this user in a"
+                            " minute, across every replica (Retry-After says when the next is allowed); or `Quota"
+                            " exceeded`: QUOTA_MAX_ACTIVE generations already queued or processing",
+                            retry_after,
+                        ),
                         "502": _error("Skytells failed the call; its message when it gave one"),
                         "503": _error(
                             "Skytells is rate-limiting Studio; or it did not answer in time (the generation stays"

@@ -45,6 +45,11 @@ def _stream(summary: str, description: str, operation_id: str, parameters: list[
         },
         "400": {"$ref": "#/components/responses/BadRequest"},
         "401": {"$ref": "#/components/responses/Unauthorized"},
+        "429": {
+            "description": "The caller already has STREAMS_PER_USER streams open on this API replica",
+            "headers": {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+        },
     }
     if any(p["in"] == "path" for p in parameters):
         responses["404"] = {"$ref": "#/components/responses/NotFound"}
@@ -76,7 +81,8 @@ def add_live(document: dict[str, Any], id_parameter: dict[str, Any]) -> dict[str
     paths["/api/generations/events"] = _stream(
         "Live events of all the caller's generations",
         "First one event per unfinished generation (after a `Last-Event-ID`, also what changed since), then one "
-        "per change of any of the caller's generations. Stays open.",
+        "per change of any of the caller's generations. Stays open. A client that stops reading is disconnected "
+        "once a write has waited 30 s.",
         "userEvents",
         [_LAST_EVENT_ID],
     )
