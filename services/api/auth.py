@@ -138,8 +138,8 @@ class Authenticator:
         if (
             not isinstance(subject, str)
             or not subject.strip()
+            or not storable(subject)  # first: a lone surrogate has no UTF-8 length to measure
             or len(subject.encode()) > MAX_SUBJECT_BYTES
-            or not storable(subject)
         ):
             raise _refused("Invalid token")
         self.verified.add(token, Verified(subject, int(claims["exp"]), algorithm, kid, key))
