@@ -193,7 +193,7 @@ class Settings:
     skytells_base_url: str = _setting("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
     skytells_api_key: str = _setting("SKYTELLS_API_KEY", _text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
     skytells_timeout_s: float = _setting("SKYTELLS_TIMEOUT_S", _seconds(0.1, 300), "15", {API, PERSISTER}, "deadline of one call to Skytells")  # noqa: E501
-    skytells_webhook_secrets: tuple[str, ...] = _setting("SKYTELLS_WEBHOOK_SECRET", _webhook_secrets, None, {WEBHOOK}, "HMAC key(s) of callbacks, comma-separated (rotation), each at least 16 characters")  # noqa: E501
+    skytells_webhook_secrets: tuple[str, ...] = _setting("SKYTELLS_WEBHOOK_SECRET", _webhook_secrets, None, {API, WEBHOOK}, "HMAC key(s) of callbacks, comma-separated (rotation, the first tags callback URLs), each at least 16 characters")  # noqa: E501
     public_webhook_url: str = _setting("PUBLIC_WEBHOOK_URL", _url("http", "https"), "http://127.0.0.1:8081/api/webhooks", {API}, "callback URL given to Skytells")  # noqa: E501
     auth_jwt_secret: str = _setting("AUTH_JWT_SECRET", _jwt_secret, None, {API}, "HS256 key for API bearer tokens, at least 32 bytes; required unless `AUTH_JWKS_URL` is set")  # noqa: E501
     auth_jwks_url: str = _setting("AUTH_JWKS_URL", _optional_url, "", {API}, "JWKS of an identity provider: RS256 and ES256 tokens signed by its keys are accepted too")  # noqa: E501
@@ -271,6 +271,6 @@ def env_names() -> dict[str, str]:
 
 # What each process cannot run without. The persister runs without the Skytells key: it stores what callbacks
 # bring but cannot reconcile, and says so at start.
-API_REQUIRED = ("SKYTELLS_API_KEY", "AUTH_JWT_SECRET")
+API_REQUIRED = ("SKYTELLS_API_KEY", "AUTH_JWT_SECRET", "SKYTELLS_WEBHOOK_SECRET")
 WEBHOOK_REQUIRED = ("SKYTELLS_WEBHOOK_SECRET",)
 PERSISTER_REQUIRED: tuple[str, ...] = ()

@@ -11,6 +11,7 @@ import asyncio
 import math
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -21,6 +22,7 @@ from prometheus_client import Counter, Histogram
 
 from common.errors import StudioError
 from common.predictions import Prediction, SkytellsEvent, parse_prediction
+from common.signing import tag_reference, untag_reference
 
 SKYTELLS_LATENCY = Histogram(
     "studio_skytells_request_duration_seconds",
@@ -41,21 +43,35 @@ MAX_MESSAGE = 1000
 GENERATION_PARAM = "generation"
 
 
-def callback_url(public_webhook_url: str, generation_id: uuid.UUID) -> str:
-    """The callback URL given to Skytells for one generation: `PUBLIC_WEBHOOK_URL` with Studio's generation id
-    in its query, so a callback finds its generation even when the prediction id was never recorded."""
+def callback_url(public_webhook_url: str, generation_id: uuid.UUID, secret: str) -> str:
+    """The callback URL given to Skytells for one generation: `PUBLIC_WEBHOOK_URL` with Studio's generation id,
+    tagged under the webhook secret, in its query, so a callback finds its generation even when the prediction id
+    was never recorded, and nobody else can point a callback at a generation."""
     parts = urlsplit(public_webhook_url)
     query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != GENERATION_PARAM]
-    query.append((GENERATION_PARAM, str(generation_id)))
+    query.append((GENERATION_PARAM, tag_reference(str(generation_id), secret)))
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
-def generation_of_callback(raw: str | None) -> str | None:
-    """The generation id a callback URL carried, in canonical form; None when absent or not a UUID."""
-    if not raw:
+def generation_of_callback(raw: str | None, secrets: Iterable[str]) -> str | None:
+    """The generation id a callback URL carried, in canonical form; None when absent, untagged, wrongly tagged
+    or not a UUID."""
+    generation_id = untag_reference(raw, secrets) if raw else None
+    if generation_id is None:
         return None
     try:
-        return str(uuid.UUID(raw))
+        canonical = uuid.UUID(generation_id)
+    except ValueError:
+        return None
+    return str(canonical) if str(canonical) == generation_id else None
+
+
+def generation_of_webhook_url(url: str) -> str | None:
+    """The generation id in a callback URL Studio gave Skytells, as Skytells lists it back. No tag check: only
+    a holder of Studio's API key could have created the prediction it came with."""
+    raw = dict(parse_qsl(urlsplit(url).query)).get(GENERATION_PARAM, "")
+    try:
+        return str(uuid.UUID(raw.rpartition(".")[0]))
     except ValueError:
         return None
 

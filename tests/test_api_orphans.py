@@ -100,7 +100,9 @@ async def test_an_api_killed_before_writing_the_prediction_id_loses_nothing(http
             "model": "truefusion-pro",
             "input": {"prompt": "the API died #sim:delay=0.2"},
             "webhook": {
-                "url": callback_url(services.settings.public_webhook_url, gid),
+                "url": callback_url(
+                    services.settings.public_webhook_url, gid, services.settings.skytells_webhook_secrets[0]
+                ),
                 "events": ["started", "completed", "failed", "canceled"],
             },
         },

@@ -32,6 +32,7 @@ def test_every_bad_variable_is_named_in_one_error():
         "AMQP_URL",
         "SKYTELLS_API_KEY",
         "AUTH_JWT_SECRET",
+        "SKYTELLS_WEBHOOK_SECRET",
     }
     message = str(caught.value)
     for name in caught.value.problems:

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from common.broker import EXCHANGE
-from common.signing import SIGNATURE_HEADER, sign
+from common.signing import SIGNATURE_HEADER, sign, tag_reference
+from common.skytells import callback_url
 from services.webhook.metrics import Outcome
 from services.webhook.views import MAX_BODY
 from tests.helpers import eventually, metric, samples
@@ -374,3 +375,33 @@ async def test_probes_of_the_connected_gateway(http, urls):
     exported = {s.labels["outcome"] for s in samples(text, "studio_webhook_callbacks_total")}
     assert exported == {str(outcome) for outcome in Outcome}
     assert metric(text, "studio_webhook_publishes_in_flight") >= 0
+
+
+# --- the generation reference in the callback URL -------------------------------------------------------------
+
+
+async def test_only_a_reference_tagged_by_studio_reaches_the_event(http, urls, events, settings):
+    """The signature covers the body only: a captured signed body replayed with another generation's id in the
+    URL must bind nothing, so the gateway passes on a reference only with Studio's own tag."""
+    generation_id = uuid.uuid4()
+    tagged = callback_url(urls.webhook + "/api/webhooks", generation_id, settings.skytells_webhook_secrets[0])
+    forged = {
+        "untagged": str(generation_id),
+        "tagged under another key": tag_reference(str(generation_id), "not-the-webhook-secret-0123"),
+        "another generation's tag": f"{generation_id}.{tag_reference(str(uuid.uuid4()), SECRET).split('.')[1]}",
+    }
+    for name, reference in forged.items():
+        prediction_id = new_id()
+        body, headers = signed({"id": prediction_id, "status": "processing"})
+        answer = await http.post(
+            f"{urls.webhook}/api/webhooks", params={"generation": reference}, content=body, headers=headers
+        )
+        assert answer.status_code == 200, (name, answer.text)
+        [event] = await events.wait_for(prediction_id)
+        assert "generationId" not in event, name
+
+    prediction_id = new_id()
+    body, headers = signed({"id": prediction_id, "status": "processing"})
+    assert (await http.post(tagged, content=body, headers=headers)).status_code == 200
+    [event] = await events.wait_for(prediction_id)
+    assert event["generationId"] == str(generation_id)

@@ -128,7 +128,9 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
     with logs.bind(generation_id=str(generation.id)):
         try:
             prediction = await request.app[SKYTELLS].create_prediction(
-                wanted.model, wanted.prompt, callback_url(settings.public_webhook_url, generation.id)
+                wanted.model,
+                wanted.prompt,
+                callback_url(settings.public_webhook_url, generation.id, settings.skytells_webhook_secrets[0]),
             )
         except SkytellsTimeout:
             await await_callback(request.app, generation)

@@ -72,9 +72,10 @@ async def receive(request: web.Request) -> web.Response:
     if _encoded(request):
         raise _refuse(Outcome.BAD_ENCODING, 415, "Content-Encoding not supported: send the body as signed")
     body = await _read_body(request)
+    secrets = request.app[SETTINGS].skytells_webhook_secrets
     signatures = request.headers.getall(SIGNATURE_HEADER, [])
     # A repeated header is refused rather than "any of them may match", which would let a forger append one.
-    if len(signatures) != 1 or not verify(body, signatures[0], request.app[SETTINGS].skytells_webhook_secrets):
+    if len(signatures) != 1 or not verify(body, signatures[0], secrets):
         raise _refuse(Outcome.BAD_SIGNATURE, 401, "Invalid signature")
     try:
         payload = _json(body)
@@ -84,7 +85,7 @@ async def receive(request: web.Request) -> web.Response:
         prediction = parse_prediction(payload)
     except ValueError as exc:
         raise _refuse(Outcome.BAD_PAYLOAD, 400, f"Invalid callback: {exc}") from None
-    generation_id = generation_of_callback(request.query.get(GENERATION_PARAM))
+    generation_id = generation_of_callback(request.query.get(GENERATION_PARAM), secrets)
     event = PredictionEvent.from_prediction(prediction, "webhook", request.get(REQUEST_ID), generation_id)
     # The request's access line names the prediction and the event: one line per callback, not two.
     logs.annotate(prediction_id=prediction.id, event_id=event.event_id, prediction_status=event.status)
