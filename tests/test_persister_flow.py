@@ -161,14 +161,18 @@ async def test_callback_before_the_api_wrote_the_prediction_id_is_retried(
     assert objects[f"generations/{gid}.png"][0] == await cdn_bytes(http, sim, prediction["id"])
 
 
-async def test_a_retry_keeps_what_an_earlier_attempt_stored_even_after_the_cdn_expired(http, sim, db, broker, settings):
-    # An earlier attempt stored the output, then the database failed; by the retry the CDN has deleted it.
-    prediction = await sim_prediction(http, sim, "stored before the outage #sim:cdngone")
+@pytest.mark.parametrize("attempt", [2, 1], ids=["its retry", "a fresh duplicate"])
+async def test_an_event_keeps_what_an_earlier_one_stored_even_after_the_cdn_expired(
+    http, sim, db, broker, settings, attempt
+):
+    # An earlier attempt stored the output, then the database failed; by the next event (its retry, or the same
+    # outcome as a new message: a duplicate callback, the reconciler's) the CDN has deleted it.
+    prediction = await sim_prediction(http, sim, f"stored before the outage {attempt} #sim:cdngone")
     gid = await insert_generation(db, prediction["id"])
     earlier = b"\x89PNG\r\n\x1a\n" + b"stored by attempt one"
     async with open_s3(settings) as s3:
         await s3.put_object(Bucket=settings.s3_bucket, Key=f"generations/{gid}.png", Body=earlier)
-    await broker.publish_to_queue(QUEUE, event_message(event_of(prediction), {"x-attempt": 2}))
+    await broker.publish_to_queue(QUEUE, event_message(event_of(prediction), {"x-attempt": attempt}))
 
     record = await wait_row(db, gid)
 

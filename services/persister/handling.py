@@ -44,7 +44,7 @@ class Handler:
             return
         with logs.bind(prediction_id=event.prediction_id, event_id=event.event_id, request_id=event.request_id):
             try:
-                outcome = await self.processor.handle(event, retry=attempt > 1 or bool(message.redelivered))
+                outcome = await self.processor.handle(event)
             except (UpstreamUnavailable, GenerationNotYetKnown) as exc:
                 await self.router.retry_later(message, attempt, str(exc), download=True)
                 return

@@ -51,12 +51,8 @@ class Processor:
         self.http = http
         self.notify = notify  # told of every committed change, for the live updates
 
-    async def handle(self, event: PredictionEvent, retry: bool = True) -> Outcome:
-        """Apply the event; returns the outcome's name. Raises TransientError to be retried later.
-
-        `retry` says an earlier attempt at this very message may have stored some outputs already (a retry or a
-        redelivery); only then is it worth asking S3 first.
-        """
+    async def handle(self, event: PredictionEvent) -> Outcome:
+        """Apply the event; returns the outcome's name. Raises TransientError to be retried later."""
         generation = await self._find(event)
         if generation is None:
             raise GenerationNotYetKnown(f"no generation has prediction id {event.prediction_id} yet")
@@ -65,7 +61,7 @@ class Processor:
         if generation.terminal:
             return Outcome.DUPLICATE
         if event.status is Status.SUCCEEDED:
-            return await self._succeeded(generation, event, retry)
+            return await self._succeeded(generation, event)
         if event.status in (Status.FAILED, Status.CANCELED):
             return await self._end(generation, event.status, event.error)
         if event.status is Status.PROCESSING:
@@ -102,14 +98,15 @@ class Processor:
         logger.info("generation ended %s", status, extra={"error": error})
         return Outcome(status.value)
 
-    async def _succeeded(self, generation: Generation, event: PredictionEvent, retry: bool) -> Outcome:
+    async def _succeeded(self, generation: Generation, event: PredictionEvent) -> Outcome:
         if not event.output:
             return await self._end(generation, Status.FAILED, "Skytells reported success without an output")
         started = time.perf_counter()
-        # Objects a previous attempt stored completely (a put or a completed multipart upload is atomic) are
-        # kept: a retry after a database outage then needs no second download, possibly after the CDN expired it.
+        # Objects an earlier event stored completely (a put or a completed multipart upload is atomic) are kept,
+        # whichever message this is (a retry, a duplicate callback, the reconciler's): after a database outage the
+        # CDN may have deleted the output, and a second download would turn a stored image into a failure.
         # (A duplicate of the event handled elsewhere at the same time just writes the same bytes again.)
-        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}") if retry else ()
+        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}")
         urls: list[str] = []
         try:
             for index, url in enumerate(event.output):
