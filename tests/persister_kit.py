@@ -76,8 +76,9 @@ async def insert_generation(
 ) -> uuid.UUID:
     gid = uuid.uuid4()
     await conn.execute(
-        """INSERT INTO generations (id, user_id, model, prompt, prediction_id, status, created_at)
-           VALUES ($1, $2, 'truefusion-pro', 'persister test', $3, $4, now() - make_interval(secs => $5))""",
+        """INSERT INTO generations (id, user_id, model, prompt, prediction_id, status, created_at, completed_at)
+           VALUES ($1, $2, 'truefusion-pro', 'persister test', $3, $4, now() - make_interval(secs => $5),
+                   CASE WHEN $4 IN ('succeeded', 'failed', 'canceled') THEN now() END)""",
         gid,
         f"user-{gid.hex[:8]}",
         prediction_id,

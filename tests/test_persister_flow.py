@@ -191,3 +191,28 @@ async def test_starts_without_the_skytells_key_with_the_reconciler_off(services)
         assert "the reconciler is off" in process.log_path.read_text()
     finally:
         process.stop()
+
+
+@pytest.mark.parametrize("ended", ["failed", "canceled"])
+async def test_a_late_outcome_for_an_ended_generation_is_stored_and_its_status_kept(
+    http, sim, db, broker, settings, persister_port, ended
+):
+    # Studio ended the generation (or its owner canceled it) before Skytells reported the image it made.
+    prediction = await sim_prediction(http, sim, f"late outcome {ended}")
+    gid = await insert_generation(db, prediction["id"], status=ended)
+    before = await metrics_of(http, persister_port)
+    await publish(broker, event_of(prediction))
+
+    async def attached():
+        return (await row(db, gid))["output_url"]
+
+    await eventually("the late output attached", attached, timeout=30)
+    record = await row(db, gid)
+    assert record["status"] == ended
+    assert record["output_url"] == f"{settings.s3_public_base_url}/generations/{gid}.png"
+    assert (await stored_objects(settings, gid))[f"generations/{gid}.png"][0] == await cdn_bytes(
+        http, sim, prediction["id"]
+    )
+    after = await metrics_of(http, persister_port)
+    late = "studio_persister_late_outcomes_total"
+    assert metric(after, late) == metric(before, late) + 1

@@ -141,6 +141,14 @@ WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
 """
 
+# Outputs Skytells reported for a generation that had already ended without any (Studio failed it, or it was
+# canceled while Skytells finished): kept with the row, whose terminal status never changes.
+ATTACH_LATE_OUTPUTS = """
+UPDATE generations SET output_url = $2, output_urls = $3, updated_at = now()
+WHERE id = $1 AND status IN ('failed', 'canceled') AND output_url IS NULL
+RETURNING *
+"""
+
 MARK_ENDED = """
 UPDATE generations
 SET status = $2, error = $3, completed_at = now(), updated_at = now()
@@ -259,6 +267,13 @@ async def mark_succeeded(
     """Terminal success in one statement; None when the generation had already ended."""
     first = output_urls[0] if output_urls else None
     return _one(await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_urls))
+
+
+async def attach_late_outputs(
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_urls: list[str]
+) -> Generation | None:
+    """Record outputs stored after the generation ended; None when it has some already (or never ended)."""
+    return _one(await conn.fetchrow(ATTACH_LATE_OUTPUTS, generation_id, output_urls[0], output_urls))
 
 
 async def mark_ended(

@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     PROCESSING = Status.PROCESSING
     REJECTED = "rejected"  # success reported, but the output was refused: the generation ended `failed`
     DUPLICATE = "duplicate"  # the generation had already ended
+    LATE = "late"  # outputs reported after the generation ended: stored, its status unchanged
     STALE = "stale"  # `processing` for a generation already further along
     IGNORED = "ignored"  # a status that changes nothing (still queued)
     UNREADABLE = "unreadable"
@@ -45,6 +46,9 @@ PERSIST_SECONDS = Histogram(
     "studio_persister_persist_seconds",
     "Time to store every output of a succeeded prediction and mark it succeeded",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+LATE_OUTCOMES = Counter(
+    "studio_persister_late_outcomes", "Outputs Skytells reported for a generation that had already ended, stored"
 )
 STORED_BYTES = Counter("studio_persister_stored_bytes", "Bytes of outputs written to S3")
 RECONCILED = Counter(

@@ -26,7 +26,7 @@ from common.settings import Settings
 from common.storage import PREFIX, existing_keys, public_url, upload_stream
 from common.updates import Notify, ignore_change
 from services.persister.download import open_output
-from services.persister.metrics import PERSIST_SECONDS, STORED_BYTES, Outcome
+from services.persister.metrics import LATE_OUTCOMES, PERSIST_SECONDS, STORED_BYTES, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ logger = logging.getLogger(__name__)
 def object_key(generation_id: Any, index: int, extension: str) -> str:
     suffix = "" if index == 0 else f"-{index}"
     return f"{PREFIX}{generation_id}{suffix}.{extension}"
+
+
+# The error of a generation whose reported output was refused (too large, not an image...): a later report of
+# the same outcome would be refused again, so it is not a late outcome to store.
+REJECTED = "Could not store the output:"
+
+
+def _ended_without_outputs(generation: Generation) -> bool:
+    return generation.status is not Status.SUCCEEDED and not (generation.error or "").startswith(REJECTED)
 
 
 class Processor:
@@ -59,6 +68,8 @@ class Processor:
         # Into the consumer's block, so its outcome and retry lines carry the generation too.
         logs.annotate(generation_id=str(generation.id))
         if generation.terminal:
+            if event.status is Status.SUCCEEDED and event.output and _ended_without_outputs(generation):
+                return await self._late(generation, event.output)
             return Outcome.DUPLICATE
         if event.status is Status.SUCCEEDED:
             return await self._succeeded(generation, event)
@@ -113,7 +124,7 @@ class Processor:
                 urls.append(await self._store(generation, index, url, stored))
         except PermanentError as exc:
             logger.warning("output rejected: %s", exc)
-            ended = await self._end(generation, Status.FAILED, f"Could not store the output: {exc}")
+            ended = await self._end(generation, Status.FAILED, f"{REJECTED} {exc}")
             return Outcome.REJECTED if ended is Outcome.FAILED else ended
         async with self.pool.acquire() as conn:
             done = await generations.mark_succeeded(conn, generation.id, urls)
@@ -124,6 +135,24 @@ class Processor:
         PERSIST_SECONDS.observe(seconds)
         logger.info("generation succeeded", extra={"outputs": len(urls), "seconds": round(seconds, 3)})
         return Outcome.SUCCEEDED
+
+    async def _late(self, generation: Generation, output: list[str]) -> Outcome:
+        """Skytells made the image of a generation that already ended: a paid image is stored, never thrown away,
+        while the generation keeps its status (its owner was told it ended)."""
+        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}")
+        try:
+            urls = [await self._store(generation, index, url, stored) for index, url in enumerate(output)]
+        except PermanentError as exc:
+            logger.warning("late output rejected: %s", exc)
+            return Outcome.DUPLICATE
+        async with self.pool.acquire() as conn:
+            attached = await generations.attach_late_outputs(conn, generation.id, urls)
+        self.notify(attached)
+        if attached is None:
+            return Outcome.DUPLICATE
+        LATE_OUTCOMES.inc()
+        logger.warning("late outcome stored for a generation that had ended %s", generation.status)
+        return Outcome.LATE
 
     async def _store(self, generation: Generation, index: int, url: str, stored: Collection[str]) -> str:
         settings = self.settings
