@@ -9,7 +9,9 @@ configuration table and the compose file are checked against this declaration by
 from __future__ import annotations
 
 import math
+import os
 import re
+import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -221,6 +223,8 @@ class Settings:
     download_retry_window_s: float = _setting("DOWNLOAD_RETRY_WINDOW_S", _seconds(0, _HOUR, zero=True), "180", {PERSISTER}, "failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs minutes after completion)")  # noqa: E501
     download_connect_timeout_s: float = _setting("DOWNLOAD_CONNECT_TIMEOUT_S", _seconds(0.1, 300), "5", {PERSISTER}, "connect timeout of an output download")  # noqa: E501
     download_read_timeout_s: float = _setting("DOWNLOAD_READ_TIMEOUT_S", _seconds(0.1, 600), "20", {PERSISTER}, "read timeout of an output download")  # noqa: E501
+    spool_dir: str = _setting("SPOOL_DIR", _optional_text, "", {PERSISTER}, "folder of the local spool for outputs that could not be put while storage was down; unset: `studio-spool` under the system's temporary directory")  # noqa: E501
+    spool_max_bytes: int = _setting("SPOOL_MAX_BYTES", _integer(1, 2**50), "2147483648", {PERSISTER}, "most the local spool holds; when full, the persister takes no new events until storage drains it")  # noqa: E501
     download_deadline_s: float = _setting("DOWNLOAD_DEADLINE_S", _seconds(1, 3600), "120", {PERSISTER}, "longest an output's whole download may take, however the bytes trickle in (then it is retried)")  # noqa: E501
     log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", ALL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     uvloop: bool = _setting("UVLOOP", _flag, "1", ALL, "run on uvloop when it is installed (faster); 0 for asyncio's own loop")  # noqa: E501
@@ -251,6 +255,8 @@ class Settings:
                 if values["s3_endpoint_url"]
                 else f"https://{values['s3_bucket']}.s3.{values['aws_region']}.amazonaws.com"
             )
+        if not values["spool_dir"]:
+            values["spool_dir"] = os.path.join(tempfile.gettempdir(), "studio-spool")
         return cls(**values)
 
 

@@ -170,6 +170,9 @@ class Stack:
         merged = {**self.env, **(env or {})}
         port = getattr(Settings.from_env(merged), port_field)
         label = label or name
+        if name == "persister" and "SPOOL_DIR" not in (env or {}):
+            # A spool per replica, found again by the replica's next start (a spool is one process's: it is locked).
+            merged["SPOOL_DIR"] = str(Path(merged.get("SPOOL_DIR") or self.work_dir / "spool") / label)
 
         def spawn() -> ManagedProcess:
             log = self.work_dir / "logs" / f"{label}.log"

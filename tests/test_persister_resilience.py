@@ -141,7 +141,11 @@ async def test_two_replicas_with_every_event_delivered_three_times(
         replica.stop()
 
 
-async def test_s3_stopped_and_restarted(http, sim, dedicated, dedicated_broker, dedicated_db):
+async def test_storage_down_keeps_the_outputs_in_the_spool_across_a_restart(
+    http, sim, dedicated, dedicated_broker, dedicated_db
+):
+    # Skytells deletes an output minutes after completion; storage may be down for longer. The output is
+    # downloaded once into the persister's spool and put from there, by the next process if this one dies.
     assert dedicated.s3 is not None
     port = _port(dedicated)
     prediction = await sim_prediction(http, sim, "during an S3 outage")
@@ -150,20 +154,29 @@ async def test_s3_stopped_and_restarted(http, sim, dedicated, dedicated_broker, 
     dedicated.s3.halt()
     try:
         await publish(dedicated_broker, event_of(prediction))
-        await _wait_retries(http, port, retries + 2)
+
+        async def spooled() -> bool:
+            return metric(await metrics_of(http, port), "studio_persister_spool_entries") == 1
+
+        await eventually("the outputs spooled", spooled)
         ready = await http.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503 and "storage" in ready.json()["failing"]
         assert (await row(dedicated_db, gid))["status"] == "queued"
+        assert metric(await metrics_of(http, port), "studio_persister_retries_total") == retries  # no retry needed
+        dedicated.processes["persister-a"].kill()
     finally:
         dedicated.s3.resume()
         async with open_s3(dedicated.settings) as s3:  # moto starts empty after a restart
             await ensure_bucket(s3, dedicated.settings.s3_bucket)
+    dedicated.start_service("persister", label="persister-a")
 
     record = await wait_row(dedicated_db, gid)
 
     assert record["status"] == "succeeded"
+    assert (await sim_record(http, sim, prediction["id"]))["cdnRequests"] == 1  # put from the spool, not fetched again
     objects = await stored_objects(dedicated.settings, gid)
     assert objects[f"generations/{gid}.png"][0] == await cdn_bytes(http, sim, prediction["id"])
+    assert metric(await metrics_of(http, port), "studio_persister_spool_entries") == 0
 
 
 async def test_postgres_unavailable_for_a_while(http, sim, dedicated, dedicated_broker, dedicated_db):

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 from aiohttp import web
@@ -31,6 +32,7 @@ from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, 
 from services.persister.processor import Processor
 from services.persister.reconciler import Reconciler
 from services.persister.routing import Router
+from services.persister.spool import Spool, drain
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +78,10 @@ async def _updates(app: web.Application) -> AsyncIterator[None]:
 
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    processor = Processor(settings, app[POOL], app[S3], app[HTTP], notify=app[UPDATES].notify)
+    spool = Spool(Path(settings.spool_dir), settings.spool_max_bytes, settings.output_max_bytes)
+    spool.open()
+    processor = Processor(settings, app[POOL], app[S3], app[HTTP], notify=app[UPDATES].notify, spool=spool)
+    draining = asyncio.get_running_loop().create_task(drain(spool, processor.settle_spooled))
     consumer: Consumer | None = None
 
     async def start(broker: Broker) -> None:
@@ -92,6 +97,10 @@ async def _consumer(app: web.Application) -> AsyncIterator[None]:
         await starting
     if consumer is not None:
         await consumer.stop()
+    draining.cancel()  # what it has not put stays in the spool for the next start
+    with contextlib.suppress(asyncio.CancelledError):
+        await draining
+    spool.close()
 
 
 async def _reconciler(app: web.Application) -> AsyncIterator[None]:

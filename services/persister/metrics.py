@@ -18,6 +18,7 @@ class Outcome(StrEnum):
     PROCESSING = Status.PROCESSING
     REJECTED = "rejected"  # success reported, but the output was refused: the generation ended `failed`
     DUPLICATE = "duplicate"  # the generation had already ended
+    SPOOLED = "spooled"  # storage down: the outputs wait in the local spool, which finishes the generation
     LATE = "late"  # outputs reported after the generation ended: stored, its status unchanged
     STALE = "stale"  # `processing` for a generation already further along
     IGNORED = "ignored"  # a status that changes nothing (still queued)

@@ -10,7 +10,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -19,14 +20,15 @@ import httpx
 from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
-from common.errors import GenerationNotYetKnown, PermanentError, UpstreamUnavailable
+from common.errors import GenerationNotYetKnown, PermanentError, StorageUnavailable, UpstreamUnavailable
 from common.events import PredictionEvent
 from common.predictions import Status
 from common.settings import Settings
 from common.storage import PREFIX, existing_keys, public_url, upload_stream
 from common.updates import Notify, ignore_change
-from services.persister.download import open_output
+from services.persister.download import Output, open_output
 from services.persister.metrics import LATE_OUTCOMES, PERSIST_SECONDS, STORED_BYTES, Outcome
+from services.persister.spool import Entry, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -53,12 +55,14 @@ class Processor:
         s3: Any,
         http: httpx.AsyncClient,
         notify: Notify = ignore_change,
+        spool: Spool | None = None,
     ) -> None:
         self.settings = settings
         self.pool = pool
         self.s3 = s3
         self.http = http
         self.notify = notify  # told of every committed change, for the live updates
+        self.spool = spool  # where outputs go while storage is down
 
     async def handle(self, event: PredictionEvent) -> Outcome:
         """Apply the event; returns the outcome's name. Raises TransientError to be retried later."""
@@ -113,19 +117,14 @@ class Processor:
         if not event.output:
             return await self._end(generation, Status.FAILED, "Skytells reported success without an output")
         started = time.perf_counter()
-        # Objects an earlier event stored completely (a put or a completed multipart upload is atomic) are kept,
-        # whichever message this is (a retry, a duplicate callback, the reconciler's): after a database outage the
-        # CDN may have deleted the output, and a second download would turn a stored image into a failure.
-        # (A duplicate of the event handled elsewhere at the same time just writes the same bytes again.)
-        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}")
-        urls: list[str] = []
         try:
-            for index, url in enumerate(event.output):
-                urls.append(await self._store(generation, index, url, stored))
+            urls = await self._keep(generation, event.output)
         except PermanentError as exc:
             logger.warning("output rejected: %s", exc)
             ended = await self._end(generation, Status.FAILED, f"{REJECTED} {exc}")
             return Outcome.REJECTED if ended is Outcome.FAILED else ended
+        if urls is None:
+            return Outcome.SPOOLED
         async with self.pool.acquire() as conn:
             done = await generations.mark_succeeded(conn, generation.id, urls)
         self.notify(done)
@@ -136,15 +135,16 @@ class Processor:
         logger.info("generation succeeded", extra={"outputs": len(urls), "seconds": round(seconds, 3)})
         return Outcome.SUCCEEDED
 
-    async def _late(self, generation: Generation, output: list[str]) -> Outcome:
+    async def _late(self, generation: Generation, output: Sequence[str]) -> Outcome:
         """Skytells made the image of a generation that already ended: a paid image is stored, never thrown away,
         while the generation keeps its status (its owner was told it ended)."""
-        stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}")
         try:
-            urls = [await self._store(generation, index, url, stored) for index, url in enumerate(output)]
+            urls = await self._keep(generation, output)
         except PermanentError as exc:
             logger.warning("late output rejected: %s", exc)
             return Outcome.DUPLICATE
+        if urls is None:
+            return Outcome.SPOOLED
         async with self.pool.acquire() as conn:
             attached = await generations.attach_late_outputs(conn, generation.id, urls)
         self.notify(attached)
@@ -154,6 +154,63 @@ class Processor:
         logger.warning("late outcome stored for a generation that had ended %s", generation.status)
         return Outcome.LATE
 
+    async def _keep(self, generation: Generation, output: Sequence[str]) -> list[str] | None:
+        """The URL of every output once stored; None when storage is down and they went to the spool instead,
+        whose drainer then finishes the generation (`settle_spooled`)."""
+        try:
+            # Objects an earlier event stored completely (a put or a completed multipart upload is atomic) are
+            # kept, whichever message this is (a retry, a duplicate callback, the reconciler's): the CDN may have
+            # deleted the output since, and a second download would turn a stored image into a failure. (A
+            # duplicate handled elsewhere at the same time just writes the same bytes again.)
+            stored = await existing_keys(self.s3, self.settings.s3_bucket, f"{PREFIX}{generation.id}")
+            return [await self._store(generation, index, url, stored) for index, url in enumerate(output)]
+        except StorageUnavailable as exc:
+            if self.spool is None:
+                raise
+            logger.warning("storage unavailable, outputs kept in the local spool: %s", exc)
+        spool = self.spool
+        async with spool.writing(generation.id) as writer:
+            for index, url in enumerate(output):
+                reserved = await spool.reserve()  # before the deadline: waiting for room is not a slow download
+                written = 0
+                try:
+                    async with self._download(url) as out:
+                        written = await writer.add(
+                            object_key(generation.id, index, out.extension), out.content_type, out.chunks
+                        )
+                finally:
+                    await spool.release(reserved - written)
+        return None
+
+    async def settle_spooled(self, entry: Entry) -> None:
+        """Put a spool entry's outputs (those not stored yet) and give the generation its outcome."""
+        settings = self.settings
+        stored = await existing_keys(self.s3, settings.s3_bucket, f"{PREFIX}{entry.generation_id}")
+        for output in entry.outputs:
+            if output.key not in stored:
+                size = await upload_stream(
+                    self.s3, settings.s3_bucket, output.key, output.chunks(), output.content_type
+                )
+                STORED_BYTES.inc(size)
+        urls = [public_url(settings, output.key) for output in entry.outputs]
+        async with self.pool.acquire() as conn:
+            done = await generations.mark_succeeded(conn, entry.generation_id, urls)
+            if done is None:  # it ended meanwhile: the outputs are still its own
+                done = await generations.attach_late_outputs(conn, entry.generation_id, urls)
+        self.notify(done)
+
+    @asynccontextmanager
+    async def _download(self, url: str) -> AsyncIterator[Output]:
+        """An output's download, as a whole bounded by DOWNLOAD_DEADLINE_S (read timeouts bound each wait for bytes),
+        so a CDN that trickles cannot hold the message (and a consumer slot) without end, nor past the shutdown."""
+        settings = self.settings
+        try:
+            async with asyncio.timeout(settings.download_deadline_s):
+                async with open_output(self.http, url, settings.output_allowed_hosts, settings.output_max_bytes) as out:
+                    yield out
+        except TimeoutError:
+            raise UpstreamUnavailable(f"download did not finish within {settings.download_deadline_s:g}s") from None
+
     async def _store(self, generation: Generation, index: int, url: str, stored: Collection[str]) -> str:
         settings = self.settings
         stem = object_key(generation.id, index, "")
@@ -161,15 +218,8 @@ class Processor:
             if key.startswith(stem) and "." not in key[len(stem) :]:
                 logger.info("output %d already stored by an earlier attempt", index, extra={"key": key})
                 return public_url(settings, key)
-        try:
-            # Read timeouts bound each wait for bytes; this bounds the whole, so a CDN that trickles cannot hold
-            # the message (and a consumer slot) without end, nor past the drain at shutdown.
-            async with asyncio.timeout(settings.download_deadline_s):
-                allowed, limit = settings.output_allowed_hosts, settings.output_max_bytes
-                async with open_output(self.http, url, allowed, limit) as out:
-                    key = object_key(generation.id, index, out.extension)
-                    size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
-        except TimeoutError:
-            raise UpstreamUnavailable(f"download did not finish within {settings.download_deadline_s:g}s") from None
+        async with self._download(url) as out:
+            key = object_key(generation.id, index, out.extension)
+            size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
         STORED_BYTES.inc(size)
         return public_url(settings, key)
