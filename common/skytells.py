@@ -77,7 +77,16 @@ def generation_of_webhook_url(url: str) -> str | None:
 
 
 class SkytellsError(StudioError):
-    """Skytells refused or failed a call. `status` is its HTTP status (0: no answer at all)."""
+    """Skytells refused or failed a call. `status` is its HTTP status (0: no answer at all).
+
+    What a failure leaves open decides what a caller may do after a create call:
+
+        SkytellsError          not reached at all (no connection): nothing was made
+        ├── SkytellsRefused    a 4xx: Skytells decided, and made nothing
+        └── SkytellsUndecided  the request went out but no readable answer came back (a cut connection, a
+            │                  5xx from Skytells or a proxy, a 2xx without a prediction): it may have been made
+            └── SkytellsTimeout    no answer within the deadline
+    """
 
     def __init__(
         self, message: str, *, status: int = 0, error_id: str | None = None, retry_after: float | None = None
@@ -100,7 +109,15 @@ class SkytellsError(StudioError):
         return "server_error" if self.status >= 500 else "client_error"
 
 
-class SkytellsTimeout(SkytellsError):
+class SkytellsRefused(SkytellsError):
+    """Skytells answered with a 4xx: the call did not take effect."""
+
+
+class SkytellsUndecided(SkytellsError):
+    """The request may have taken effect at Skytells; its answer was lost or unreadable."""
+
+
+class SkytellsTimeout(SkytellsUndecided):
     """Skytells did not answer within the client's deadline."""
 
     @property
@@ -140,7 +157,8 @@ def _json_body(response: httpx.Response) -> Any:
 
 
 def error_from_response(response: httpx.Response) -> SkytellsError:
-    """Skytells' message from its envelope, its flat `{error_id, message}`, or a bare `error` string."""
+    """Skytells' message from its envelope, its flat `{error_id, message}`, or a bare `error` string; refused for a
+    4xx, undecided for anything else."""
     message: str | None = None
     error_id: Any = None
     body = _json_body(response)
@@ -154,7 +172,8 @@ def error_from_response(response: httpx.Response) -> SkytellsError:
             error_id = body.get("error_id")
         else:
             message = _text(err) or _text(body.get("response"))
-    return SkytellsError(
+    kind = SkytellsRefused if 400 <= response.status_code < 500 else SkytellsUndecided
+    return kind(
         message or f"Skytells answered HTTP {response.status_code}",
         status=response.status_code,
         error_id=error_id if isinstance(error_id, str) else None,
@@ -192,10 +211,14 @@ class SkytellsClient:
         try:
             async with asyncio.timeout(self._deadline):
                 response = await self._http.request(method, path, json=body)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
+            raise SkytellsError(f"Skytells could not be reached: {exc.__class__.__name__}") from None
         except (TimeoutError, httpx.TimeoutException):
             raise SkytellsTimeout("Skytells did not answer in time") from None
-        except httpx.HTTPError as exc:
-            raise SkytellsError(f"Skytells could not be reached: {exc.__class__.__name__}") from None
+        except httpx.HTTPError as exc:  # cut while sending or before the answer: it may have arrived
+            raise SkytellsUndecided(
+                f"Skytells closed the connection without an answer: {exc.__class__.__name__}"
+            ) from None
         if response.status_code >= 300 or response.status_code < 200:
             raise error_from_response(response)
         payload = _json_body(response)

@@ -85,7 +85,7 @@ async def test_concurrent_requests_with_one_key_make_one_prediction(http, urls, 
 
 
 async def test_a_refused_attempt_releases_its_key_for_a_retry(http, urls, auth, db):
-    prompt, key = _unique("refused #sim:reject=500"), uuid.uuid4().hex
+    prompt, key = _unique("refused #sim:reject=403"), uuid.uuid4().hex
     headers = {**auth, "Idempotency-Key": key}
 
     first = await http.post(f"{urls.api}/api/generate", json={"prompt": prompt}, headers=headers)

@@ -50,7 +50,7 @@ async def test_concurrent_requests_over_two_replicas_never_exceed_the_quota(
 async def test_a_refused_create_releases_its_slot(http, urls, auth, user_id, settings, db):
     quota = settings.quota_max_active
     for _ in range(quota + 2):
-        refused = await http.post(f"{urls.api}/api/generate", json={"prompt": "no #sim:reject=500"}, headers=auth)
+        refused = await http.post(f"{urls.api}/api/generate", json={"prompt": "no #sim:reject=403"}, headers=auth)
         assert refused.status_code == 502
 
     accepted = await http.post(f"{urls.api}/api/generate", json={"prompt": "yes"}, headers=auth)

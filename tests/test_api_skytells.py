@@ -1,6 +1,7 @@
 """Every way Skytells can answer a create (or cancel) call, from a stand-in server the test controls: its
-error envelope, the flat `{error_id, message}`, non-JSON bodies, timeouts, a refused connection, its 429,
-and a 2xx that says `"status": false`. Also the Skytells call metrics."""
+error envelope, the flat `{error_id, message}`, non-JSON bodies, timeouts, a cut or refused connection, its 429,
+and a 2xx that says `"status": false`. Only a 4xx is a refusal; any answer that leaves open whether the
+prediction was made keeps the generation waiting for its outcome. Also the Skytells call metrics."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from devstack.stack import Stack
 from tests.helpers import metric
 
 HANG_S = 5.0  # longer than the SKYTELLS_TIMEOUT_S the API under test gets
-CASES: dict[str, web.Response | None] = {}
+CREATES: list[str] = []  # the case of every create call the stand-in received
 
 
 def _envelope(status: int, message: str, error_id: str, headers: dict[str, str] | None = None) -> web.Response:
@@ -32,6 +33,8 @@ def _answer(case: str) -> web.Response:
     return {
         "envelope": lambda: _envelope(422, "Prompt violates the content policy", "CONTENT_POLICY"),
         "flat": lambda: web.json_response({"error_id": "INVALID_MODEL", "message": "Unknown model"}, status=400),
+        "forbidden": lambda: _envelope(403, "This key may not use the model", "FORBIDDEN"),
+        "proxy504": lambda: web.Response(status=504, text="<html>Gateway Timeout</html>", content_type="text/html"),
         "html": lambda: web.Response(status=500, text="<html>Bad gateway</html>", content_type="text/html"),
         "html200": lambda: web.Response(status=200, text="<html>ok</html>", content_type="text/html"),
         "noid": lambda: web.json_response({"status": "pending"}, status=201),
@@ -45,6 +48,7 @@ def _answer(case: str) -> web.Response:
 async def _create(request: web.Request) -> web.StreamResponse:
     body = await request.json()
     case = str(body["input"]["prompt"]).split()[0]
+    CREATES.append(case)
     if case == "hang":
         await asyncio.sleep(HANG_S)
     if case == "cut":  # close the connection without answering
@@ -96,42 +100,47 @@ async def _state(db, user_id: str) -> list[tuple[str, str | None]]:
 
 
 @pytest.mark.parametrize(
-    "case,message",
+    "case,status,message",
     [
-        ("envelope", "Prompt violates the content policy"),
-        ("flat", "Unknown model"),
-        ("html", "Skytells answered HTTP 500"),
-        ("html200", "Skytells answered HTTP 200"),
-        ("noid", "Skytells answered HTTP 201"),
-        ("cut", "Skytells could not be reached: RemoteProtocolError"),
+        ("envelope", 400, "Prompt violates the content policy"),  # a 422: Skytells says the input is invalid
+        ("flat", 400, "Unknown model"),
+        ("forbidden", 502, "This key may not use the model"),
     ],
 )
-async def test_failed_create_is_502_with_skytells_message_and_frees_the_slot(
-    http, api_on_fake, auth, user_id, db, case, message
+async def test_a_refused_create_fails_the_generation_and_frees_the_slot(
+    http, api_on_fake, auth, user_id, db, case, status, message
 ):
     response = await http.post(f"{api_on_fake}/api/generate", json={"prompt": f"{case} a cat"}, headers=auth)
 
-    assert response.status_code == 502, response.text
+    assert response.status_code == status, response.text
     assert response.json() == {"error": message}
     assert await _state(db, user_id) == [("failed", message)]
 
 
-async def test_a_create_call_that_times_out_is_503_and_the_generation_stays_queued(
-    http, api_on_fake, auth, user_id, db
+@pytest.mark.parametrize("case", ["hang", "cut", "html", "proxy504", "html200", "noid"])
+async def test_an_unclear_answer_is_503_and_the_generation_waits_never_paid_twice(
+    http, api_on_fake, auth, user_id, db, case
 ):
-    # Skytells may still make the prediction: its callback, or a repeat with the same key, finds the generation.
-    response = await http.post(f"{api_on_fake}/api/generate", json={"prompt": "hang a cat"}, headers=auth)
+    # Skytells may have made the prediction: its callback, the reconciler or a repeat with the key finds it.
+    body, headers = {"prompt": f"{case} a cat"}, {**auth, "Idempotency-Key": f"unclear-{uuid.uuid4()}"}
+    response = await http.post(f"{api_on_fake}/api/generate", json=body, headers=headers)
 
     assert response.status_code == 503, response.text
     assert int(response.headers["Retry-After"]) >= 1
-    assert "did not answer in time" in response.json()["error"]
+    assert "error" in response.json()
     assert await _state(db, user_id) == [("queued", None)]
+    calls = len(CREATES)
+    repeat = await http.post(f"{api_on_fake}/api/generate", json=body, headers=headers)
+    assert repeat.status_code == 200, repeat.text
+    assert repeat.json()["status"] == "queued"
+    assert len(CREATES) == calls  # the repeat called no one: no second (paid) prediction
 
 
-async def test_refused_connection_is_502(http, api_on_nothing, auth, user_id, db):
+async def test_an_unreachable_skytells_is_503_and_the_generation_failed(http, api_on_nothing, auth, user_id, db):
+    # No connection: the request never left, so nothing was made and the key may be used again.
     response = await http.post(f"{api_on_nothing}/api/generate", json={"prompt": "a cat"}, headers=auth)
 
-    assert response.status_code == 502
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
     assert response.json() == {"error": "Skytells could not be reached: ConnectError"}
     assert await _state(db, user_id) == [("failed", "Skytells could not be reached: ConnectError")]
 
@@ -170,6 +179,7 @@ async def test_metrics_count_skytells_latency_and_failures(http, api_on_fake, au
     before = (await http.get(f"{api_on_fake}/metrics")).text
     await http.post(f"{api_on_fake}/api/generate", json={"prompt": "hang"}, headers=auth)
     await http.post(f"{api_on_fake}/api/generate", json={"prompt": "ok"}, headers=auth)
+    await http.post(f"{api_on_fake}/api/generate", json={"prompt": "forbidden"}, headers=auth)
 
     after = (await http.get(f"{api_on_fake}/metrics")).text
 
@@ -178,7 +188,7 @@ async def test_metrics_count_skytells_latency_and_failures(http, api_on_fake, au
     assert metric(after, failures, operation="create", reason="timeout") == (
         metric(before, failures, operation="create", reason="timeout") + 1
     )
-    assert metric(after, latency, operation="create") == metric(before, latency, operation="create") + 2
+    assert metric(after, latency, operation="create") == metric(before, latency, operation="create") + 3
     assert metric(after, failures, operation="create", reason="rate_limited") >= 2
     assert metric(after, failures, operation="cancel", reason="rate_limited") >= 1
     assert metric(after, "studio_http_requests_total", route="/api/generate", method="POST", status="502") >= 1

@@ -63,10 +63,11 @@ async def record_prediction(app: web.Application, generation: Generation, predic
     raise ApiError(503, "Studio could not record the generation; please try again", {"Retry-After": "2"})
 
 
-async def await_callback(app: web.Application, generation: Generation) -> None:
-    """The create call timed out: Skytells may still make the prediction. The generation stays queued for its
-    callback (which finds it by the id in the callback URL), and a repeat with its Idempotency-Key returns it."""
-    logger.warning("Skytells did not answer the create call in time; waiting for its callback")
+async def await_callback(app: web.Application, generation: Generation, why: str) -> None:
+    """The create call got no clear answer: Skytells may have made the prediction. The generation stays queued
+    for its callback (which finds it by the reference in the callback URL) or the reconciler (which looks for it
+    in Skytells' list of predictions), and a repeat with its Idempotency-Key returns it."""
+    logger.warning("no clear answer to the create call (%s); waiting for its outcome", why)
     try:
         async with app[POOL].acquire() as conn:
             await generations.mark_submit_timed_out(conn, generation.id)

@@ -14,7 +14,7 @@ from common.db import changes, generations
 from common.db.generations import Generation
 from common.events import dumps
 from common.predictions import Status
-from common.skytells import SkytellsError, SkytellsTimeout, callback_url
+from common.skytells import SkytellsError, SkytellsUndecided, callback_url
 from common.updates import generation_json
 from common.web import REQUEST_ID, ApiError
 from services.api import openapi
@@ -50,8 +50,11 @@ async def _user(request: web.Request) -> str:
 
 
 def skytells_failure(exc: SkytellsError) -> ApiError:
-    """Skytells' own 429 is our 503 with its Retry-After; any other failure is a 502 with its message."""
-    if exc.status == 429:
+    """Skytells' verdict on the input (400, 422) is the client's 400; its 429 our 503 with its Retry-After, as is
+    a Skytells that cannot be reached; any other refusal a 502 with its message."""
+    if exc.status in (400, 422):
+        return ApiError(400, exc.message)
+    if exc.status == 429 or exc.status == 0:
         wait = math.ceil(exc.retry_after) if exc.retry_after is not None else 1
         return ApiError(503, exc.message, {"Retry-After": str(max(1, wait))})
     return ApiError(502, exc.message)
@@ -132,12 +135,14 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
                 wanted.prompt,
                 callback_url(settings.public_webhook_url, generation.id, settings.skytells_webhook_secrets[0]),
             )
-        except SkytellsTimeout:
-            await await_callback(request.app, generation)
+        except SkytellsUndecided as exc:
+            # Skytells may have made the (paid) prediction: not a failure, and a repeat with the same
+            # Idempotency-Key returns this generation rather than making a second one.
+            await await_callback(request.app, generation, exc.message)
             raise ApiError(
-                503, "Skytells did not answer in time; the generation waits for it", {"Retry-After": "5"}
+                503, "Skytells gave no clear answer; the generation waits for its outcome", {"Retry-After": "5"}
             ) from None
-        except SkytellsError as exc:
+        except SkytellsError as exc:  # refused, or never reached: nothing was made
             # The row exists before Skytells is called; ending it `failed` releases its quota slot.
             async with pool.acquire() as conn:
                 request.app[UPDATES].notify(await generations.fail_submission(conn, generation.id, exc.message))
