@@ -37,9 +37,10 @@ from bench.proc import cpu_seconds
 from bench.table import Row, quick, verdict
 from common.db import generations
 from common.events import dumps
+from common.references import callback_url
 from common.resources import open_pool
 from common.settings import Settings
-from common.skytells import SkytellsClient, callback_url
+from common.skytells import SkytellsClient
 from common.updates import generation_json
 from common.web import event_loop
 from devstack.processes import ROOT, free_port
@@ -70,7 +71,7 @@ async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) 
     skytells = SkytellsClient(
         settings.skytells_base_url, settings.skytells_api_key, timeout=settings.skytells_timeout_s
     )
-    expiry_s = generations.unsubmitted_expiry_s(settings.skytells_timeout_s)
+    expiry_s = settings.reconcile_unknown_after_s
     counted = total = 0
     cpu = time.process_time()
     started = time.perf_counter()
@@ -80,7 +81,7 @@ async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) 
         user_id = _user(n)
         async with pool.acquire() as conn, conn.transaction():
             await generations.lock_user(conn, user_id)
-            await generations.expire_unsubmitted(conn, expiry_s, settings.reconcile_unknown_after_s, user_id)
+            await generations.expire_unsubmitted(conn, expiry_s, user_id=user_id)
             created = await generations.insert_within_quota(
                 conn, user_id=user_id, model="truefusion-pro", prompt=PROMPT, max_active=settings.quota_max_active
             )

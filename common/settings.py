@@ -211,7 +211,7 @@ class Settings:
     output_max_bytes: int = _setting("OUTPUT_MAX_BYTES", _integer(1, 5 * 1024**3), "52428800", {PERSISTER}, "largest output accepted")  # noqa: E501
     reconcile_after_s: float = _setting("RECONCILE_AFTER_S", _seconds(0, 7 * _DAY, zero=True), "120", {PERSISTER}, "age after which an unfinished generation is checked at Skytells")  # noqa: E501
     reconcile_interval_s: float = _setting("RECONCILE_INTERVAL_S", _seconds(0.1, _DAY), "15", {PERSISTER}, "pause between two reconciler passes")  # noqa: E501
-    reconcile_unknown_after_s: float = _setting("RECONCILE_UNKNOWN_AFTER_S", _seconds(0, 7 * _DAY, zero=True), "3600", {PERSISTER}, "a prediction Skytells still does not know this long after its generation was created ends `failed`")  # noqa: E501
+    reconcile_unknown_after_s: float = _setting("RECONCILE_UNKNOWN_AFTER_S", _seconds(0, 7 * _DAY, zero=True), "600", {API, PERSISTER}, "how long a generation with no recorded prediction id waits to be found at Skytells before it ends `failed`")  # noqa: E501
     bind_host: str = _setting("BIND_HOST", _text, "0.0.0.0", ALL, "address the services listen on (the local stack uses 127.0.0.1)")  # noqa: E501
     api_port: int = _setting("API_PORT", _PORT, "8080", {API}, "API port")
     webhook_port: int = _setting("WEBHOOK_PORT", _PORT, "8081", {WEBHOOK}, "webhook gateway port")

@@ -1,9 +1,7 @@
-"""HMAC-SHA256 over the raw callback body, as Skytells computes it: lowercase hex in `x-skytells-signature`;
-and the tag that makes a generation reference in a callback URL Studio's own."""
+"""HMAC-SHA256 over the raw callback body, as Skytells computes it: lowercase hex in `x-skytells-signature`."""
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
 import hmac
@@ -55,25 +53,3 @@ def _keyed(secret: str) -> tuple[hashlib._Hash, hashlib._Hash]:
         key = hashlib.sha256(key).digest()
     key = key.ljust(_BLOCK, b"\0")
     return hashlib.sha256(key.translate(_IPAD)), hashlib.sha256(key.translate(_OPAD))
-
-
-# Domain separation: a reference tag can never be replayed as a body signature, nor the other way round.
-_REFERENCE = b"studio-generation-reference:"
-
-
-def tag_reference(generation_id: str, secret: str) -> str:
-    """`{generation_id}.{tag}`: the reference a callback URL carries. The body's signature does not cover the URL,
-    so without the tag a captured signed body could be replayed with another generation's id."""
-    mac = hmac.digest(secret.encode(), _REFERENCE + generation_id.encode(), "sha256")[:16]
-    return f"{generation_id}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
-
-
-def untag_reference(reference: str, secrets: Iterable[str]) -> str | None:
-    """The generation id of a reference tagged under any of `secrets` (rotation); None for any other."""
-    generation_id, dot, _ = reference.rpartition(".")
-    if not dot:
-        return None
-    matched = False
-    for secret in secrets:  # every key, as in `verify`
-        matched |= hmac.compare_digest(tag_reference(generation_id, secret), reference)
-    return generation_id if matched else None

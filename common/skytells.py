@@ -10,19 +10,20 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-import uuid
-from collections.abc import Iterable
-from datetime import UTC, datetime
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from typing import Any, TypeVar
+from urllib.parse import quote
 
 import httpx
 from prometheus_client import Counter, Histogram
 
 from common.errors import StudioError
 from common.predictions import Prediction, SkytellsEvent, parse_prediction
-from common.signing import tag_reference, untag_reference
+
+T = TypeVar("T")
 
 SKYTELLS_LATENCY = Histogram(
     "studio_skytells_request_duration_seconds",
@@ -37,43 +38,6 @@ SKYTELLS_FAILURES = Counter(
 )
 # Longest error message passed on from Skytells: it ends up in responses and in the database.
 MAX_MESSAGE = 1000
-
-
-# The query parameter of the callback URL that carries Studio's generation id (see `callback_url`).
-GENERATION_PARAM = "generation"
-
-
-def callback_url(public_webhook_url: str, generation_id: uuid.UUID, secret: str) -> str:
-    """The callback URL given to Skytells for one generation: `PUBLIC_WEBHOOK_URL` with Studio's generation id,
-    tagged under the webhook secret, in its query, so a callback finds its generation even when the prediction id
-    was never recorded, and nobody else can point a callback at a generation."""
-    parts = urlsplit(public_webhook_url)
-    query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != GENERATION_PARAM]
-    query.append((GENERATION_PARAM, tag_reference(str(generation_id), secret)))
-    return urlunsplit(parts._replace(query=urlencode(query)))
-
-
-def generation_of_callback(raw: str | None, secrets: Iterable[str]) -> str | None:
-    """The generation id a callback URL carried, in canonical form; None when absent, untagged, wrongly tagged
-    or not a UUID."""
-    generation_id = untag_reference(raw, secrets) if raw else None
-    if generation_id is None:
-        return None
-    try:
-        canonical = uuid.UUID(generation_id)
-    except ValueError:
-        return None
-    return str(canonical) if str(canonical) == generation_id else None
-
-
-def generation_of_webhook_url(url: str) -> str | None:
-    """The generation id in a callback URL Studio gave Skytells, as Skytells lists it back. No tag check: only
-    a holder of Studio's API key could have created the prediction it came with."""
-    raw = dict(parse_qsl(urlsplit(url).query)).get(GENERATION_PARAM, "")
-    try:
-        return str(uuid.UUID(raw.rpartition(".")[0]))
-    except ValueError:
-        return None
 
 
 class SkytellsError(StudioError):
@@ -198,19 +162,36 @@ class SkytellsClient:
         await self._http.aclose()
 
     async def _call(self, operation: str, method: str, path: str, body: dict[str, Any] | None = None) -> Prediction:
+        return await self._measured(operation, self._prediction(method, path, body))
+
+    async def _measured(self, operation: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
         try:
-            return await self._request(method, path, body)
+            return await call
         except SkytellsError as exc:
             SKYTELLS_FAILURES.labels(operation, exc.reason).inc()
             raise
         finally:
             SKYTELLS_LATENCY.labels(operation).observe(time.perf_counter() - started)
 
-    async def _request(self, method: str, path: str, body: dict[str, Any] | None) -> Prediction:
+    async def _prediction(self, method: str, path: str, body: dict[str, Any] | None) -> Prediction:
+        response = await self._request(method, path, body)
+        payload = _json_body(response)
+        # A 2xx carrying an id is a prediction even when it says `"status": false` (still queued).
+        if isinstance(payload, dict) and not isinstance(payload.get("status"), str):
+            payload = {**payload, "status": "pending"}
+        try:
+            return parse_prediction(payload)
+        except ValueError:
+            raise error_from_response(response) from None
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None, params: dict[str, str | int] | None = None
+    ) -> httpx.Response:
+        """Skytells' 2xx answer; a SkytellsError of the kind the failure leaves open otherwise."""
         try:
             async with asyncio.timeout(self._deadline):
-                response = await self._http.request(method, path, json=body)
+                response = await self._http.request(method, path, json=body, params=params)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
             raise SkytellsError(f"Skytells could not be reached: {exc.__class__.__name__}") from None
         except (TimeoutError, httpx.TimeoutException):
@@ -221,14 +202,7 @@ class SkytellsClient:
             ) from None
         if response.status_code >= 300 or response.status_code < 200:
             raise error_from_response(response)
-        payload = _json_body(response)
-        # A 2xx carrying an id is a prediction even when it says `"status": false` (still queued).
-        if isinstance(payload, dict) and not isinstance(payload.get("status"), str):
-            payload = {**payload, "status": "pending"}
-        try:
-            return parse_prediction(payload)
-        except ValueError:
-            raise error_from_response(response) from None
+        return response
 
     async def create_prediction(self, model: str, prompt: str, webhook_url: str) -> Prediction:
         return await self._call(
@@ -247,3 +221,58 @@ class SkytellsClient:
 
     async def cancel_prediction(self, prediction_id: str) -> Prediction:
         return await self._call("cancel", "POST", f"/predictions/{quote(prediction_id, safe='')}/cancel")
+
+    async def list_predictions(self, page: int, since: date, until: date) -> Listing:
+        """One page (from 1) of the predictions made on the days `since` to `until`, newest first."""
+        return await self._measured("list", self._listing(page, since, until))
+
+    async def _listing(self, page: int, since: date, until: date) -> Listing:
+        params: dict[str, str | int] = {
+            "page": page,
+            "per_page": LIST_PAGE_SIZE,
+            "from": since.isoformat(),
+            "to": until.isoformat(),
+        }
+        response = await self._request("GET", "/predictions", None, params)
+        payload = _json_body(response)
+        items = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise SkytellsUndecided("Skytells answered the list of predictions without a `data` list")
+        pagination = payload.get("pagination")
+        last = pagination.get("last_page") if isinstance(pagination, dict) else None
+        listed = []
+        for item in items:
+            try:
+                prediction = parse_prediction(item)
+            except ValueError:
+                continue  # one unreadable item does not hide the others
+            webhook = item.get("webhook")
+            url = webhook.get("url") if isinstance(webhook, dict) else None
+            listed.append(Listed(prediction, url if isinstance(url, str) else None, _timestamp(item.get("created_at"))))
+        return Listing(listed, last if isinstance(last, int) and not isinstance(last, bool) else page)
+
+
+LIST_PAGE_SIZE = 50  # the most Skytells gives in one page
+
+
+@dataclass(frozen=True)
+class Listed:
+    prediction: Prediction
+    webhook_url: str | None
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Listing:
+    items: list[Listed]
+    last_page: int
+
+
+def _timestamp(raw: Any) -> datetime | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)

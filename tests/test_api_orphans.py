@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from common.skytells import callback_url
+from common.references import callback_url
 from devstack.processes import free_port
 from devstack.stack import Stack
 from services.api.submission import NOT_RECORDED_ERROR
@@ -153,3 +153,25 @@ async def test_a_create_call_that_times_out_waits_for_its_callback_and_is_never_
     assert len(await _sim_predictions(http, urls.simulator, marker)) == 1
     bound = await db.fetchval("SELECT prediction_id FROM generations WHERE id = $1", record["id"])
     assert bound == prediction["id"]
+
+
+@pytest.mark.parametrize("answer", ["cut", "504"])
+async def test_a_create_answered_unclearly_is_settled_by_its_callback_and_never_paid_twice(
+    http, urls, auth, db, answer
+):
+    # Skytells made the prediction, but its answer was lost: the connection cut, or a proxy's 504 page.
+    marker = f"unclear-{uuid.uuid4().hex}"
+    body = {"prompt": f"{marker} #sim:answer={answer} #sim:delay=0.5"}
+    headers = {**auth, "Idempotency-Key": marker}
+
+    response = await http.post(f"{urls.api}/api/generate", json=body, headers=headers)
+
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) >= 1
+    repeat = await http.post(f"{urls.api}/api/generate", json=body, headers=headers)
+    assert repeat.status_code == 200, repeat.text
+    settled = await wait_for_status(http, urls.api, repeat.json()["id"], auth)
+    assert settled["status"] == "succeeded"
+    [prediction] = await _sim_predictions(http, urls.simulator, marker)  # one prediction, paid once
+    record = await db.fetchrow("SELECT * FROM generations WHERE idempotency_key = $1", marker)
+    assert record["prediction_id"] == prediction["id"]

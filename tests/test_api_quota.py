@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.db.generations import UNSUBMITTED_ERROR, unsubmitted_expiry_s
+from common.db.generations import UNANSWERED_ERROR
 from devstack.processes import free_port
 from devstack.stack import Stack
 
@@ -61,7 +61,8 @@ async def test_a_refused_create_releases_its_slot(http, urls, auth, user_id, set
 
 
 async def test_a_generation_whose_create_call_was_lost_stops_holding_quota(http, urls, auth, user_id, settings, db):
-    # What an API crash between the insert and Skytells' answer leaves behind: unsubmitted rows, long ago.
+    # What an API crash between the insert and Skytells' answer leaves behind: rows without a prediction id, older
+    # than any of them is looked for at Skytells.
     lost = [uuid.uuid4() for _ in range(settings.quota_max_active)]
     for gid in lost:
         await db.execute(
@@ -70,7 +71,7 @@ async def test_a_generation_whose_create_call_was_lost_stops_holding_quota(http,
             gid,
             user_id,
             f"key-{gid}",
-            unsubmitted_expiry_s(settings.skytells_timeout_s) + 1,
+            settings.reconcile_unknown_after_s + 1,
         )
 
     accepted = await http.post(
@@ -82,4 +83,4 @@ async def test_a_generation_whose_create_call_was_lost_stops_holding_quota(http,
     assert accepted.status_code == 201, accepted.text
     assert accepted.json()["id"] not in {str(g) for g in lost}
     rows = await db.fetch("SELECT status, error, idempotency_key FROM generations WHERE id = ANY($1)", lost)
-    assert {(r["status"], r["error"], r["idempotency_key"]) for r in rows} == {("failed", UNSUBMITTED_ERROR, None)}
+    assert {(r["status"], r["error"], r["idempotency_key"]) for r in rows} == {("failed", UNANSWERED_ERROR, None)}

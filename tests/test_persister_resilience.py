@@ -19,7 +19,8 @@ import asyncpg
 import pytest
 
 from common.broker import Broker
-from common.db.generations import UNSUBMITTED_ERROR, unsubmitted_expiry_s
+from common.db.generations import UNANSWERED_ERROR
+from common.references import callback_url
 from common.storage import ensure_bucket, open_s3
 from devstack.processes import ManagedProcess, free_port, http_ok
 from devstack.stack import Stack
@@ -312,11 +313,27 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
     lost_gid = await insert_generation(dedicated_db, lost["id"], age_s=5)
     ancient_gid = await insert_generation(dedicated_db, f"pred_gone_{uuid.uuid4().hex}", age_s=7200)
     recent_gid = await insert_generation(dedicated_db, f"pred_gone_{uuid.uuid4().hex}", age_s=600)
-    # Rows an API crash left without a prediction id: only one older than any create call can take ends.
+    # Rows without a prediction id (an API crash, a create call answered by a cut): found in Skytells' list by the
+    # reference in their callback URL, they go on; only one not found for RECONCILE_UNKNOWN_AFTER_S ends.
     unsubmitted_gid = await insert_generation(
-        dedicated_db, None, age_s=unsubmitted_expiry_s(dedicated.settings.skytells_timeout_s) + 1
+        dedicated_db, None, age_s=dedicated.settings.reconcile_unknown_after_s + 1
     )
     in_flight_gid = await insert_generation(dedicated_db, None, age_s=5)
+    found_gid = await insert_generation(dedicated_db, None, age_s=5)
+    settings = dedicated.settings
+    unrecorded = await http.post(
+        f"{sim}/v1/predictions",
+        headers={"x-api-key": "sim-key"},
+        json={
+            "model": "truefusion-pro",
+            "input": {"prompt": "its answer and its callbacks were lost #sim:delay=0.05 #sim:drop"},
+            "webhook": {
+                "url": callback_url(settings.public_webhook_url, found_gid, settings.skytells_webhook_secrets[0]),
+                "events": ["completed"],
+            },
+        },
+    )
+    assert unrecorded.status_code == 201, unrecorded.text
     # Another replica holds the reconciler's lock: this one must not reconcile meanwhile.
     holder = await asyncpg.connect(dedicated.settings.database_url)
     try:
@@ -347,8 +364,12 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
         )
         assert (await row(dedicated_db, recent_gid))["status"] == "queued"  # unknown for less than an hour: not yet
         unsubmitted = await row(dedicated_db, unsubmitted_gid)
-        assert (unsubmitted["status"], unsubmitted["error"]) == ("failed", UNSUBMITTED_ERROR)
-        assert (await row(dedicated_db, in_flight_gid))["status"] == "queued"  # its create call may still be under way
+        assert (unsubmitted["status"], unsubmitted["error"]) == ("failed", UNANSWERED_ERROR)
+        assert (await row(dedicated_db, in_flight_gid))["status"] == "queued"  # not found, but not for long yet
+        found = await wait_row(dedicated_db, found_gid)
+        assert (found["status"], found["prediction_id"]) == ("succeeded", unrecorded.json()["id"])
+        objects = await stored_objects(dedicated.settings, found_gid)
+        assert objects[f"generations/{found_gid}.png"][0] == await cdn_bytes(http, sim, unrecorded.json()["id"])
         assert metric(text, "studio_persister_reconciled_total", result="unsubmitted_failed") >= 1
     finally:
         reconciler.stop()

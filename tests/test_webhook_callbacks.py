@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from common.broker import EXCHANGE
-from common.signing import SIGNATURE_HEADER, sign, tag_reference
-from common.skytells import callback_url
+from common.references import callback_url, tag_reference
+from common.signing import SIGNATURE_HEADER, sign
 from services.webhook.metrics import Outcome
 from services.webhook.views import MAX_BODY
 from tests.helpers import eventually, metric, samples

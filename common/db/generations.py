@@ -8,6 +8,7 @@ generation or regress one, whatever the interleaving.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, fields
 from datetime import datetime
 
@@ -72,18 +73,19 @@ RETURNING *
 # Idempotency-Key makes a fresh attempt. A callback that still comes finds it by its id (and binds the
 # prediction to it, so the prediction is never orphaned). One whose create call timed out ($3) waits as long as
 # the reconciler waits for a prediction Skytells does not know: Skytells may well have made it.
+# A generation with no prediction id that Skytells' list of predictions did not show within
+# RECONCILE_UNKNOWN_AFTER_S: its create call never reached Skytells (or was lost with it), so it frees its quota
+# and Idempotency-Key. (Found in time, the reconciler binds it instead.)
 EXPIRE_UNSUBMITTED = """
 UPDATE generations
-SET status = 'failed', idempotency_key = NULL, completed_at = now(), updated_at = now(),
-    error = CASE WHEN submit_timed_out_at IS NULL THEN $2::text ELSE $4::text END
+SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
 WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
-  AND created_at < now()
-      - make_interval(secs => CASE WHEN submit_timed_out_at IS NULL THEN $1::float8 ELSE $3::float8 END)
-RETURNING id
+  AND created_at < now() - make_interval(secs => $1::float8)
+  AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
+  AND ($4::text IS NULL OR user_id = $4::text)
+RETURNING *
 """
-EXPIRE_UNSUBMITTED_OF_USER = EXPIRE_UNSUBMITTED.replace("RETURNING id", "  AND user_id = $5\nRETURNING id")
-UNSUBMITTED_ERROR = "The request to Skytells was interrupted; please try again"
-UNANSWERED_ERROR = "Skytells never confirmed the prediction and no callback came for it"
+UNANSWERED_ERROR = "Skytells never confirmed the prediction and it was not found there"
 
 # The create call timed out at Studio's end: the generation stays `queued`, holding its Idempotency-Key, so a
 # repeat returns it instead of paying for a second prediction.
@@ -172,22 +174,17 @@ async def lock_user(conn: asyncpg.Connection, user_id: str) -> None:
     await conn.execute(LOCK_USER, user_id)
 
 
-def unsubmitted_expiry_s(skytells_timeout_s: float) -> float:
-    """Age past which a generation without a prediction id lost its create call: never shorter than a create
-    call that may still be under way, however long SKYTELLS_TIMEOUT_S is."""
-    return max(120.0, 2 * skytells_timeout_s + 30)
-
-
 async def expire_unsubmitted(
-    conn: asyncpg.Connection, older_than_s: float, timed_out_after_s: float, user_id: str | None = None
-) -> int:
-    """End the generations (of one user, or all) whose create call never got recorded; how many were ended.
-
-    `timed_out_after_s` is the longer wait of those whose create call timed out rather than vanished."""
-    args = (older_than_s, UNSUBMITTED_ERROR, max(older_than_s, timed_out_after_s), UNANSWERED_ERROR)
-    if user_id is None:
-        return len(await conn.fetch(EXPIRE_UNSUBMITTED, *args))
-    return len(await conn.fetch(EXPIRE_UNSUBMITTED_OF_USER, *args, user_id))
+    conn: asyncpg.Connection,
+    older_than_s: float,
+    *,
+    user_id: str | None = None,
+    among: Collection[uuid.UUID] | None = None,
+) -> list[Generation]:
+    """End the generations without a prediction id older than `older_than_s` (of one user, or among some)."""
+    ids = None if among is None else list(among)
+    rows = await conn.fetch(EXPIRE_UNSUBMITTED, older_than_s, UNANSWERED_ERROR, ids, user_id)
+    return [Generation.from_record(row) for row in rows]
 
 
 async def mark_submit_timed_out(conn: asyncpg.Connection, generation_id: uuid.UUID) -> Generation | None:

@@ -25,7 +25,6 @@ UPDATE generations SET checked_at = now()
 WHERE id IN (
     SELECT id FROM generations
     WHERE status IN ('queued', 'processing')
-      AND prediction_id IS NOT NULL
       AND created_at < now() - make_interval(secs => $1)
     ORDER BY checked_at NULLS FIRST, created_at
     LIMIT $2

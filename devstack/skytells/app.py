@@ -8,7 +8,9 @@ failure paths: `#sim:outputs=N` (N outputs), `#sim:cdnbusy=N` (the CDN answers 5
 the prediction, whichever output they ask for), `#sim:cdngone` (the output is already gone),
 `#sim:redirect=HOST` (the CDN redirects to HOST), `#sim:notimage` (the output is HTML), `#sim:chunked` (no
 Content-Length), `#sim:cdnslow=S` (the CDN body takes about S seconds; `#sim:slow=S` delays the create call
-instead), `#sim:ratelimit=N` (`GET /v1/predictions/{id}` answers 429 with `Retry-After: 1` N times). A create
+instead), `#sim:ratelimit=N` (`GET /v1/predictions/{id}` answers 429 with `Retry-After: 1` N times),
+`#sim:answer=STATUS` and `#sim:answer=cut` (the prediction is made and runs, but the create call is answered
+with that status and a page that is not JSON, or its connection closed unanswered). A create
 call with `"await": true` (the official SDK's `run()`) is answered once the prediction has ended, as Skytells
 does.
 
@@ -27,7 +29,7 @@ import re
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 import aiohttp
@@ -115,9 +117,53 @@ async def create(request: web.Request) -> web.Response:
     )
     request.app[PREDICTIONS][prediction.id] = prediction
     _spawn(request.app, _run(request.app, prediction))
+    if "answer" in directives:  # the prediction is made, but its answer is lost on the way back
+        return _lost_answer(request, directives["answer"])
     if body.get("await") is True:  # the SDK's `run()`: answer once the prediction has ended
         await prediction.settled.wait()
     return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url), status=201)
+
+
+def _lost_answer(request: web.Request, how: str) -> web.Response:
+    """`cut`: the connection closes with no answer at all; a status: what a proxy in front of Skytells says when
+    its upstream timed out, a page that is not JSON."""
+    if how == "cut":
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response()
+    status = int(how) if how.isdigit() and 200 <= int(how) <= 599 else 504
+    return web.Response(
+        status=status, text=f"<html><body>{status} from a proxy</body></html>", content_type="text/html"
+    )
+
+
+async def list_predictions(request: web.Request) -> web.Response:
+    """Skytells' list: newest first, `page` from 1, `per_page` 1 to 50, `from`/`to` days (inclusive)."""
+    if not _authorised(request):
+        return _unauthorised()
+    query = request.query
+    try:
+        page, per_page = int(query.get("page", "1")), int(query.get("per_page", "50"))
+        since = date.fromisoformat(query["from"]) if "from" in query else None
+        until = date.fromisoformat(query["to"]) if "to" in query else None
+    except ValueError:
+        return envelope_error(422, "page and per_page must be integers, from and to dates", "INVALID_PARAMETER")
+    if page < 1 or not 1 <= per_page <= 50:
+        return envelope_error(422, "page must be at least 1 and per_page 1 to 50", "INVALID_PARAMETER")
+    chosen = [
+        p
+        for p in request.app[PREDICTIONS].values()
+        if (since is None or p.created_at.date() >= since) and (until is None or p.created_at.date() <= until)
+    ]
+    chosen.sort(key=lambda p: p.created_at, reverse=True)
+    base = request.app[SIM_SETTINGS].public_url
+    last_page = max(1, -(-len(chosen) // per_page))
+    return web.json_response(
+        {
+            "data": [p.view(base) for p in chosen[(page - 1) * per_page : page * per_page]],
+            "pagination": {"current_page": page, "per_page": per_page, "total": len(chosen), "last_page": last_page},
+        }
+    )
 
 
 def _float(raw: str, default: float) -> float:
@@ -250,6 +296,7 @@ def create_app(settings: SimSettings) -> web.Application:
     app.cleanup_ctx.append(_http_client)
     for prefix in ("/v1/predictions", "/v1/predict"):
         app.router.add_post(prefix, create)
+    app.router.add_get("/v1/predictions", list_predictions)
     app.router.add_get("/v1/predictions/{id}", get)
     app.router.add_post("/v1/predictions/{id}/cancel", cancel)
     app.router.add_get(r"/cdn/{id}/{n:\d+}.png", cdn.serve)

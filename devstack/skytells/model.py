@@ -84,6 +84,7 @@ class SimPrediction:
             "input": self.input,
             "output": self.output_urls(base) or None,
             "error": self.error,
+            "webhook": {"url": self.webhook_url, "events": list(self.events)} if self.webhook_url else None,
             "created_at": self.created_at.isoformat(),
             "started_at": self.started_at.isoformat() if self.started_at else None,
             "completed_at": self.completed_at.isoformat() if self.completed_at else None,

@@ -14,7 +14,8 @@ from common.db import changes, generations
 from common.db.generations import Generation
 from common.events import dumps
 from common.predictions import Status
-from common.skytells import SkytellsError, SkytellsUndecided, callback_url
+from common.references import callback_url
+from common.skytells import SkytellsError, SkytellsUndecided
 from common.updates import generation_json
 from common.web import REQUEST_ID, ApiError
 from services.api import openapi
@@ -70,15 +71,15 @@ async def _reserve(
     """
     settings = request.app[SETTINGS]
     deadline = asyncio.get_running_loop().time() + REPLAY_WAIT_S
-    # A generation without a prediction id this old lost the request creating it: it no longer holds quota
-    # (the persister's reconciler ends such rows too, for users who never come back).
-    expiry_s = generations.unsubmitted_expiry_s(settings.skytells_timeout_s)
+    # A generation without a prediction id this old was not found at Skytells: it no longer holds quota (the
+    # persister's reconciler ends such rows too, for users who never come back, and binds those it finds).
+    expiry_s = settings.reconcile_unknown_after_s
     while True:
         async with request.app[POOL].acquire() as conn, conn.transaction():
             await generations.lock_user(conn, user_id)
-            expired = await generations.expire_unsubmitted(conn, expiry_s, settings.reconcile_unknown_after_s, user_id)
+            expired = await generations.expire_unsubmitted(conn, expiry_s, user_id=user_id)
             if expired:
-                logger.warning("ended %d generations whose create call was lost", expired, extra={"user": user_id})
+                logger.warning("ended %d generations never found at Skytells", len(expired), extra={"user": user_id})
             existing = await generations.get_by_idempotency_key(conn, user_id, key) if key else None
             if existing is None:
                 created = await generations.insert_within_quota(

@@ -32,6 +32,7 @@ class Reconciled(StrEnum):
     """What the reconciler made of one generation: the `result` label of `studio_persister_reconciled_total`."""
 
     PUBLISHED = "published"
+    FOUND = "found"  # a generation with no prediction id found in Skytells' list
     UNFINISHED = "unfinished"
     UNKNOWN = "unknown"
     UNKNOWN_FAILED = "unknown_failed"

@@ -18,8 +18,8 @@ from common import log as logs
 from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
 from common.predictions import parse_prediction
+from common.references import GENERATION_PARAM, generation_of_callback
 from common.signing import SIGNATURE_HEADER, verify
-from common.skytells import GENERATION_PARAM, generation_of_callback
 from common.web import REQUEST_ID, ApiError
 from services.webhook.keys import BROKER, SETTINGS
 from services.webhook.metrics import IN_FLIGHT, PUBLISH_SECONDS, Outcome, count
