@@ -72,7 +72,7 @@ def test_diagram_shows_every_part_and_the_real_queue_names():
 
 def test_failure_section_covers_each_failure_and_the_dead_letter_queue():
     failures = _section("What happens when things fail")
-    for topic in ("RabbitMQ down", "callback never arrives", "Duplicate", "expired", "Storage or database down"):
+    for topic in ("RabbitMQ down", "callback never arrives", "Duplicate", "expired", "Storage down", "Database down"):
         assert topic in failures, topic
     assert f"`{DEAD_QUEUE}`" in failures
     assert "python -m services.persister redrive" in failures
