@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -24,13 +24,13 @@ async def _create(http: httpx.AsyncClient, sim: str, prompt: str) -> httpx.Respo
 
 
 async def test_the_list_is_newest_first_by_page_with_each_webhook(http, sim):
-    made = [(await _create(http, sim, f"listed-{uuid.uuid4().hex}")).json()["id"] for _ in range(3)]
-    today = datetime.now(UTC).date().isoformat()
+    created = [(await _create(http, sim, f"listed-{uuid.uuid4().hex}")).json() for _ in range(3)]
+    made = [p["id"] for p in created]
+    # The days the predictions were made on, not today's: a run that crosses midnight made them yesterday.
+    days = {"from": created[0]["created_at"][:10], "to": created[-1]["created_at"][:10]}
 
-    first = await http.get(f"{sim}/v1/predictions", headers=SIM_KEY, params={"per_page": 2, "from": today, "to": today})
-    second = await http.get(
-        f"{sim}/v1/predictions", headers=SIM_KEY, params={"page": 2, "per_page": 2, "from": today, "to": today}
-    )
+    first = await http.get(f"{sim}/v1/predictions", headers=SIM_KEY, params={"per_page": 2, **days})
+    second = await http.get(f"{sim}/v1/predictions", headers=SIM_KEY, params={"page": 2, "per_page": 2, **days})
 
     assert first.status_code == second.status_code == 200
     page_one, page_two = first.json(), second.json()
@@ -38,8 +38,8 @@ async def test_the_list_is_newest_first_by_page_with_each_webhook(http, sim):
     assert page_two["data"][0]["id"] == made[0]
     assert page_one["pagination"]["per_page"] == 2 and page_one["pagination"]["last_page"] >= 2
     assert page_one["data"][0]["webhook"]["url"].startswith("https://studio.example/hook?generation=listed-")
-    yesterday = (datetime.now(UTC) - timedelta(days=1)).date().isoformat()
-    old = await http.get(f"{sim}/v1/predictions", headers=SIM_KEY, params={"from": yesterday, "to": yesterday})
+    before = (datetime.fromisoformat(created[0]["created_at"]) - timedelta(days=400)).date().isoformat()
+    old = await http.get(f"{sim}/v1/predictions", headers=SIM_KEY, params={"from": before, "to": before})
     assert old.json()["data"] == []
 
 
