@@ -55,9 +55,17 @@ class JsonFormatter(logging.Formatter):
         line.update(_context.get())
         line.update(fields)
         try:
-            return orjson.dumps(line, default=str).decode()
+            text = orjson.dumps(line, default=str).decode()
         except TypeError:  # a lone surrogate in some text: the stdlib escapes what orjson refuses
-            return json.dumps(line, default=str)
+            text = json.dumps(line, default=str)
+        # Characters that many line readers (str.splitlines, JavaScript) take as line ends, written as JSON
+        # escapes, so a request path or a prompt can never split one log line in two. JSON text holds them only
+        # inside strings, where the escape means the same.
+        return text.translate(_LINE_BREAKS)
+
+
+# JSON escapes the other control characters itself; these three it may leave as they are.
+_LINE_BREAKS = {code: f"\\u{code:04x}" for code in (0x85, 0x2028, 0x2029)}
 
 
 class TurnHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -11,7 +11,9 @@ import sys
 import uuid
 
 import httpx
+import pytest
 
+from common.log import JsonFormatter
 from common.web import AccessLog
 from tests.helpers import eventually, wait_for_status
 
@@ -261,3 +263,12 @@ print("ok", file=sys.stderr)
 def test_lines_of_one_loop_turn_go_out_in_one_write_and_errors_at_once():
     done = subprocess.run([sys.executable, "-c", BUFFERED], capture_output=True, text=True, timeout=30, check=False)
     assert done.returncode == 0 and done.stderr.strip() == "ok", done.stderr
+
+
+@pytest.mark.parametrize("text", ["next\x85line", "para\u2028graph", "page\u2029break", "surrogate \ud800 and \x85"])
+def test_a_line_break_inside_a_field_never_splits_the_line(text):
+    # A request path or a prompt with NEL or a Unicode line separator split an access line in two for every
+    # reader that takes those as line ends (str.splitlines among them).
+    line = JsonFormatter("probe").line(0.0, "info", "studio.access", text, {"path": text})
+    assert line.splitlines() == [line]
+    assert json.loads(line)["path"] == text and json.loads(line)["message"] == text
