@@ -6,6 +6,7 @@ nothing but the clients' paths behind the Ingress."""
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import subprocess
 import tomllib
@@ -295,3 +296,26 @@ def test_the_ingress_routes_the_clients_paths_and_neither_metrics_nor_probes(obj
         assert _routes(ingress, path) == "studio-api", path
     for path in PROBES:
         assert _routes(ingress, path) is None, path
+
+
+def test_the_secrets_readme_creates_every_key_the_manifests_read(objects):
+    keys = {
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for name, _ in _pods(objects)
+        for e in _container(objects, name)["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert keys == SECRETS
+    readme = (BASE / "README.md").read_text()
+    command = readme.split("kubectl create secret generic studio-secrets", 1)[1].split("```", 1)[0]
+    assert set(re.findall(r"--from-literal=(\w+)=", command)) == keys
+
+
+def test_the_readme_says_how_to_deploy_and_what_the_operator_brings():
+    readme = (ROOT / "README.md").read_text()
+    part = readme.split("\n### Scaling on Kubernetes\n", 1)[1].split("\n## ", 1)[0]
+    assert "kubectl -n studio apply -k deploy/kubernetes" in part
+    assert "create secret generic studio-secrets" in part
+    for brought in ("PostgreSQL", "RabbitMQ", "S3", "KEDA"):
+        assert brought in part, brought
+    assert f"Kubernetes {KUBERNETES_VERSION.rsplit('.', 1)[0]} schemas" in part
