@@ -236,7 +236,11 @@ def test_probes_ask_healthz_and_readyz_on_the_process_port(objects):
         service = _of(objects, "Service")[name]["spec"]
         assert service["type"] == "ClusterIP"  # inside the cluster only
         assert service["ports"] == [{"name": "http", "port": port, "targetPort": "http"}]
-        pod_labels = _of(objects, "Deployment")[name]["spec"]["template"]["metadata"]["labels"]
+        template = _of(objects, "Deployment")[name]["spec"]["template"]["metadata"]
+        pod_labels = template["labels"]
+        # Prometheus scrapes each replica where /metrics is, inside the cluster.
+        assert template["annotations"]["prometheus.io/port"] == str(port)
+        assert template["annotations"]["prometheus.io/path"] == "/metrics"
         assert service["selector"].items() <= pod_labels.items()
         assert (
             _of(objects, "PodDisruptionBudget")[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
