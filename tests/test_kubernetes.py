@@ -73,15 +73,19 @@ FIXED = {"BIND_HOST": "0.0.0.0", "SPOOL_DIR": SPOOL_DIR} | {
 PROBES = ("/metrics", "/readyz", "/healthz")
 
 
-@pytest.fixture(scope="module")
-def objects() -> list[dict[str, Any]]:
-    """The base as `kubectl kustomize` renders it."""
+def _render(folder: Path) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.fail("kubectl is not on PATH: install it (https://kubernetes.io/docs/tasks/tools/) to render the base")
-    done = subprocess.run([kubectl, "kustomize", str(BASE)], capture_output=True, text=True, timeout=120, check=False)
+    done = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
+
+
+@pytest.fixture(scope="module")
+def objects() -> list[dict[str, Any]]:
+    """The base as `kubectl kustomize` renders it."""
+    return _render(BASE)
 
 
 def _of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
@@ -169,6 +173,22 @@ def test_keda_scales_the_persister_on_its_queue_and_the_notifier_on_due_deliveri
         source = next(k for k in trigger["metadata"] if k.endswith("FromEnv"))
         assert trigger["metadata"][source] == variable
         assert variable in {e["name"] for e in _container(objects, name)["env"]}
+
+
+def test_without_keda_the_persister_and_the_notifier_run_two_replicas_each(objects):
+    overlay = _render(ROOT / "deploy" / "kubernetes-without-keda")
+    for o in overlay:
+        kubernetes_validate.validate(o, KUBERNETES_VERSION, strict=True)
+    assert not _of(overlay, "ScaledObject")
+    deployments = _of(overlay, "Deployment")
+    assert (
+        deployments["studio-persister"]["spec"]["replicas"] == deployments["studio-notifier"]["spec"]["replicas"] == 2
+    )
+    # Everything else is the base's, unchanged.
+    for o in overlay:
+        if o["metadata"]["name"] not in ("studio-persister", "studio-notifier") or o["kind"] != "Deployment":
+            assert o in objects, (o["kind"], o["metadata"]["name"])
+    assert len(overlay) == len(objects) - 2
 
 
 def test_the_api_and_the_gateway_scale_on_cpu_with_two_at_least(objects):
