@@ -21,6 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+# A release (16.4, 2.8.4, with a variant such as -management) or MinIO's dated RELEASE tags; never latest or a bare
+# major, which move under a deployment.
+PINNED = re.compile(r"\d+\.\d+(\.\d+)?(-[a-z]+)?|RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ")
+CADDYFILE = "./deploy/caddy/Caddyfile"  # run by a real Caddy in tests/test_compose_proxies.py
 
 OURS = {"migrate", "api", "webhook", "persister", "skytells-sim"}
 
@@ -28,7 +33,13 @@ ONE_SHOT = {"migrate", "minio-init"}
 SCALED = {"api", "webhook", "persister"}
 PROXIES = {"api-proxy": ("api", 8080), "webhook-proxy": ("webhook", 8081)}
 # What compose fixes because it names its own containers, ports and credentials; every other setting passes.
-IMAGE_PREFIXES = {"postgres": "POSTGRES_", "rabbitmq": "RABBITMQ_", "minio": "MINIO_", "skytells-sim": "SIM_"}
+IMAGE_PREFIXES = {
+    "postgres": "POSTGRES_",
+    "rabbitmq": "RABBITMQ_",
+    "minio": "MINIO_",
+    "skytells-sim": "SIM_",
+    **dict.fromkeys(PROXIES, "PROXY_"),  # deploy/caddy/Caddyfile's own
+}
 ENTRY_MODULES = {"services.api", "services.webhook", "services.persister", "common.migrate", "devstack.skytells"}
 
 
@@ -112,13 +123,31 @@ def test_scaled_services_have_no_fixed_name_or_host_port(name):
 def test_each_scaled_http_service_is_reached_through_one_proxy(proxy):
     target, port = PROXIES[proxy]
     service = SERVICES[proxy]
-    assert f"{target}:{port}" in _command(service)
+    assert service["environment"] == {"PROXY_PORT": str(port), "PROXY_UPSTREAM": f"{target}:{port}"}
+    # The repository's Caddyfile, which keeps /metrics and /readyz inside the network.
+    assert service["volumes"] == [f"{CADDYFILE}:/etc/caddy/Caddyfile:ro"]
+    assert (ROOT / CADDYFILE).is_file()
+    assert _command(service) == ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
     assert service["ports"] == [f"{port}:{port}"]
     assert SERVICES[target]["expose"] == [str(port)]
     assert service["depends_on"] == {target: {"condition": "service_healthy"}}
-    # The only published ports: the proxies, MinIO (outputUrl) and its console, RabbitMQ's management UI.
+
+
+def test_only_the_proxies_and_s3_are_published_beyond_this_host():
+    # The proxies, MinIO's S3 API (outputUrl), and, on 127.0.0.1 only, MinIO's console and RabbitMQ's UI.
     published = {p for s in SERVICES.values() for p in s.get("ports", [])}
-    assert published == {"8080:8080", "8081:8081", "9000:9000", "9001:9001", "15672:15672"}
+    assert published == {"8080:8080", "8081:8081", "9000:9000", "127.0.0.1:9001:9001", "127.0.0.1:15672:15672"}
+    assert SERVICES["rabbitmq"]["ports"] == ["127.0.0.1:15672:15672"]
+    assert "127.0.0.1:9001:9001" in SERVICES["minio"]["ports"]
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_every_image_is_pinned_to_a_version(name):
+    image, _, tag = SERVICES[name]["image"].rpartition(":")
+    assert image and "/" not in tag, SERVICES[name]["image"]
+    assert PINNED.fullmatch(tag), SERVICES[name]["image"]
+    if name in OURS:
+        assert tag == VERSION, "Studio's image carries the project's version"
 
 
 def test_the_simulator_is_a_profile_of_its_own():
@@ -140,7 +169,7 @@ def test_every_studio_container_runs_a_real_module_from_the_one_image():
     modules = set()
     for name in OURS:
         service = SERVICES[name]
-        assert service["build"] == "." and service["image"] == "studio:latest", name
+        assert service["build"] == "." and service["image"] == f"studio:{VERSION}", name
         modules.add(_module(service))
     assert modules == ENTRY_MODULES
     cmd = re.search(r'^CMD \["python", "-m", "([\w.]+)"\]', DOCKERFILE, re.M)
