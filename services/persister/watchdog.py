@@ -2,9 +2,9 @@
 
 aio-pika's robust connection restores consumers after a reconnect, but it has been seen to come back without
 one, and the client can also believe it consumes while the broker has dropped the consumer (its queue was
-deleted and declared again, say). The watchdog checks both sides every few seconds: the consumer tag on our
-channel, and the broker's own view of the queue (no consumer at all, or messages waiting while we have room and
-have received nothing for a while). When the consumer has looked missing for a few seconds it subscribes again
+deleted and declared again, say). The watchdog checks both sides every few seconds: aio-pika's subscription on
+an open channel, and the broker's own view of the queue (no consumer at all, or messages waiting while we have
+room and have received nothing for a while). When the consumer has looked missing for a few seconds it subscribes again
 on a fresh channel; `/readyz` reports the gap meanwhile.
 """
 
