@@ -27,8 +27,8 @@ import aiormq
 from common.broker import EXCHANGE, Broker
 from common.events import PredictionEvent
 from common.predictions import SkytellsStatus, parse_prediction
+from common.process import event_loop
 from common.settings import Settings
-from common.web import event_loop
 from devstack.processes import ROOT
 
 WARMUP_SECONDS = 1.0

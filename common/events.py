@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import orjson
-
 from common.predictions import Prediction, Status
+from common.representation import dumps
 
 Source = Literal["webhook", "reconciler"]
 
@@ -130,12 +129,3 @@ class PredictionEvent:
             raise ValueError(f"malformed event: {exc!r}") from None
         except RecursionError:  # nested deeper than the parser goes: as malformed as any other garbage
             raise ValueError("malformed event: nested too deeply") from None
-
-
-def dumps(value: Any) -> bytes:
-    """Compact JSON. orjson does it in a fraction of the stdlib's time, but refuses strings holding lone
-    surrogates, which a Skytells answer parsed by the stdlib can carry: those take the stdlib's path."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode()

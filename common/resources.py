@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from aiohttp import web
@@ -25,13 +25,13 @@ from common.db.pool import create_pool
 from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
 from common.migrate import apply_migrations
+from common.probes import Check
 from common.settings import Settings
 from common.skytells import SkytellsClient
 
 logger = logging.getLogger(__name__)
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
-Check = Callable[[], Awaitable[None]]
 
 
 class BrokerLink:

@@ -30,6 +30,7 @@ from prometheus_client import Counter
 
 from common.db.generations import Generation
 from common.predictions import TERMINAL, Status
+from common.representation import dumps, generation_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +43,6 @@ UPDATES_PUBLISHED = Counter("studio_updates_published_total", "Generation update
 UPDATES_DROPPED = Counter(
     "studio_updates_dropped_total", "Generation updates not published (RabbitMQ away or too slow); streams re-read"
 )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def generation_json(generation: Generation) -> dict[str, Any]:
-    """The generation object of the public API."""
-    return {
-        "id": str(generation.id),
-        "status": generation.status,
-        "model": generation.model,
-        "prompt": generation.prompt,
-        "outputUrl": generation.output_url,
-        "outputUrls": list(generation.output_urls),
-        "error": generation.error,
-        "createdAt": _iso(generation.created_at),
-        "completedAt": _iso(generation.completed_at),
-    }
 
 
 def version_of(moment: datetime) -> int:
@@ -98,7 +80,7 @@ class Update:
     @cached_property
     def data(self) -> bytes:
         """The generation object as one line of JSON, encoded once however many streams send it."""
-        return json.dumps(self.generation, separators=(",", ":")).encode()
+        return dumps(self.generation)
 
     @classmethod
     def of(cls, generation: Generation) -> Update:
@@ -107,7 +89,7 @@ class Update:
 
     def to_json(self) -> bytes:
         body = {"userId": self.user_id, "version": self.version, "generation": self.generation}
-        return json.dumps(body, separators=(",", ":")).encode()
+        return dumps(body)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Update:

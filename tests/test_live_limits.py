@@ -15,7 +15,7 @@ from common.db import generations
 from devstack.processes import free_port
 from devstack.stack import Stack
 from devstack.tokens import issue_token
-from services.api.streams import WRITE_TIMEOUT_S
+from services.api.live.streams import WRITE_TIMEOUT_S
 from tests.conftest import JWT_SECRET
 from tests.helpers import eventually, metric, metrics_of
 

@@ -12,7 +12,7 @@ import uuid
 
 import httpx
 
-from common.web import AccessLog
+from common.access_log import AccessLog
 from tests.helpers import eventually, wait_for_status
 
 SERVICES = ("api", "webhook", "persister")

@@ -8,14 +8,17 @@ import httpx
 from aiohttp import web
 
 from common import resources
+from common.probes import add_probes
+from common.process import boot, run
 from common.settings import API_REQUIRED, Settings
-from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
-from services.api import cors, streams, views
+from common.web import add_fallback, error_middleware, expect_handler
+from services.api import cors, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
-from services.api.feed import live_updates
 from services.api.jwks import Jwks
 from services.api.keys import AUTH, BROKER, POOL, SETTINGS, SKYTELLS
+from services.api.live import streams
+from services.api.live.feed import live_updates
 from services.api.page import add_page
 
 # The identity provider's keys are fetched while a request waits for them: a bounded wait.

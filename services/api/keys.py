@@ -10,7 +10,7 @@ from common.settings import Settings
 from common.skytells import SkytellsClient
 from common.updates import UpdatePublisher
 from services.api.auth import Authenticator
-from services.api.hub import Hub
+from services.api.live.hub import Hub
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)

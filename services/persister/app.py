@@ -21,10 +21,12 @@ from aiohttp import web
 from common import resources
 from common.broker import Broker
 from common.errors import BrokerUnavailable
+from common.probes import add_probes
+from common.process import boot, run
 from common.settings import PERSISTER_REQUIRED, Settings
 from common.storage import check_bucket, open_s3
 from common.updates import UpdatePublisher
-from common.web import add_fallback, add_probes, boot, error_middleware, run
+from common.web import add_fallback, error_middleware
 from services.persister import redrive
 from services.persister.consumer import Consumer
 from services.persister.handling import Handler

@@ -5,8 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import resources
+from common.probes import add_probes
+from common.process import boot, run
 from common.settings import WEBHOOK_REQUIRED, Settings
-from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
+from common.web import add_fallback, error_middleware, expect_handler
 from services.webhook import views
 from services.webhook.keys import BROKER, SETTINGS
 

@@ -21,8 +21,8 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 
 from common.updates import UpdatePublisher, declare_exchange
-from services.api.hub import Hub
 from services.api.keys import BROKER, HUB, POOL, UPDATES
+from services.api.live.hub import Hub
 
 logger = logging.getLogger(__name__)
 
