@@ -14,6 +14,17 @@ from aiohttp import HttpVersion11, hdrs, web
 from common import log as logs
 from common.access_log import LOG_IDS, observe
 from common.db.pool import unavailable as database_unavailable
+from common.errors import (
+    ApiError,
+    BrokerUnavailable,
+    JwksUnavailable,
+    SkytellsError,
+    SkytellsInputRejected,
+    SkytellsRateLimited,
+    SkytellsTimeout,
+    SkytellsUnreachable,
+    StudioError,
+)
 
 logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -21,16 +32,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_HEADER = "X-Request-Id"
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 MAX_REQUEST_ID = 128
-
-
-class ApiError(Exception):
-    """An error answered as `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 def printable_ascii(value: str) -> bool:
@@ -107,6 +108,25 @@ DATABASE_RETRY_AFTER = "2"  # seconds: a restart of PostgreSQL takes about that 
 _KEPT_HEADERS = ("Allow", "Retry-After")
 
 
+def domain_answer(exc: StudioError) -> web.Response | None:
+    """The one place a domain error (common/errors.py) becomes an HTTP answer, wherever it was raised."""
+    if isinstance(exc, ApiError):
+        return json_error(exc.status, exc.message, exc.headers)
+    if isinstance(exc, SkytellsError):
+        # Skytells' verdict on the input is the client's 400; asked to wait, or no answer at all, our 503 with
+        # its Retry-After; any other refusal or unreadable answer a 502 with its message.
+        if isinstance(exc, SkytellsInputRejected):
+            return json_error(400, exc.message)
+        if isinstance(exc, SkytellsRateLimited | SkytellsUnreachable | SkytellsTimeout):
+            return json_error(503, exc.message, {"Retry-After": exc.retry_after_header})
+        return json_error(502, exc.message)
+    if isinstance(exc, JwksUnavailable):
+        return json_error(503, "Cannot check the token right now; retry later", {"Retry-After": "5"})
+    if isinstance(exc, BrokerUnavailable):
+        return json_error(503, "Event broker unavailable, retry later", {"Retry-After": "5"})
+    return None  # a domain error no handler should have let through: unexpected
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes JSON; anything unexpected is logged once and answered with a generic 500."""
@@ -118,8 +138,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     with logs.bind(request_id=request_id):
         try:
             response = await handler(request)
-        except ApiError as exc:
-            response = json_error(exc.status, exc.message, exc.headers)
+        except StudioError as exc:
+            answer = domain_answer(exc)
+            if answer is None:
+                logger.exception("unhandled error", extra={"route": route, "method": request.method})
+                answer = json_error(500, "Internal server error")
+            response = answer
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

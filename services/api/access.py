@@ -10,7 +10,7 @@ from aiohttp import web
 from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
-from common.web import ApiError
+from common.errors import ApiError
 from services.api.keys import AUTH, POOL
 
 

@@ -25,9 +25,10 @@ import jwt
 from aiohttp import web
 
 from common.db.text import storable
+from common.errors import ApiError, JwksUnavailable
 from common.settings import Settings
-from common.web import ApiError, read_header
-from services.api.jwks import ALGORITHMS, Jwks, JwksUnavailable
+from common.web import read_header
+from services.api.jwks import ALGORITHMS, Jwks
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Authenticator:
             key = await self._jwks.key(kid, algorithm)
         except JwksUnavailable as exc:
             logger.warning("token not checked: %s", exc)
-            raise ApiError(503, "Cannot check the token right now; retry later", {"Retry-After": "5"}) from None
+            raise
         if key is None:
             raise _refused("Invalid token")
         return key

@@ -12,7 +12,7 @@ import math
 from aiohttp import web
 
 from common.db import rates
-from common.web import ApiError
+from common.errors import ApiError
 from services.api.keys import POOL, SETTINGS
 
 

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 
 from aiohttp import web
 
 from common import log as logs
 from common.db import changes, generations
 from common.db.generations import Generation
+from common.errors import ApiError, SkytellsError, SkytellsUndecided
 from common.predictions import Status
 from common.references import callback_url
 from common.representation import dumps, generation_json
-from common.skytells import SkytellsError, SkytellsUndecided
-from common.web import REQUEST_ID, ApiError
+from common.web import REQUEST_ID
 from services.api import openapi
 from services.api.access import current_user, own_generation
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
@@ -43,17 +42,6 @@ def _generation_response(generation: Generation, status: int = 200, wait_s: int 
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
     return _json(generation_json(generation), status, headers)
-
-
-def skytells_failure(exc: SkytellsError) -> ApiError:
-    """Skytells' verdict on the input (400, 422) is the client's 400; its 429 our 503 with its Retry-After, as is
-    a Skytells that cannot be reached; any other refusal a 502 with its message."""
-    if exc.status in (400, 422):
-        return ApiError(400, exc.message)
-    if exc.status == 429 or exc.status == 0:
-        wait = math.ceil(exc.retry_after) if exc.retry_after is not None else 1
-        return ApiError(503, exc.message, {"Retry-After": str(max(1, wait))})
-    return ApiError(502, exc.message)
 
 
 async def _reserve(
@@ -147,7 +135,7 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
                 exc.message,
                 extra={"skytells_status": exc.status, "error_id": exc.error_id},
             )
-            raise skytells_failure(exc) from None
+            raise
         with logs.bind(prediction_id=prediction.id):
             updated = await record_prediction(request.app, generation, prediction)
             logger.info("generation created", extra={"model": wanted.model})
@@ -182,7 +170,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             prediction = await request.app[SKYTELLS].cancel_prediction(generation.prediction_id)
         except SkytellsError as exc:
             logger.warning("Skytells refused the cancel: %s", exc.message, extra={"skytells_status": exc.status})
-            raise skytells_failure(exc) from None
+            raise
         status = prediction.studio_status
         if status in (Status.SUCCEEDED, Status.FAILED):
             # It finished at Skytells before the cancel reached it; its callback brings the outcome.

@@ -7,8 +7,9 @@ from datetime import datetime
 
 from aiohttp import web
 
+from common.errors import ApiError
 from common.updates import Update, moment_of
-from common.web import ApiError, read_header
+from common.web import read_header
 
 # A comment this often on an idle stream lets clients and proxies tell a quiet stream from a dead one.
 KEEPALIVE_S = 15.0

@@ -21,8 +21,9 @@ from collections.abc import Iterator
 from aiohttp import web
 
 from common.db import changes
+from common.errors import ApiError
 from common.updates import Update
-from common.web import REQUEST_ID, REQUEST_ID_HEADER, ApiError
+from common.web import REQUEST_ID, REQUEST_ID_HEADER
 from services.api.access import current_user, own_generation, parse_id
 from services.api.keys import HUB, POOL, SETTINGS
 from services.api.live.hub import Inbox
