@@ -354,6 +354,21 @@ async def test_payload_shapes_become_one_normalised_event(
     assert message.message_id == event["eventId"]
 
 
+async def test_an_error_nested_a_thousand_levels_deep_is_accepted_not_a_500(http, urls, events):
+    """orjson reads nesting the stdlib's encoder cannot write back: the prediction is still usable (answered 200
+    and published, its error said to be unshowable), never a 500 that Skytells would retry for ever."""
+    prediction_id = new_id()
+    depth = 1000
+    body = b'{"id": "%s", "status": "failed", "error": %s%s}' % (prediction_id.encode(), b"[" * depth, b"]" * depth)
+
+    response = await http.post(f"{urls.webhook}/api/webhooks", content=body, headers=signed(body)[1])
+
+    assert response.status_code == 200, response.text
+    [event] = await events.wait_for(prediction_id)
+    assert event["status"] == "failed"
+    assert event["error"] == "error details nested too deeply to show"
+
+
 async def test_same_callback_twice_gives_the_same_event_id_and_a_new_one_another(http, urls, events):
     prediction_id = new_id()
     done = {"id": prediction_id, "status": "succeeded", "output": [URL_A]}
