@@ -31,6 +31,7 @@ from prometheus_client import Counter
 from common.db.generations import Generation
 from common.predictions import TERMINAL, Status
 from common.representation import dumps, generation_json
+from common.tasks import stop
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +181,7 @@ class UpdatePublisher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_s):
                     await self._queue.join()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop(self._task)
         if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
                 await self._channel.close()

@@ -11,7 +11,8 @@ from common import log as logs
 from common.db import generations
 from common.db.generations import Generation
 from common.errors import ApiError
-from services.api.keys import AUTH, POOL
+from common.keys import POOL
+from services.api.keys import AUTH
 
 
 async def current_user(request: web.Request) -> str:

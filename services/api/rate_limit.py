@@ -13,7 +13,7 @@ from aiohttp import web
 
 from common.db import rates
 from common.errors import ApiError
-from services.api.keys import POOL, SETTINGS
+from common.keys import POOL, SETTINGS
 
 
 async def check_create_rate(request: web.Request, user_id: str) -> None:

@@ -22,8 +22,8 @@ from common.db import generations
 from common.db.generations import Generation
 from common.db.pool import database_failure
 from common.errors import ApiError, SkytellsError
+from common.keys import POOL, SKYTELLS, UPDATES
 from common.predictions import Prediction
-from services.api.keys import POOL, SKYTELLS, UPDATES
 
 logger = logging.getLogger(__name__)
 

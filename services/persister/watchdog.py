@@ -11,12 +11,12 @@ on a fresh channel; `/readyz` reports the gap meanwhile.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from common.broker import QUEUE
+from common.tasks import stop
 
 if TYPE_CHECKING:
     from services.persister.consumer import Consumer
@@ -38,10 +38,7 @@ class Watchdog:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
 
     async def _watch(self) -> None:
         while True:

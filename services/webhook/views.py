@@ -15,12 +15,12 @@ from aiohttp import hdrs, web
 from common import log as logs
 from common.errors import ApiError, BrokerUnavailable
 from common.events import PredictionEvent
+from common.keys import BROKER, SETTINGS
 from common.predictions import parse_prediction
 from common.references import GENERATION_PARAM, generation_of_callback
 from common.representation import loads
 from common.signing import SIGNATURE_HEADER, verify
 from common.web import REQUEST_ID
-from services.webhook.keys import BROKER, SETTINGS
 from services.webhook.metrics import IN_FLIGHT, PUBLISH_SECONDS, Outcome, count
 
 logger = logging.getLogger(__name__)

@@ -22,10 +22,11 @@ from aiohttp import web
 
 from common.db import changes
 from common.errors import ApiError
+from common.keys import POOL, SETTINGS
 from common.updates import Update
 from common.web import REQUEST_ID, REQUEST_ID_HEADER
 from services.api.access import current_user, own_generation, parse_id
-from services.api.keys import HUB, POOL, SETTINGS
+from services.api.keys import HUB
 from services.api.live.hub import Inbox
 from services.api.live.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, frame, last_event_id, moment_after
 from services.api.live.waiting import client_connected
