@@ -21,8 +21,8 @@ _quoted = json.encoder.encode_basestring_ascii  # what `json.dumps` uses for a s
 
 
 def event_id_of(identity: str) -> str:
-    """`str(uuid.uuid5(_EVENT_NAMESPACE, identity))`, computed without the two UUID objects that would cost more
-    than the hash itself (RFC 9562: SHA-1 of namespace and name, version 5, variant 10)."""
+    """`str(uuid.uuid5(_EVENT_NAMESPACE, identity))`, computed without building the two UUID objects on the hot
+    path (RFC 9562: SHA-1 of namespace and name, version 5, variant 10)."""
     digest = bytearray(hashlib.sha1(_EVENT_NAMESPACE.bytes + identity.encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50
     digest[8] = (digest[8] & 0x3F) | 0x80

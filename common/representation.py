@@ -32,9 +32,9 @@ def generation_json(generation: Generation) -> dict[str, Any]:
 
 
 def loads(raw: bytes) -> Any:
-    """Parse JSON from a peer (Skytells' callbacks and answers). orjson is several times faster than the stdlib;
-    what it refuses but the stdlib reads (integers beyond 64 bits, NaN) still gets the stdlib's answer. Raises
-    ValueError (UnicodeDecodeError included) or RecursionError on what is not JSON."""
+    """Parse JSON from a peer (Skytells' callbacks and answers): orjson, for speed; what it refuses but the
+    stdlib reads (integers beyond 64 bits, NaN) still gets the stdlib's answer. Raises ValueError
+    (UnicodeDecodeError included) or RecursionError on what is not JSON."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -42,8 +42,8 @@ def loads(raw: bytes) -> Any:
 
 
 def dumps(value: Any) -> bytes:
-    """Compact JSON. orjson does it in a fraction of the stdlib's time, but refuses strings holding lone
-    surrogates, which a Skytells answer parsed by the stdlib can carry: those take the stdlib's path."""
+    """Compact JSON. orjson, for speed; it refuses strings holding lone surrogates, which a Skytells answer
+    parsed by the stdlib can carry: those take the stdlib's path."""
     try:
         return orjson.dumps(value)
     except TypeError:

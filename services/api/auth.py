@@ -8,9 +8,10 @@ is refused outright. `sub` (a non-empty string of at most 255 bytes that Postgre
 required; `aud` and `iss` too when `AUTH_JWT_AUDIENCE` / `AUTH_JWT_ISSUER` are set.
 
 A token once verified is remembered (`VerifiedTokens`) until its `exp`: a client sends the same token with each
-request, and checking it anew (two base64 and JSON decodes, the signature, the claims) was half the CPU of a
-`GET /api/predictions/{id}`. Only the verdict "valid, for this subject, by this key" is kept, and a token by an
-identity provider's key is accepted from memory only while that very key is still the one the provider serves.
+request, and checking it anew (two base64 and JSON decodes, the signature, the claims) would dominate the
+cost of a cheap read such as `GET /api/predictions/{id}`. Only the verdict "valid, for this subject, by this
+key" is kept, and a token by an identity provider's key is accepted from memory only while that very key is
+still the one the provider serves.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from common import log as logs
 from common.db import changes, generations
 from common.db.generations import Generation
 from common.errors import ApiError, SkytellsError, SkytellsUndecided
+from common.keys import POOL, SETTINGS, SKYTELLS, UPDATES
 from common.predictions import Status
 from common.references import callback_url
 from common.representation import dumps, generation_json
@@ -18,7 +19,6 @@ from common.web import REQUEST_ID
 from services.api import openapi
 from services.api.access import current_user, own_generation
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
-from services.api.keys import POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.live.waiting import wait_for_end, wait_for_news
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
@@ -32,8 +32,8 @@ JSON = "application/json"
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """`web.json_response` encoded by orjson (`dumps`: compact, non-ASCII text as UTF-8, the stdlib for what
-    orjson refuses), in a third of the time; the same Content-Type."""
+    """`web.json_response` encoded by `dumps` (orjson: compact, non-ASCII text as UTF-8, the stdlib for what
+    orjson refuses); the same Content-Type."""
     return web.Response(body=dumps(body), status=status, headers=headers, content_type=JSON, charset="utf-8")
 
 
