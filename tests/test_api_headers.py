@@ -20,8 +20,7 @@ from aiohttp.test_utils import TestServer
 from common.errors import ApiError
 from common.web import read_header
 from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET
-from tests.helpers import ServiceLog
+from tests.helpers import JWT_SECRET, ServiceLog
 from tests.wire import exchange, request
 
 ENDPOINTS = [

@@ -27,7 +27,7 @@ from common.errors import ApiError, JwksUnavailable
 from devstack.processes import free_port
 from services.api.auth import Authenticator
 from services.api.jwks import Jwks, max_age
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET
 
 AUDIENCE, ISSUER = "studio-api", "https://idp.example.test/"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
