@@ -1,4 +1,4 @@
-"""The event-stream wire format of the live endpoints: frames, keep-alives, and the `Last-Event-ID` a client
+"""The event-stream wire format of the live endpoints: events, keep-alives, and the `Last-Event-ID` a client
 sends back (the `id` of an event: the version of a change, see `common/updates.py`)."""
 
 from __future__ import annotations
