@@ -108,7 +108,9 @@ class ServiceLog:
     def lines(self) -> list[str]:
         with self.path.open("rb") as log:
             log.seek(self.offset)
-            return log.read().decode("utf-8", "replace").splitlines()
+            # Lines end at "\n" only: `splitlines` would also cut at U+0085 or U+2028, which JSON writes raw
+            # (a fuzzed path carries them into an access line).
+            return log.read().decode("utf-8", "replace").split("\n")[:-1]
 
     def tracebacks(self) -> list[str]:
         """Lines carrying a traceback: a logged exception, or one that reached stderr as plain text."""

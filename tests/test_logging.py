@@ -22,7 +22,8 @@ REQUIRED = ("ts", "level", "service", "logger", "message")
 def _lines(stack, label: str) -> list[dict]:
     path = stack.work_dir / "logs" / f"{label}.log"
     lines = []
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
+    # Lines end at "\n" only: `splitlines` would also cut at U+0085 or U+2028, which JSON writes raw.
+    for number, raw in enumerate(path.read_text().split("\n")[:-1], 1):
         try:
             line = json.loads(raw)
         except ValueError:
