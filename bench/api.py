@@ -36,13 +36,12 @@ from bench.gateway import serving
 from bench.proc import cpu_seconds
 from bench.table import Row, quick, verdict
 from common.db import generations
-from common.events import dumps
+from common.process import event_loop
 from common.references import callback_url
+from common.representation import dumps, generation_json
 from common.resources import open_pool
 from common.settings import Settings
 from common.skytells import SkytellsClient
-from common.updates import generation_json
-from common.web import event_loop
 from devstack.processes import ROOT, free_port
 from devstack.stack import Stack, loopback_env
 from devstack.tokens import issue_token

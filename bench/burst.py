@@ -30,9 +30,9 @@ from bench.table import Row, quick, verdict
 from common.broker import Broker
 from common.events import PredictionEvent
 from common.predictions import parse_prediction
+from common.process import event_loop
 from common.settings import Settings
 from common.storage import open_s3
-from common.web import event_loop
 from devstack.processes import ROOT, free_port
 from devstack.stack import Stack, loopback_env
 from services.persister.download import CHUNK

@@ -2,8 +2,7 @@
 
 - ceiling: the same events published with the same channel settings and no HTTP in front (`bench.publish`),
   through aio-pika and through aiormq beneath it; the faster library is what the gateway is held to (goal:
-  0.6). The gateway's own publish path (`common.frames`, frames packed by Studio and batched) is measured the
-  same way and shown for scale: it is faster than either library, so against it HTTP is most of the cost.
+  0.6). The gateway publishes through aio-pika's `Exchange.publish`, the first of the two.
 - gateway: signed callbacks through `services.webhook`, each answered 200 only after RabbitMQ confirmed it,
   driven by `bench.loadgen` (closed loop for the peak, open loop for the latency at 25%, 50% and 90% of it).
 - bare aiohttp: an app that only reads the body and answers 200, for scale; HTTP itself is not the ceiling.
@@ -27,9 +26,9 @@ from bench import loadgen, publish
 from bench.proc import cpu_seconds
 from bench.table import Row, quick, verdict
 from common.broker import QUEUE
+from common.process import event_loop
 from common.settings import Settings
 from common.signing import SIGNATURE_HEADER, sign
-from common.web import event_loop
 from devstack.processes import ManagedProcess, free_port, http_ok, wait_until
 from devstack.rabbitmq import RabbitMQ
 
@@ -40,8 +39,8 @@ RATIO_GOAL = 0.6
 P99_GOAL_MS = 10.0
 LOADS = (0.25, 0.5, 0.9)  # fractions of the peak at which latency is measured
 NAME = "gateway"
-BARE_LAYERS = ("aiormq", "studio")  # the bare app publishing through the library, and through Studio's own path
-_BARE_NAMES = {"aiormq": "aiormq's publish", "studio": "the gateway's publish path"}
+BARE_LAYERS = ("aio-pika", "aiormq")  # the bare app publishing through each library
+_BARE_NAMES = {"aio-pika": "aio-pika's publish (the gateway's path)", "aiormq": "aiormq's publish"}
 
 
 def _callbacks(work: Path) -> Path:
@@ -181,7 +180,6 @@ def _rows(
 ) -> list[Row]:
     libraries = {name: result for name, result in ceilings.items() if name in publish.LIBRARIES}
     layer, (ceiling, ceiling_cpu_s) = max(libraries.items(), key=lambda item: item[1][0])
-    own_rate, own_cpu_s = ceilings["studio"]
     ratio = peak["rate"] / ceiling if ceiling else 0.0
     runs = [peak, *steady.values()]
     accepted = sum(r["statuses"].get(200, 0) for r in runs)
@@ -196,7 +194,6 @@ def _rows(
             Row(NAME, f"ceiling: confirmed publishes via {name}, no HTTP", _rate(r))
             for name, (r, _) in libraries.items()
         ),
-        Row(NAME, "the gateway's own publish path (common.frames), no HTTP, for scale", _rate(own_rate)),
         # What HTTP and a library's publish reach with none of the gateway's own work: the most any gateway
         # built on aiohttp could reach, against the same ceiling.
         *(
@@ -215,8 +212,8 @@ def _rows(
         # every wake-up the other processes delay (see the README's bench section).
         Row(
             NAME,
-            f"CPU per callback (gateway) / per publish ({layer} loop / own path)",
-            f"{_us(peak['cpu_s'])} / {_us(ceiling_cpu_s)} / {_us(own_cpu_s)}",
+            f"CPU per callback (gateway) / per publish ({layer} loop)",
+            f"{_us(peak['cpu_s'])} / {_us(ceiling_cpu_s)}",
         ),
     ]
     for share, result in steady.items():

@@ -6,10 +6,8 @@ declared topology). As many publishers as the load generator has connections eac
 for RabbitMQ's confirm, and publish the next. Events are built beforehand: building them is the gateway's
 work, not the library's.
 
-Two library layers are measured, and the faster is the ceiling: aio-pika's `Exchange.publish`, and aiormq's
-`basic_publish` underneath it (without waiting for a drain: the confirm says more). A third row, for scale, is
-the gateway's own path with no HTTP in front: `common.frames.Publisher`, which packs the frames itself and
-batches the writes of one turn of the event loop on aiormq's channel.
+Two library layers are measured, and the faster is the ceiling: aio-pika's `Exchange.publish` (the gateway's
+own path), and aiormq's `basic_publish` underneath it (without waiting for a drain: the confirm says more).
 """
 
 from __future__ import annotations
@@ -26,17 +24,16 @@ from typing import Any
 import aio_pika
 import aiormq
 
-from common.broker import EXCHANGE, PUBLISH_TIMEOUT_S, Broker
+from common.broker import EXCHANGE, Broker
 from common.events import PredictionEvent
-from common.frames import Publisher
 from common.predictions import SkytellsStatus, parse_prediction
+from common.process import event_loop
 from common.settings import Settings
-from common.web import event_loop
 from devstack.processes import ROOT
 
 WARMUP_SECONDS = 1.0
 LIBRARIES = ("aio-pika", "aiormq")
-LAYERS = (*LIBRARIES, "studio")
+LAYERS = LIBRARIES
 
 
 def callback(n: int) -> dict[str, Any]:
@@ -85,16 +82,7 @@ def publisher(broker: Broker, layer: str) -> Publish:
             body, exchange=EXCHANGE, routing_key=routing_key, properties=properties_n, mandatory=True, wait=False
         )
 
-    if layer == "aiormq":
-        return via_aiormq
-    own = Publisher(PUBLISH_TIMEOUT_S)
-
-    async def via_studio(n: int) -> object:
-        channel = await broker.channel.get_underlay_channel()
-        body, routing_key, message_id = bodies[n % len(bodies)]
-        return await own.publish(channel, EXCHANGE, routing_key, message_id, body)
-
-    return via_studio
+    return via_aiormq
 
 
 async def _loop(url: str, seconds: float, concurrency: int, layer: str) -> tuple[float, float]:
@@ -155,7 +143,7 @@ async def _open_loop(url: str, seconds: float, rate: float, layer: str) -> dict[
     return {"p50_ms": latencies[len(latencies) // 2], "p99_ms": latencies[int(len(latencies) * 0.99)]}
 
 
-def latency(url: str, seconds: float, rate: float, layer: str = "studio") -> tuple[float, float]:
+def latency(url: str, seconds: float, rate: float, layer: str = "aio-pika") -> tuple[float, float]:
     """p50 and p99 in ms of confirmed publishes at `rate` through `layer`, from a separate process."""
     argv = [sys.executable, "-m", "bench.publish", url, str(seconds), "0", layer, str(rate)]
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 60, check=True)

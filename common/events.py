@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-import orjson
-
 from common.predictions import Prediction, Status
+from common.representation import dumps
 
 Source = Literal["webhook", "reconciler"]
 
@@ -22,8 +21,8 @@ _quoted = json.encoder.encode_basestring_ascii  # what `json.dumps` uses for a s
 
 
 def event_id_of(identity: str) -> str:
-    """`str(uuid.uuid5(_EVENT_NAMESPACE, identity))`, computed without the two UUID objects that would cost more
-    than the hash itself (RFC 9562: SHA-1 of namespace and name, version 5, variant 10)."""
+    """`str(uuid.uuid5(_EVENT_NAMESPACE, identity))`, computed without building the two UUID objects on the hot
+    path (RFC 9562: SHA-1 of namespace and name, version 5, variant 10)."""
     digest = bytearray(hashlib.sha1(_EVENT_NAMESPACE.bytes + identity.encode()).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50
     digest[8] = (digest[8] & 0x3F) | 0x80
@@ -130,12 +129,3 @@ class PredictionEvent:
             raise ValueError(f"malformed event: {exc!r}") from None
         except RecursionError:  # nested deeper than the parser goes: as malformed as any other garbage
             raise ValueError("malformed event: nested too deeply") from None
-
-
-def dumps(value: Any) -> bytes:
-    """Compact JSON. orjson does it in a fraction of the stdlib's time, but refuses strings holding lone
-    surrogates, which a Skytells answer parsed by the stdlib can carry: those take the stdlib's path."""
-    try:
-        return orjson.dumps(value)
-    except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode()

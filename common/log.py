@@ -156,9 +156,8 @@ def configure(service: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Nothing we write uses the caller's file and line, thread or process names: skip collecting them on every
-    # record (the logging HOWTO's "Optimization" section), a tenth of the cost of a line.
-    logging._srcfile = None
+    # Nothing we write uses the thread or process names: skip collecting them on every record (the logging
+    # HOWTO's "Optimization" section).
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False

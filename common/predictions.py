@@ -96,7 +96,10 @@ def _error_text(value: Any) -> str | None:
         message = value.get("message") or value.get("detail")
         if isinstance(message, str) and message:
             return message
-    return json.dumps(value)
+    try:
+        return json.dumps(value)
+    except RecursionError:  # a parser with a deeper limit (orjson's) read it; the stdlib cannot write it back
+        return "error details nested too deeply to show"
 
 
 def parse_prediction(payload: Any) -> Prediction:

@@ -1,98 +1,44 @@
 """What several services open, built in one place from settings so a setting means the same in each of them.
 
-Each resource is an aiohttp clean-up context (code before `yield` opens it, after closes it) stored under the
-service's typed key, with the readiness probe that goes with it:
+Each resource is an aiohttp clean-up context (code before `yield` opens it, after closes it) stored under its
+typed key from `common/keys.py`, with the readiness probe that goes with it; a `create_app` is the list of the
+contexts it enters:
 
-- `database(key)`: the asyncpg pool (`DATABASE_URL`, `DATABASE_POOL_SIZE`: `open_pool`), optionally migrating
+- `database(...)`: the asyncpg pool (`DATABASE_URL`, `DATABASE_POOL_SIZE`: `open_pool`), optionally migrating
   first; `database_probe`.
-- `skytells(key)`: the Skytells client (`SKYTELLS_BASE_URL`, `SKYTELLS_API_KEY`, `SKYTELLS_TIMEOUT_S`).
-- `broker_link(key)`: a link to RabbitMQ that lets the process start while the broker is down and connects
-  once it answers (`AMQP_URL`, the retry schedule's delay queues); `broker_probe`.
+- `skytells`: the Skytells client (`SKYTELLS_BASE_URL`, `SKYTELLS_API_KEY`, `SKYTELLS_TIMEOUT_S`).
+- `http_client`: the HTTP client outputs are downloaded with (`DOWNLOAD_*_TIMEOUT_S`).
+- `storage`: the S3 client (`S3_*`, `AWS_*`).
+- `broker_link`: a link to RabbitMQ that lets the process start while the broker is down and connects once it
+  answers (`AMQP_URL`, the retry schedule's delay queues); `broker_probe`.
+- `update_publisher`: the live-update publisher, attached to RabbitMQ once it answers.
+
+`when_connected` runs a service's own start-up once RabbitMQ first answers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
+import httpx
 from aiohttp import web
 
 from common.broker import Broker, RetrySchedule
+from common.broker_link import BrokerLink
 from common.db.pool import create_pool
 from common.errors import BrokerUnavailable
-from common.events import PredictionEvent
+from common.keys import BROKER, HTTP, POOL, S3, SETTINGS, SKYTELLS, UPDATES
 from common.migrate import apply_migrations
+from common.probes import Check
 from common.settings import Settings
 from common.skytells import SkytellsClient
-
-logger = logging.getLogger(__name__)
+from common.storage import open_s3
+from common.tasks import background
+from common.updates import UpdatePublisher
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
-Check = Callable[[], Awaitable[None]]
-
-
-class BrokerLink:
-    """A process's link to RabbitMQ: it comes up without the broker and connects once the broker answers.
-
-    `Broker.connect` raises when RabbitMQ is down; a service that crashed for that would be restarted in a loop
-    by its supervisor and answer nothing meanwhile. Instead the process starts, `/healthz` answers, `/readyz`
-    says 503, and a background task keeps trying. Once connected, the robust connection reconnects by itself
-    after any later outage.
-    """
-
-    def __init__(self, url: str, delays: tuple[float, ...], retry_interval_s: float = 1.0) -> None:
-        self.url = url
-        self.delays = delays
-        self.retry_interval_s = retry_interval_s
-        self.broker: Broker | None = None
-        self.connected = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._connect(), name="broker-connect")
-
-    async def _connect(self) -> None:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                self.broker = await Broker.connect(self.url, self.delays)
-            except Exception as exc:  # refused, timed out, handshake or declaration failed: all worth retrying
-                if attempt == 1 or attempt % 30 == 0:  # say it once, then now and then, not every second
-                    logger.warning("RabbitMQ not reachable (attempt %d), retrying: %r", attempt, exc)
-                await asyncio.sleep(self.retry_interval_s)
-            else:
-                logger.info("connected to RabbitMQ", extra={"attempt": attempt})
-                self.connected.set()
-                return
-
-    async def wait_connected(self) -> Broker:
-        """The broker, once RabbitMQ has first answered."""
-        await self.connected.wait()
-        if self.broker is None:
-            raise BrokerUnavailable("connected without a broker")  # cannot happen: set before `connected`
-        return self.broker
-
-    @property
-    def ready(self) -> bool:
-        return self.broker is not None and self.broker.ready
-
-    async def publish_event(self, event: PredictionEvent) -> None:
-        """Return once RabbitMQ confirmed the event; raise BrokerUnavailable otherwise (never wait > 5 s)."""
-        if self.broker is None:
-            raise BrokerUnavailable("not connected to RabbitMQ yet")
-        await self.broker.publish_event(event)
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self.broker is not None:
-            await self.broker.close()
 
 
 async def open_pool(settings: Settings, *, stateless: bool = False) -> asyncpg.Pool:
@@ -101,17 +47,11 @@ async def open_pool(settings: Settings, *, stateless: bool = False) -> asyncpg.P
     return await create_pool(settings.database_url, max_size=settings.database_pool_size, stateless=stateless)
 
 
-def database(
-    settings_key: web.AppKey[Settings],
-    key: web.AppKey[asyncpg.Pool],
-    *,
-    migrate: bool = False,
-    stateless: bool = False,
-) -> CleanupContext:
+def database(*, migrate: bool = False, stateless: bool = False) -> CleanupContext:
     """`stateless`: see `create_pool`."""
 
     async def context(app: web.Application) -> AsyncIterator[None]:
-        settings = app[settings_key]
+        settings = app[SETTINGS]
         if migrate:  # on a connection of its own: the migration lock is a session lock
             conn = await asyncpg.connect(settings.database_url)
             try:
@@ -119,49 +59,78 @@ def database(
             finally:
                 await conn.close()
         pool = await open_pool(settings, stateless=stateless)
-        app[key] = pool
+        app[POOL] = pool
         yield
         await pool.close()
 
     return context
 
 
-def skytells(settings_key: web.AppKey[Settings], key: web.AppKey[SkytellsClient]) -> CleanupContext:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        settings = app[settings_key]
-        client = app[key] = SkytellsClient(
-            settings.skytells_base_url, settings.skytells_api_key, timeout=settings.skytells_timeout_s
-        )
+async def skytells(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    client = app[SKYTELLS] = SkytellsClient(
+        settings.skytells_base_url, settings.skytells_api_key, timeout=settings.skytells_timeout_s
+    )
+    yield
+    await client.aclose()
+
+
+async def http_client(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # The read timeout bounds each wait for bytes, not the whole download: a large output may take a while.
+    timeout = httpx.Timeout(
+        settings.download_read_timeout_s,
+        connect=settings.download_connect_timeout_s,
+        pool=settings.download_connect_timeout_s,
+    )
+    # trust_env=False: no proxy from the environment may sit between the SSRF checks and the CDN.
+    async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=50), trust_env=False) as http:
+        app[HTTP] = http
         yield
-        await client.aclose()
-
-    return context
 
 
-def broker_link(settings_key: web.AppKey[Settings], key: web.AppKey[BrokerLink]) -> CleanupContext:
-    async def context(app: web.Application) -> AsyncIterator[None]:
-        # Clean-up runs only after aiohttp has stopped listening and let in-flight requests finish, so closing
-        # the channel here never cuts a publish short.
-        settings = app[settings_key]
-        link = app[key] = BrokerLink(settings.amqp_url, RetrySchedule.from_settings(settings).all)
-        link.start()
+async def storage(app: web.Application) -> AsyncIterator[None]:
+    async with open_s3(app[SETTINGS]) as client:
+        app[S3] = client
         yield
-        await link.close()
-
-    return context
 
 
-def database_probe(app: web.Application, key: web.AppKey[asyncpg.Pool]) -> Check:
+async def broker_link(app: web.Application) -> AsyncIterator[None]:
+    # Clean-up runs only after aiohttp has stopped listening and let in-flight requests finish, so closing
+    # the channel here never cuts a publish short.
+    settings = app[SETTINGS]
+    link = app[BROKER] = BrokerLink(settings.amqp_url, RetrySchedule.from_settings(settings).all)
+    link.start()
+    yield
+    await link.close()
+
+
+async def when_connected(app: web.Application, start: Callable[[Broker], Awaitable[Any]]) -> None:
+    """Run `start` once RabbitMQ first answers: the process comes up (and says why it is not ready) without it."""
+    await start(await app[BROKER].wait_connected())
+
+
+async def update_publisher(app: web.Application) -> AsyncIterator[None]:
+    """The live-update publisher: every change the process commits is announced on `studio.updates`."""
+    publisher = app[UPDATES] = UpdatePublisher()
+    publisher.start()
+    attach = when_connected(app, lambda broker: publisher.attach(broker.connection))
+    async with background(attach, "updates-attach"):
+        yield
+    await publisher.close()
+
+
+def database_probe(app: web.Application) -> Check:
     async def check() -> None:
-        async with app[key].acquire(timeout=2) as conn:
+        async with app[POOL].acquire(timeout=2) as conn:
             await conn.fetchval("SELECT 1")
 
     return check
 
 
-def broker_probe(app: web.Application, key: web.AppKey[BrokerLink]) -> Check:
+def broker_probe(app: web.Application) -> Check:
     async def check() -> None:
-        link = app[key]
+        link = app[BROKER]
         if link.broker is None or not link.ready:
             raise BrokerUnavailable("not connected to RabbitMQ")
         # Connected is not enough: under a memory or disk alarm every publish (a callback's, a retry's) would

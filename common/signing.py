@@ -36,8 +36,8 @@ def verify(body: bytes, header: str | None, secrets: Iterable[str]) -> bool:
 
 
 def _digest(secret: str, body: bytes) -> bytes:
-    """HMAC-SHA256 (RFC 2104) from the key's two padded hash states, computed once per key: half the cost of
-    `hmac.digest`, which sets up OpenSSL's HMAC for the key on every call."""
+    """HMAC-SHA256 (RFC 2104) from the key's two padded hash states, computed once per key, where
+    `hmac.digest` sets up OpenSSL's HMAC for the key again on every call."""
     inner, outer = _keyed(secret)
     inner = inner.copy()
     inner.update(body)

@@ -2,7 +2,8 @@
 
 Skytells speaks two error shapes, the envelope `{"status": false, "response", "error": {"message",
 "error_id", ...}}` and the flat `{"error_id", "message"}`; both become a `SkytellsError` carrying its
-message, so the API can pass it on to the user.
+message, so the API can pass it on to the user. Which one is decided here, where the answer is read (the tree
+is in `common/errors.py`): callers catch the kind, never look at the status.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ from urllib.parse import quote
 import httpx
 from prometheus_client import Counter, Histogram
 
-from common.errors import StudioError
+from common.errors import (
+    SkytellsError,
+    SkytellsInputRejected,
+    SkytellsRateLimited,
+    SkytellsRefused,
+    SkytellsTimeout,
+    SkytellsUndecided,
+    SkytellsUnknownPrediction,
+    SkytellsUnreachable,
+)
 from common.predictions import Prediction, SkytellsEvent, parse_prediction
+from common.representation import loads
 
 T = TypeVar("T")
 
@@ -38,55 +49,6 @@ SKYTELLS_FAILURES = Counter(
 )
 # Longest error message passed on from Skytells: it ends up in responses and in the database.
 MAX_MESSAGE = 1000
-
-
-class SkytellsError(StudioError):
-    """Skytells refused or failed a call. `status` is its HTTP status (0: no answer at all).
-
-    What a failure leaves open decides what a caller may do after a create call:
-
-        SkytellsError          not reached at all (no connection): nothing was made
-        ├── SkytellsRefused    a 4xx: Skytells decided, and made nothing
-        └── SkytellsUndecided  the request went out but no readable answer came back (a cut connection, a
-            │                  5xx from Skytells or a proxy, a 2xx without a prediction): it may have been made
-            └── SkytellsTimeout    no answer within the deadline
-    """
-
-    def __init__(
-        self, message: str, *, status: int = 0, error_id: str | None = None, retry_after: float | None = None
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.error_id = error_id
-        self.retry_after = retry_after
-
-    @property
-    def reason(self) -> str:
-        """A low-cardinality label for metrics."""
-        if self.status == 0:
-            return "unreachable"
-        if self.status == 429:
-            return "rate_limited"
-        if 200 <= self.status < 300:
-            return "invalid_response"
-        return "server_error" if self.status >= 500 else "client_error"
-
-
-class SkytellsRefused(SkytellsError):
-    """Skytells answered with a 4xx: the call did not take effect."""
-
-
-class SkytellsUndecided(SkytellsError):
-    """The request may have taken effect at Skytells; its answer was lost or unreadable."""
-
-
-class SkytellsTimeout(SkytellsUndecided):
-    """Skytells did not answer within the client's deadline."""
-
-    @property
-    def reason(self) -> str:
-        return "timeout"
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -115,9 +77,16 @@ def _text(value: Any) -> str | None:
 
 def _json_body(response: httpx.Response) -> Any:
     try:
-        return response.json()
+        return loads(response.content)
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested deeper than the parser goes
         return None
+
+
+_KINDS: dict[int, type[SkytellsError]] = {
+    400: SkytellsInputRejected,
+    422: SkytellsInputRejected,
+    429: SkytellsRateLimited,
+}
 
 
 def error_from_response(response: httpx.Response) -> SkytellsError:
@@ -136,7 +105,7 @@ def error_from_response(response: httpx.Response) -> SkytellsError:
             error_id = body.get("error_id")
         else:
             message = _text(err) or _text(body.get("response"))
-    kind = SkytellsRefused if 400 <= response.status_code < 500 else SkytellsUndecided
+    kind = _KINDS.get(response.status_code, SkytellsRefused if 400 <= response.status_code < 500 else SkytellsUndecided)
     return kind(
         message or f"Skytells answered HTTP {response.status_code}",
         status=response.status_code,
@@ -193,7 +162,7 @@ class SkytellsClient:
             async with asyncio.timeout(self._deadline):
                 response = await self._http.request(method, path, json=body, params=params)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:  # nothing was sent
-            raise SkytellsError(f"Skytells could not be reached: {exc.__class__.__name__}") from None
+            raise SkytellsUnreachable(f"Skytells could not be reached: {exc.__class__.__name__}") from None
         except (TimeoutError, httpx.TimeoutException):
             raise SkytellsTimeout("Skytells did not answer in time") from None
         except httpx.HTTPError as exc:  # cut while sending or before the answer: it may have arrived
@@ -217,7 +186,13 @@ class SkytellsClient:
         )
 
     async def get_prediction(self, prediction_id: str) -> Prediction:
-        return await self._call("get", "GET", f"/predictions/{quote(prediction_id, safe='')}")
+        try:
+            return await self._call("get", "GET", f"/predictions/{quote(prediction_id, safe='')}")
+        except SkytellsUndecided as exc:
+            # What Skytells answers for an id it does not know: a 502 carrying an error id.
+            if exc.status == 502 and exc.error_id:
+                raise SkytellsUnknownPrediction(exc.message, status=exc.status, error_id=exc.error_id) from None
+            raise
 
     async def cancel_prediction(self, prediction_id: str) -> Prediction:
         return await self._call("cancel", "POST", f"/predictions/{quote(prediction_id, safe='')}/cancel")

@@ -30,6 +30,8 @@ from prometheus_client import Counter
 
 from common.db.generations import Generation
 from common.predictions import TERMINAL, Status
+from common.representation import dumps, generation_json
+from common.tasks import stop
 
 logger = logging.getLogger(__name__)
 
@@ -42,25 +44,6 @@ UPDATES_PUBLISHED = Counter("studio_updates_published_total", "Generation update
 UPDATES_DROPPED = Counter(
     "studio_updates_dropped_total", "Generation updates not published (RabbitMQ away or too slow); streams re-read"
 )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-def generation_json(generation: Generation) -> dict[str, Any]:
-    """The generation object of the public API."""
-    return {
-        "id": str(generation.id),
-        "status": generation.status,
-        "model": generation.model,
-        "prompt": generation.prompt,
-        "outputUrl": generation.output_url,
-        "outputUrls": list(generation.output_urls),
-        "error": generation.error,
-        "createdAt": _iso(generation.created_at),
-        "completedAt": _iso(generation.completed_at),
-    }
 
 
 def version_of(moment: datetime) -> int:
@@ -98,7 +81,7 @@ class Update:
     @cached_property
     def data(self) -> bytes:
         """The generation object as one line of JSON, encoded once however many streams send it."""
-        return json.dumps(self.generation, separators=(",", ":")).encode()
+        return dumps(self.generation)
 
     @classmethod
     def of(cls, generation: Generation) -> Update:
@@ -107,7 +90,7 @@ class Update:
 
     def to_json(self) -> bytes:
         body = {"userId": self.user_id, "version": self.version, "generation": self.generation}
-        return json.dumps(body, separators=(",", ":")).encode()
+        return dumps(body)
 
     @classmethod
     def from_json(cls, raw: bytes) -> Update:
@@ -198,9 +181,7 @@ class UpdatePublisher:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(drain_s):
                     await self._queue.join()
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop(self._task)
         if self._channel is not None and not self._channel.is_closed:
             with contextlib.suppress(Exception):
                 await self._channel.close()

@@ -1,57 +1,37 @@
-"""What every aiohttp service shares: JSON errors, request ids, header values, an access log, /healthz,
-/readyz, /metrics."""
+"""What every aiohttp service answers with: JSON errors (the error middleware, the fallback route, `Expect`),
+request ids, and the checked reading of header values. The probes are `common/probes.py`, the access line and
+HTTP metrics `common/access_log.py`, the process's start `common/process.py`."""
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import logging
-import os
 import secrets
-import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import HttpVersion11, hdrs, web
-from aiohttp.abc import AbstractAccessLogger
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from common import log as logs
+from common.access_log import LOG_IDS, observe
 from common.db.pool import unavailable as database_unavailable
-from common.settings import Settings, SettingsError
+from common.errors import (
+    ApiError,
+    BrokerUnavailable,
+    JwksUnavailable,
+    SkytellsError,
+    SkytellsInputRejected,
+    SkytellsRateLimited,
+    SkytellsTimeout,
+    SkytellsUnreachable,
+    StudioError,
+)
 
 logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("studio.access")
-
-Check = Callable[[], Awaitable[None]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID_HEADER = "X-Request-Id"
-# The ids a request's handling learned (its request id, and what handlers `annotate`), for its access line.
-LOG_IDS: web.RequestKey[Mapping[str, Any]] = web.RequestKey("log_ids")
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id")
 MAX_REQUEST_ID = 128
-
-HTTP_REQUESTS = Counter(
-    "studio_http_requests_total", "HTTP requests answered, by route and status", ["route", "method", "status"]
-)
-HTTP_LATENCY = Histogram(
-    "studio_http_request_duration_seconds",
-    "HTTP request latency, by route",
-    ["route", "method"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
-
-
-class ApiError(Exception):
-    """An error answered as `{"error": message}` with `status`."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = dict(headers or {})
 
 
 def printable_ascii(value: str) -> bool:
@@ -128,6 +108,25 @@ DATABASE_RETRY_AFTER = "2"  # seconds: a restart of PostgreSQL takes about that 
 _KEPT_HEADERS = ("Allow", "Retry-After")
 
 
+def domain_answer(exc: StudioError) -> web.Response | None:
+    """The one place a domain error (common/errors.py) becomes an HTTP answer, wherever it was raised."""
+    if isinstance(exc, ApiError):
+        return json_error(exc.status, exc.message, exc.headers)
+    if isinstance(exc, SkytellsError):
+        # Skytells' verdict on the input is the client's 400; asked to wait, or no answer at all, our 503 with
+        # its Retry-After; any other refusal or unreadable answer a 502 with its message.
+        if isinstance(exc, SkytellsInputRejected):
+            return json_error(400, exc.message)
+        if isinstance(exc, SkytellsRateLimited | SkytellsUnreachable | SkytellsTimeout):
+            return json_error(503, exc.message, {"Retry-After": exc.retry_after_header})
+        return json_error(502, exc.message)
+    if isinstance(exc, JwksUnavailable):
+        return json_error(503, "Cannot check the token right now; retry later", {"Retry-After": "5"})
+    if isinstance(exc, BrokerUnavailable):
+        return json_error(503, "Event broker unavailable, retry later", {"Retry-After": "5"})
+    return None  # a domain error no handler should have let through: unexpected
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Every error becomes JSON; anything unexpected is logged once and answered with a generic 500."""
@@ -139,8 +138,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     with logs.bind(request_id=request_id):
         try:
             response = await handler(request)
-        except ApiError as exc:
-            response = json_error(exc.status, exc.message, exc.headers)
+        except StudioError as exc:
+            answer = domain_answer(exc)
+            if answer is None:
+                logger.exception("unhandled error", extra={"route": route, "method": request.method})
+                answer = json_error(500, "Internal server error")
+            response = answer
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -165,83 +168,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         finally:
             request[LOG_IDS] = logs.current()
     response.headers[REQUEST_ID_HEADER] = request_id
-    _observe(route, request.method, response.status, time.perf_counter() - started)
+    observe(route, request.method, response.status, time.perf_counter() - started)
     return response
-
-
-_NO_IDS: Mapping[str, Any] = {}
-
-
-class AccessLog(AbstractAccessLogger):
-    """One line per answered request, refused ones included: aiohttp calls it for every response, those to
-    requests it could not even parse too (no handler ran for them, so they have no request id). It carries the
-    ids the request's handling learned, so a line about one generation names it as every other line does.
-
-    The line is cheap on a hot path: written straight to the log's handler, without a `logging` record, and not
-    at all (nor any timing) when the level filters it out, since aiohttp asks `enabled` once per connection."""
-
-    def __init__(self, logger: logging.Logger, log_format: str) -> None:
-        super().__init__(logger, log_format)
-        self._write = logs.line_writer(logger.name)  # per connection: aiohttp builds one for each
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        method, path, status = request.method, request.path, response.status
-        fields = {
-            **request.get(LOG_IDS, _NO_IDS),
-            "method": method,
-            "path": path,
-            "status": status,
-            "latency_ms": round(time * 1000, 2),
-        }
-        if self._write is not None:
-            self._write(f"{method} {path} {status}", fields)
-        else:
-            self.logger.info("%s %s %d", method, path, status, extra=fields)
-
-    @property
-    def enabled(self) -> bool:
-        return self.logger.isEnabledFor(logging.INFO)
-
-
-_SERIES: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
-
-
-def _observe(route: str, method: str, status: int, seconds: float) -> None:
-    # `labels()` takes a lock and builds a key on every call: look each series up once, then keep it.
-    series = _SERIES.get((route, method, status))
-    if series is None:
-        series = HTTP_REQUESTS.labels(route, method, str(status)), HTTP_LATENCY.labels(route, method)
-        _SERIES[route, method, status] = series
-    series[0].inc()
-    series[1].observe(seconds)
-
-
-def add_probes(app: web.Application, checks: Mapping[str, Check]) -> None:
-    """`/healthz` (the process runs), `/readyz` (each named dependency answers), `/metrics`."""
-
-    async def healthz(_: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(_: web.Request) -> web.Response:
-        failing: dict[str, str] = {}
-        for name, check in checks.items():
-            try:
-                await check()
-            except Exception as exc:  # a readiness probe reports, it does not raise
-                failing[name] = str(exc) or exc.__class__.__name__
-        if failing:
-            names = ", ".join(sorted(failing))
-            return web.json_response(
-                {"status": "unavailable", "error": f"not ready: {names}", "failing": failing}, status=503
-            )
-        return web.json_response({"status": "ready"})
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    app.router.add_get("/healthz", healthz, expect_handler=expect_handler)
-    app.router.add_get("/readyz", readyz, expect_handler=expect_handler)
-    app.router.add_get("/metrics", metrics, expect_handler=expect_handler)
 
 
 def add_fallback(app: web.Application) -> None:
@@ -260,43 +188,3 @@ def add_fallback(app: web.Application) -> None:
         raise web.HTTPNotFound()
 
     app.router.add_route("*", UNROUTED, unrouted, expect_handler=expect_handler)
-
-
-def event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
-    """A new event loop: uvloop's when asked for and installed, else asyncio's own."""
-    if use_uvloop:
-        try:
-            import uvloop
-        except ImportError:  # optional: a platform without it runs on asyncio's loop
-            pass
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def run(app: web.Application, host: str, port: int, *, use_uvloop: bool, **kwargs: Any) -> None:
-    """`web.run_app` owns the lifecycle: SIGTERM stops accepting and lets in-flight requests finish."""
-    # What was imported and built so far lives as long as the process: out of the collector's sight, an old-
-    # generation collection does not walk it again while a request waits (a pause in the latency tail).
-    gc.freeze()
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        print=None,
-        shutdown_timeout=30,
-        access_log_class=AccessLog,
-        access_log=access_logger,
-        loop=event_loop(use_uvloop),
-        **kwargs,
-    )
-
-
-def boot(service: str, required: Sequence[str]) -> Settings:
-    """A service's settings from the environment, and JSON logging; exits naming every bad variable."""
-    try:
-        settings = Settings.from_env(os.environ, required=required)
-    except SettingsError as exc:
-        sys.exit(str(exc))
-    logs.configure(service, settings.log_level)
-    return settings

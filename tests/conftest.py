@@ -17,10 +17,9 @@ from common.settings import Settings
 from devstack.processes import free_port
 from devstack.rabbitmq import RabbitMQ
 from devstack.stack import Stack, simulator_env
-from devstack.tokens import issue_token
+from tests.helpers import JWT_SECRET, bearer
 
 CORS_ORIGIN = "https://studio-app.example"
-JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
 
 
 def base_env() -> dict[str, str]:
@@ -98,7 +97,7 @@ def user_id() -> str:
 
 @pytest.fixture
 def auth(user_id: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, user_id)}"}
+    return bearer(user_id)
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
-"""What tests share: one way to wait for something observable (bounded), one Prometheus reader, and a
-service's log."""
+"""What tests share: one way to wait for something observable (bounded), one Prometheus reader, a service's
+log, and the session's secrets with the one way to sign a callback and to make a bearer token."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import time
 from collections.abc import Callable, Collection
 from typing import Any
@@ -14,6 +15,25 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from common.predictions import TERMINAL
+from common.signing import SIGNATURE_HEADER, sign
+from devstack.stack import SIM_DEFAULTS
+from devstack.tokens import issue_token
+
+# The session's AUTH_JWT_SECRET (tests/conftest.py gives it to the stack).
+JWT_SECRET = "test-jwt-secret-0123456789abcdef0123"
+# The session's SKYTELLS_WEBHOOK_SECRET: the simulator's, which the stack passes on to the gateway.
+WEBHOOK_SECRET = SIM_DEFAULTS["SIM_WEBHOOK_SECRET"]
+
+
+def bearer(user_id: str, secret: str = JWT_SECRET) -> dict[str, str]:
+    """The Authorization header of a valid token for `user_id`."""
+    return {"Authorization": f"Bearer {issue_token(secret, user_id)}"}
+
+
+def signed_callback(payload: Any, secret: str = WEBHOOK_SECRET) -> tuple[bytes, dict[str, str]]:
+    """A callback's body (JSON of `payload`, or `payload` itself when bytes) and the headers Skytells signs it with."""
+    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    return body, {SIGNATURE_HEADER: sign(body, secret), "content-type": "application/json"}
 
 
 async def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1) -> Any:
@@ -88,7 +108,9 @@ class ServiceLog:
     def lines(self) -> list[str]:
         with self.path.open("rb") as log:
             log.seek(self.offset)
-            return log.read().decode("utf-8", "replace").splitlines()
+            # Lines end at "\n" only: `splitlines` would also cut at U+0085 or U+2028, which JSON writes raw
+            # (a fuzzed path carries them into an access line).
+            return log.read().decode("utf-8", "replace").split("\n")[:-1]
 
     def tracebacks(self) -> list[str]:
         """Lines carrying a traceback: a logged exception, or one that reached stderr as plain text."""

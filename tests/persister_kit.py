@@ -7,8 +7,6 @@ events arrive, how often and in which order.
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from collections.abc import Collection
 from typing import Any
@@ -38,13 +36,13 @@ async def sim_prediction(
     )
     assert created.status_code == 201, created.text
     pid = created.json()["id"]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    async def ended() -> dict[str, Any] | None:
         view = (await http.get(f"{sim_url}/_sim/predictions")).json()
-        mine = next(p for p in view if p["id"] == pid)
-        if mine["status"] in ("succeeded", "failed", "cancelled"):
-            break
-        await asyncio.sleep(0.05)
+        mine: dict[str, Any] = next(p for p in view if p["id"] == pid)
+        return mine if mine["status"] in ("succeeded", "failed", "cancelled") else None
+
+    mine = await eventually(f"{pid} to end at the simulator", ended, timeout, interval=0.05)
     if not fetch:
         return mine
     answer = await http.get(f"{sim_url}/v1/predictions/{pid}", headers=SIM_KEY)

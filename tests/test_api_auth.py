@@ -12,9 +12,8 @@ import jwt
 import jwt.warnings
 import pytest
 
-from devstack.tokens import issue_token
 from services.api.auth import MAX_REMEMBERED_TOKEN, Verified, VerifiedTokens
-from tests.conftest import JWT_SECRET
+from tests.helpers import JWT_SECRET, bearer
 
 OTHER_SECRET = "another-secret-of-at-least-32-bytes-xx"
 NOW = int(time.time())
@@ -83,7 +82,7 @@ async def test_other_users_and_malformed_ids_look_unknown(http, urls, auth):
     created = await http.post(f"{urls.api}/api/generate", json={"prompt": "mine only"}, headers=auth)
     assert created.status_code == 201
     mine = created.json()["id"]
-    intruder = {"Authorization": f"Bearer {issue_token(JWT_SECRET, f'intruder-{uuid.uuid4().hex}')}"}
+    intruder = bearer(f"intruder-{uuid.uuid4().hex}")
 
     answers = []
     for method, suffix in (("GET", ""), ("POST", "/cancel")):

@@ -35,9 +35,8 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from common.settings import Settings
-from devstack.tokens import issue_token
 from services.api import openapi
-from tests.conftest import JWT_SECRET
+from tests.helpers import bearer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 CHECKS = [
@@ -55,7 +54,7 @@ DEFAULT_MODELS = Settings.from_env({}).allowed_models
 
 @pytest.fixture(scope="module")
 def fuzz_auth() -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, f'fuzz-{uuid.uuid4().hex}')}"}
+    return bearer(f"fuzz-{uuid.uuid4().hex}")
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from common.web import ApiError, read_header
+from common.errors import ApiError
+from common.web import read_header
 from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET
-from tests.helpers import ServiceLog
+from tests.helpers import JWT_SECRET, ServiceLog
 from tests.wire import exchange, request
 
 ENDPOINTS = [

@@ -10,8 +10,8 @@ import uuid
 import httpx
 import pytest
 
-from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET, Urls
+from tests.conftest import Urls
+from tests.helpers import bearer
 
 
 async def _sim_creates(http: httpx.AsyncClient, urls: Urls, prompt: str) -> int:
@@ -56,7 +56,7 @@ async def test_same_key_with_another_body_is_409(http, urls, auth):
 
 async def test_keys_are_per_user(http, urls, auth):
     prompt, key = _unique("shared key"), uuid.uuid4().hex
-    other_user = {"Authorization": f"Bearer {issue_token(JWT_SECRET, f'other-{uuid.uuid4().hex}')}"}
+    other_user = bearer(f"other-{uuid.uuid4().hex}")
 
     mine = await http.post(
         f"{urls.api}/api/generate", json={"prompt": prompt}, headers={**auth, "Idempotency-Key": key}

@@ -23,11 +23,11 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from common.web import ApiError
+from common.errors import ApiError, JwksUnavailable
 from devstack.processes import free_port
 from services.api.auth import Authenticator
-from services.api.jwks import Jwks, JwksUnavailable, max_age
-from tests.conftest import JWT_SECRET
+from services.api.jwks import Jwks, max_age
+from tests.helpers import JWT_SECRET
 
 AUDIENCE, ISSUER = "studio-api", "https://idp.example.test/"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)

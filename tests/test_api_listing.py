@@ -7,8 +7,7 @@ import base64
 
 import pytest
 
-from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET
+from tests.helpers import bearer
 
 
 async def _create(http, urls, auth, prompt: str) -> str:
@@ -25,7 +24,7 @@ async def _page(http, urls, auth, **params) -> dict:
 
 async def test_pages_walk_newest_first_and_inserts_do_not_shift_them(http, urls, auth, user_id):
     ids = [await _create(http, urls, auth, f"picture {n}") for n in range(5)]
-    someone_else = {"Authorization": f"Bearer {issue_token(JWT_SECRET, user_id + '-other')}"}
+    someone_else = bearer(user_id + "-other")
     await _create(http, urls, someone_else, "not yours")
 
     first = await _page(http, urls, auth, limit=2)

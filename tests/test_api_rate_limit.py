@@ -10,8 +10,7 @@ import pytest
 
 from devstack.processes import free_port
 from devstack.stack import Stack
-from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET
+from tests.helpers import bearer
 
 PER_MINUTE = 3
 
@@ -33,7 +32,7 @@ async def replicas(services: Stack) -> AsyncIterator[tuple[str, str]]:
 async def test_creates_over_the_limit_are_429_on_every_replica_and_reach_no_one(replicas, http, sim):
     first, second = replicas
     user = f"rate-{uuid.uuid4().hex[:8]}"
-    auth = {"Authorization": f"Bearer {issue_token(JWT_SECRET, user)}"}
+    auth = bearer(user)
     for api in (first, second, first):  # the limit is the user's, whichever replica answers
         created = await http.post(f"{api}/api/generate", json={"prompt": f"{user} #sim:delay=0.1"}, headers=auth)
         assert created.status_code == 201, created.text
@@ -47,5 +46,5 @@ async def test_creates_over_the_limit_are_429_on_every_replica_and_reach_no_one(
     me = (await http.get(f"{first}/api/me", headers=auth)).json()
     assert me["activeGenerations"] <= PER_MINUTE
     # Another user is not held back by this one.
-    other = {"Authorization": f"Bearer {issue_token(JWT_SECRET, f'{user}-other')}"}
+    other = bearer(f"{user}-other")
     assert (await http.post(f"{second}/api/generate", json={"prompt": "other"}, headers=other)).status_code == 201

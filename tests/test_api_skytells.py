@@ -42,6 +42,13 @@ def _answer(case: str) -> web.Response:
         "ratelimitdate": lambda: _envelope(429, "Slow down", "RATE_LIMITED", {"Retry-After": http_date}),
         "queued": lambda: web.json_response({**prediction, "status": False}, status=200),
         "ok": lambda: web.json_response(prediction, status=201),
+        # orjson reads nesting this deep; the stdlib's encoder cannot write it back.
+        "deep": lambda: web.Response(
+            status=201,
+            body=b'{"id": "%s", "status": "pending", "error": %s%s}'
+            % (prediction["id"].encode(), b"[" * 1000, b"]" * 1000),
+            content_type="application/json",
+        ),
     }[case]()
 
 
@@ -162,6 +169,14 @@ async def test_2xx_with_an_id_and_status_false_is_a_queued_prediction(http, api_
     assert response.json()["status"] == "queued"
     prediction_id = await db.fetchval("SELECT prediction_id FROM generations WHERE user_id = $1", user_id)
     assert prediction_id.startswith("pred_")
+
+
+async def test_an_answer_nested_a_thousand_levels_deep_is_still_the_prediction(http, api_on_fake, auth, user_id, db):
+    response = await http.post(f"{api_on_fake}/api/generate", json={"prompt": "deep"}, headers=auth)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "queued"
+    assert (await db.fetchval("SELECT prediction_id FROM generations WHERE user_id = $1", user_id)).startswith("pred_")
 
 
 async def test_cancel_rate_limited_by_skytells_is_503_and_leaves_the_generation(http, api_on_fake, auth):

@@ -9,9 +9,8 @@ import uuid
 import httpx
 import pytest
 
-from devstack.tokens import issue_token
-from tests.conftest import CORS_ORIGIN, JWT_SECRET
-from tests.helpers import eventually, metric, metrics_of, wait_for_status
+from tests.conftest import CORS_ORIGIN
+from tests.helpers import bearer, eventually, metric, metrics_of, wait_for_status
 
 
 async def _generate(http, urls, headers, prompt: str) -> httpx.Response:
@@ -78,7 +77,7 @@ async def test_an_idempotent_repeat_waits_the_same_way(http, urls, auth):
 
 async def test_waiting_requests_hold_no_database_connection(http, urls):
     """More waiting requests than the API's pool has connections, and the API still answers reads meanwhile."""
-    users = [{"Authorization": f"Bearer {issue_token(JWT_SECRET, f'waiter-{uuid.uuid4().hex}')}"} for _ in range(3)]
+    users = [bearer(f"waiter-{uuid.uuid4().hex}") for _ in range(3)]
     before = metric(await metrics_of(http, urls.api), "studio_api_live_watchers")
     waiting = [
         asyncio.create_task(_generate(http, urls, {**users[n % 3], "Prefer": "wait=8"}, f"hold {n} #sim:delay=60"))

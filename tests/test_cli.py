@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET
-from tests.helpers import eventually, metric, metrics_of, wait_for_status
+from tests.helpers import JWT_SECRET, eventually, metric, metrics_of, wait_for_status
 
 STUDIO = Path(sys.executable).with_name("studio")
 

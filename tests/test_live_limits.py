@@ -15,9 +15,8 @@ from common.db import generations
 from devstack.processes import free_port
 from devstack.stack import Stack
 from devstack.tokens import issue_token
-from services.api.streams import WRITE_TIMEOUT_S
-from tests.conftest import JWT_SECRET
-from tests.helpers import eventually, metric, metrics_of
+from services.api.live.streams import WRITE_TIMEOUT_S
+from tests.helpers import JWT_SECRET, bearer, eventually, metric, metrics_of
 
 WATCHERS = "studio_api_live_watchers"
 STREAMS_PER_USER = 2
@@ -34,7 +33,7 @@ async def api(services: Stack) -> AsyncIterator[str]:
 
 
 def _auth(user: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {issue_token(JWT_SECRET, user)}"}
+    return bearer(user)
 
 
 async def test_one_stream_more_than_streams_per_user_is_a_429_and_a_closed_one_frees_its_slot(api, http):

@@ -18,10 +18,8 @@ from common.broker import Broker
 from common.predictions import TERMINAL
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import Stack
-from devstack.tokens import issue_token
 from studio_cli.sse import Event, read_events
-from tests.conftest import JWT_SECRET
-from tests.helpers import eventually, metric, metrics_of, wait_for_status
+from tests.helpers import bearer, eventually, metric, metrics_of, wait_for_status
 
 WATCHERS = "studio_api_live_watchers"
 
@@ -77,7 +75,7 @@ async def test_generation_stream_of_a_finished_generation_is_one_event(http, url
 
 async def test_generation_stream_answers_404_as_get_does(http, urls, auth):
     created = await _create(http, urls.api, auth, "mine #sim:delay=0.1")
-    stranger = {"Authorization": f"Bearer {issue_token(JWT_SECRET, f'other-{uuid.uuid4().hex}')}"}
+    stranger = bearer(f"other-{uuid.uuid4().hex}")
 
     for headers, path in (
         (stranger, created["id"]),
@@ -92,7 +90,7 @@ async def test_generation_stream_answers_404_as_get_does(http, urls, auth):
 
 async def test_user_stream_opens_with_unfinished_generations_then_every_change_and_no_one_elses(http, urls, auth):
     waiting = await _create(http, urls.api, auth, "a long night #sim:delay=60")
-    other = {"Authorization": f"Bearer {issue_token(JWT_SECRET, f'other-{uuid.uuid4().hex}')}"}
+    other = bearer(f"other-{uuid.uuid4().hex}")
     events: list[Event] = []
 
     def finished(seen: list[Event]) -> bool:

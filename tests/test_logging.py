@@ -13,8 +13,8 @@ import uuid
 import httpx
 import pytest
 
+from common.access_log import AccessLog
 from common.log import JsonFormatter
-from common.web import AccessLog
 from tests.helpers import eventually, wait_for_status
 
 SERVICES = ("api", "webhook", "persister")
@@ -24,7 +24,8 @@ REQUIRED = ("ts", "level", "service", "logger", "message")
 def _lines(stack, label: str) -> list[dict]:
     path = stack.work_dir / "logs" / f"{label}.log"
     lines = []
-    for number, raw in enumerate(path.read_text().splitlines(), 1):
+    # Lines end at "\n" only: `splitlines` would also cut at U+0085 or U+2028, which JSON writes raw.
+    for number, raw in enumerate(path.read_text().split("\n")[:-1], 1):
         try:
             line = json.loads(raw)
         except ValueError:

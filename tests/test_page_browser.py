@@ -17,8 +17,7 @@ from common.db import generations
 from common.predictions import Status
 from devstack.processes import free_port
 from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET
-from tests.helpers import wait_for_status
+from tests.helpers import JWT_SECRET, wait_for_status
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -17,8 +17,7 @@ from services.api.bodies import MAX_BODY as API_MAX_BODY
 from services.api.bodies import MAX_IDEMPOTENCY_KEY, MAX_PROMPT
 from services.api.paging import MAX_LIMIT
 from services.webhook.views import MAX_BODY as WEBHOOK_MAX_BODY
-from tests.conftest import JWT_SECRET
-from tests.helpers import eventually, wait_for_status
+from tests.helpers import JWT_SECRET, eventually, wait_for_status
 from tests.test_compose_config import SECRETS, WIRED
 
 ROOT = Path(__file__).resolve().parent.parent

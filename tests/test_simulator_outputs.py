@@ -4,10 +4,8 @@ socket, so its shared templates can be looked at directly."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import struct
-import time
 import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from devstack.processes import free_port
 from devstack.skytells import admin
 from devstack.skytells.app import create_app
 from devstack.skytells.model import PREDICTIONS, SimSettings
+from tests.helpers import eventually
 
 KEY = {"x-api-key": "sim-key"}
 
@@ -97,13 +96,12 @@ async def truth(http: httpx.AsyncClient, sim: Sim) -> dict[str, dict[str, Any]]:
 
 
 async def finished(http: httpx.AsyncClient, sim: Sim, prediction_id: str, timeout: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    async def ended() -> dict[str, Any] | None:
         record = (await truth(http, sim))[prediction_id]
-        if record["status"] in ("succeeded", "failed", "cancelled"):
-            return record
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{prediction_id} did not finish in {timeout}s")
+        return record if record["status"] in ("succeeded", "failed", "cancelled") else None
+
+    found: dict[str, Any] = await eventually(f"{prediction_id} to finish", ended, timeout, interval=0.05)
+    return found
 
 
 @pytest.fixture

@@ -5,12 +5,10 @@ broker with `rabbitmqctl`, and cleared again whatever happens."""
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 
-from common.signing import SIGNATURE_HEADER, sign
 from devstack.stack import Stack
-from tests.helpers import eventually
+from tests.helpers import eventually, signed_callback
 from tests.persister_kit import insert_generation, wait_row
 
 
@@ -26,8 +24,7 @@ async def test_readyz_names_rabbitmq_while_it_blocks_the_connection(http, urls, 
     # RabbitMQ blocks a connection (and says so) once it publishes under the alarm: one callback does.
     prediction_id = f"pred_blocked_{uuid.uuid4().hex}"
     gid = await insert_generation(db, prediction_id)
-    body = json.dumps({"id": prediction_id, "status": "started"}).encode()
-    headers = {SIGNATURE_HEADER: sign(body, settings.skytells_webhook_secrets[0]), "content-type": "application/json"}
+    body, headers = signed_callback({"id": prediction_id, "status": "started"}, settings.skytells_webhook_secrets[0])
     try:
         await asyncio.to_thread(rabbitmq.ctl, "set_vm_memory_high_watermark", "0")
         callback = await http.post(f"{urls.webhook}/api/webhooks", content=body, headers=headers)

@@ -21,18 +21,11 @@ from common.references import callback_url, tag_reference
 from common.signing import SIGNATURE_HEADER, sign
 from services.webhook.metrics import Outcome
 from services.webhook.views import MAX_BODY
-from tests.helpers import eventually, metric, samples
-
-SECRET = "sim-webhook-secret-local"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
+from tests.helpers import WEBHOOK_SECRET, eventually, metric, samples, signed_callback
 
 
 def new_id() -> str:
     return f"pred_{uuid.uuid4().hex[:16]}"
-
-
-def signed(payload: Any, secret: str = SECRET) -> tuple[bytes, dict[str, str]]:
-    body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return body, {SIGNATURE_HEADER: sign(body, secret), "content-type": "application/json"}
 
 
 class Events:
@@ -66,8 +59,8 @@ async def events(settings, services) -> AsyncIterator[Events]:
     await connection.close()
 
 
-async def post(http: httpx.AsyncClient, url: str, payload: Any, secret: str = SECRET) -> httpx.Response:
-    body, headers = signed(payload, secret)
+async def post(http: httpx.AsyncClient, url: str, payload: Any, secret: str = WEBHOOK_SECRET) -> httpx.Response:
+    body, headers = signed_callback(payload, secret)
     return await http.post(f"{url}/api/webhooks", content=body, headers=headers)
 
 
@@ -76,7 +69,7 @@ async def post(http: httpx.AsyncClient, url: str, payload: Any, secret: str = SE
 BODY = json.dumps(
     {"id": "pred_signature_probe", "status": "succeeded", "output": ["https://x.skytells.ai/a.png"]}
 ).encode()
-GOOD = sign(BODY, SECRET)
+GOOD = sign(BODY, WEBHOOK_SECRET)
 
 MALFORMED: list[tuple[str, list[tuple[str, str | bytes]]]] = [
     ("missing", []),
@@ -88,7 +81,7 @@ MALFORMED: list[tuple[str, list[tuple[str, str | bytes]]]] = [
     ("prefix only", [(SIGNATURE_HEADER, "sha256=")]),
     ("other scheme", [(SIGNATURE_HEADER, "sha1=" + GOOD)]),
     ("wrong key", [(SIGNATURE_HEADER, sign(BODY, "not-the-secret"))]),
-    ("other body", [(SIGNATURE_HEADER, sign(BODY + b" ", SECRET))]),
+    ("other body", [(SIGNATURE_HEADER, sign(BODY + b" ", WEBHOOK_SECRET))]),
     ("non-ascii", [(SIGNATURE_HEADER, ("é" * 64).encode())]),
     ("latin-1 bytes", [(SIGNATURE_HEADER, GOOD[:-2].encode() + b"\xff\xfe")]),
     ("repeated", [(SIGNATURE_HEADER, GOOD), (SIGNATURE_HEADER, GOOD)]),
@@ -133,7 +126,7 @@ async def test_refused_callbacks_publish_nothing_and_are_counted(http, urls, eve
     body = json.dumps({"id": forged, "status": "succeeded"}).encode()
     before = (await http.get(f"{urls.webhook}/metrics")).text
 
-    for header in ("", "0" * 64, sign(body, "wrong"), sign(body, SECRET).upper()[:-1]):
+    for header in ("", "0" * 64, sign(body, "wrong"), sign(body, WEBHOOK_SECRET).upper()[:-1]):
         response = await http.post(f"{urls.webhook}/api/webhooks", content=body, headers={SIGNATURE_HEADER: header})
         assert response.status_code == 401
     genuine = new_id()
@@ -153,8 +146,8 @@ async def test_refused_callbacks_publish_nothing_and_are_counted(http, urls, eve
 @pytest.mark.parametrize("form", ["plain", "sha256=", "SHA256="])
 async def test_lowercase_hex_with_or_without_prefix_is_accepted(http, urls, events, form):
     prediction_id = new_id()
-    body, _ = signed({"id": prediction_id, "status": "processing"})
-    header = sign(body, SECRET) if form == "plain" else form + sign(body, SECRET)
+    body, _ = signed_callback({"id": prediction_id, "status": "processing"})
+    header = sign(body, WEBHOOK_SECRET) if form == "plain" else form + sign(body, WEBHOOK_SECRET)
 
     response = await http.post(f"{urls.webhook}/api/webhooks", content=body, headers={SIGNATURE_HEADER: header})
 
@@ -219,7 +212,7 @@ async def test_a_body_of_exactly_1mib_is_accepted(http, urls, events, chunked):
     prediction_id = new_id()
     core = json.dumps({"id": prediction_id, "status": "succeeded"}).encode()
     body = core + b" " * (MAX_BODY - len(core))  # JSON allows trailing whitespace
-    headers = {SIGNATURE_HEADER: sign(body, SECRET)}
+    headers = {SIGNATURE_HEADER: sign(body, WEBHOOK_SECRET)}
 
     async def stream() -> AsyncIterator[bytes]:
         for start in range(0, len(body), 100_000):
@@ -253,7 +246,7 @@ BAD_PAYLOADS: list[tuple[str, bytes]] = [
 @pytest.mark.parametrize("body", [b for _, b in BAD_PAYLOADS], ids=[name for name, _ in BAD_PAYLOADS])
 async def test_signed_but_unusable_payload_is_400(http, urls, body):
     response = await http.post(
-        f"{urls.webhook}/api/webhooks", content=body, headers={SIGNATURE_HEADER: sign(body, SECRET)}
+        f"{urls.webhook}/api/webhooks", content=body, headers={SIGNATURE_HEADER: sign(body, WEBHOOK_SECRET)}
     )
 
     assert response.status_code == 400
@@ -354,6 +347,21 @@ async def test_payload_shapes_become_one_normalised_event(
     assert message.message_id == event["eventId"]
 
 
+async def test_an_error_nested_a_thousand_levels_deep_is_accepted_not_a_500(http, urls, events):
+    """orjson reads nesting the stdlib's encoder cannot write back: the prediction is still usable (answered 200
+    and published, its error said to be unshowable), never a 500 that Skytells would retry for ever."""
+    prediction_id = new_id()
+    depth = 1000
+    body = b'{"id": "%s", "status": "failed", "error": %s%s}' % (prediction_id.encode(), b"[" * depth, b"]" * depth)
+
+    response = await http.post(f"{urls.webhook}/api/webhooks", content=body, headers=signed_callback(body)[1])
+
+    assert response.status_code == 200, response.text
+    [event] = await events.wait_for(prediction_id)
+    assert event["status"] == "failed"
+    assert event["error"] == "error details nested too deeply to show"
+
+
 async def test_same_callback_twice_gives_the_same_event_id_and_a_new_one_another(http, urls, events):
     prediction_id = new_id()
     done = {"id": prediction_id, "status": "succeeded", "output": [URL_A]}
@@ -388,11 +396,11 @@ async def test_only_a_reference_tagged_by_studio_reaches_the_event(http, urls, e
     forged = {
         "untagged": str(generation_id),
         "tagged under another key": tag_reference(str(generation_id), "not-the-webhook-secret-0123"),
-        "another generation's tag": f"{generation_id}.{tag_reference(str(uuid.uuid4()), SECRET).split('.')[1]}",
+        "another generation's tag": f"{generation_id}.{tag_reference(str(uuid.uuid4()), WEBHOOK_SECRET).split('.')[1]}",
     }
     for name, reference in forged.items():
         prediction_id = new_id()
-        body, headers = signed({"id": prediction_id, "status": "processing"})
+        body, headers = signed_callback({"id": prediction_id, "status": "processing"})
         answer = await http.post(
             f"{urls.webhook}/api/webhooks", params={"generation": reference}, content=body, headers=headers
         )
@@ -401,7 +409,7 @@ async def test_only_a_reference_tagged_by_studio_reaches_the_event(http, urls, e
         assert "generationId" not in event, name
 
     prediction_id = new_id()
-    body, headers = signed({"id": prediction_id, "status": "processing"})
+    body, headers = signed_callback({"id": prediction_id, "status": "processing"})
     assert (await http.post(tagged, content=body, headers=headers)).status_code == 200
     [event] = await events.wait_for(prediction_id)
     assert event["generationId"] == str(generation_id)

@@ -24,10 +24,9 @@ import httpx
 import pytest
 
 from common.broker import DEAD_QUEUE, EXCHANGE, QUEUE
-from common.signing import SIGNATURE_HEADER, sign
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import Stack
-from tests.helpers import eventually
+from tests.helpers import eventually, signed_callback
 
 logger = logging.getLogger(__name__)
 
@@ -86,11 +85,8 @@ async def gateway(stack, rabbit) -> AsyncIterator[Gateway]:
 
 
 def callback(prediction_id: str, status: str = "succeeded", key: str = NEW_KEY) -> tuple[bytes, dict[str, str]]:
-    body = json.dumps(
-        {"id": prediction_id, "status": status, "output": [f"https://cdn.skytells.ai/{prediction_id}.png"]}
-    )
-    raw = body.encode()
-    return raw, {SIGNATURE_HEADER: sign(raw, key), "content-type": "application/json"}
+    payload = {"id": prediction_id, "status": status, "output": [f"https://cdn.skytells.ai/{prediction_id}.png"]}
+    return signed_callback(payload, key)
 
 
 async def post(client: httpx.AsyncClient, url: str, prediction_id: str, key: str = NEW_KEY) -> httpx.Response:

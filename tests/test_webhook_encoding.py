@@ -18,10 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from common.signing import SIGNATURE_HEADER, sign
-from tests.helpers import ServiceLog
+from tests.helpers import WEBHOOK_SECRET, ServiceLog
 from tests.wire import exchange, request
-
-SECRET = "sim-webhook-secret-local"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
 
 
 @pytest.fixture
@@ -69,7 +67,7 @@ async def test_an_encoded_callback_is_415_whatever_its_signature_covers(services
     log = ServiceLog(services, "webhook")
     plain = _callback()
     sent = ENCODINGS[coding](plain)
-    signature = sign(plain if signed_over == "decoded" else sent, SECRET)
+    signature = sign(plain if signed_over == "decoded" else sent, WEBHOOK_SECRET)
     headers = [(SIGNATURE_HEADER.encode(), signature.encode()), (b"Content-Encoding", coding.encode())]
     [answer] = await exchange(_port(urls), request(b"POST", b"/api/webhooks", headers, sent))
 
@@ -82,7 +80,7 @@ async def test_a_repeated_content_encoding_is_checked_in_every_copy(services, ur
     plain = _callback()
     sent = gzip.compress(plain)
     headers = [
-        (SIGNATURE_HEADER.encode(), sign(plain, SECRET).encode()),
+        (SIGNATURE_HEADER.encode(), sign(plain, WEBHOOK_SECRET).encode()),
         (b"Content-Encoding", b"identity"),
         (b"Content-Encoding", b"gzip"),
     ]
@@ -92,6 +90,6 @@ async def test_a_repeated_content_encoding_is_checked_in_every_copy(services, ur
 
 async def test_identity_is_the_bytes_as_sent_and_accepted(services, urls):
     body = _callback()
-    headers = [(SIGNATURE_HEADER.encode(), sign(body, SECRET).encode()), (b"Content-Encoding", b"identity")]
+    headers = [(SIGNATURE_HEADER.encode(), sign(body, WEBHOOK_SECRET).encode()), (b"Content-Encoding", b"identity")]
     [answer] = await exchange(_port(urls), request(b"POST", b"/api/webhooks", headers, body))
     assert answer.status == 200 and answer.json() == {"ok": True}

@@ -18,15 +18,13 @@ from collections import Counter
 import pytest
 
 from devstack.tokens import issue_token
-from tests.conftest import JWT_SECRET
 from tests.fuzz_cases import Case, Target, case
-from tests.helpers import ServiceLog
+from tests.helpers import JWT_SECRET, WEBHOOK_SECRET, ServiceLog
 from tests.wire import WireError, exchange
 
 CASES = int(os.environ.get("FUZZ_EXAMPLES", "300"))
 SEED = int(os.environ.get("FUZZ_SEED", str(random.randrange(2**32))))
 CONCURRENCY = 8
-SECRET = "sim-webhook-secret-local"  # the session's SKYTELLS_WEBHOOK_SECRET (devstack.stack.SIM_DEFAULTS)
 
 
 def _targets() -> dict[str, Target]:
@@ -47,7 +45,7 @@ def _targets() -> dict[str, Target]:
             ),
             token=issue_token(JWT_SECRET, f"fuzz-{SEED}"),
         ),
-        "webhook": Target("webhook", ((b"POST", b"/api/webhooks"), (b"GET", b"/readyz")), secret=SECRET),
+        "webhook": Target("webhook", ((b"POST", b"/api/webhooks"), (b"GET", b"/readyz")), secret=WEBHOOK_SECRET),
     }
 
 

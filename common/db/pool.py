@@ -31,6 +31,12 @@ def unavailable(exc: BaseException) -> bool:
     return False
 
 
+def database_failure(exc: BaseException) -> bool:
+    """Whether a failure is the database's (down, as `unavailable` says, or refusing the statement) rather than a
+    fault in our code: what a caller that must not leave a half-done write retries, or logs without a traceback."""
+    return unavailable(exc) or isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(name, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")

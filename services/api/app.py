@@ -8,14 +8,18 @@ import httpx
 from aiohttp import web
 
 from common import resources
+from common.keys import SETTINGS
+from common.probes import add_probes
+from common.process import boot, run
 from common.settings import API_REQUIRED, Settings
-from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
-from services.api import cors, streams, views
+from common.web import add_fallback, error_middleware, expect_handler
+from services.api import cors, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
-from services.api.feed import live_updates
 from services.api.jwks import Jwks
-from services.api.keys import AUTH, BROKER, POOL, SETTINGS, SKYTELLS
+from services.api.keys import AUTH
+from services.api.live import streams
+from services.api.live.feed import live_updates
 from services.api.page import add_page
 
 # The identity provider's keys are fetched while a request waits for them: a bounded wait.
@@ -36,16 +40,19 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware, cors.preflight_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
-    app.cleanup_ctx.append(
-        resources.database(SETTINGS, POOL, migrate=True, stateless=True)
-    )  # the API also migrates at start
-    app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
-    app.cleanup_ctx.append(_auth)
-    # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
-    app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
-    app.cleanup_ctx.append(live_updates)
+    app.cleanup_ctx.extend(
+        [
+            resources.database(migrate=True, stateless=True),  # the API also migrates at start
+            resources.skytells,
+            _auth,
+            # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
+            resources.broker_link,
+            resources.update_publisher,
+            live_updates,
+        ]
+    )
     app.on_response_prepare.append(cors.add_cors_headers)
-    add_probes(app, {"database": resources.database_probe(app, POOL)})
+    add_probes(app, {"database": resources.database_probe(app)})
     app.router.add_post("/api/generate", views.generate, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}", views.get_prediction, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}/events", streams.generation_events, expect_handler=expect_handler)

@@ -8,9 +8,10 @@ is refused outright. `sub` (a non-empty string of at most 255 bytes that Postgre
 required; `aud` and `iss` too when `AUTH_JWT_AUDIENCE` / `AUTH_JWT_ISSUER` are set.
 
 A token once verified is remembered (`VerifiedTokens`) until its `exp`: a client sends the same token with each
-request, and checking it anew (two base64 and JSON decodes, the signature, the claims) was half the CPU of a
-`GET /api/predictions/{id}`. Only the verdict "valid, for this subject, by this key" is kept, and a token by an
-identity provider's key is accepted from memory only while that very key is still the one the provider serves.
+request, and checking it anew (two base64 and JSON decodes, the signature, the claims) would dominate the
+cost of a cheap read such as `GET /api/predictions/{id}`. Only the verdict "valid, for this subject, by this
+key" is kept, and a token by an identity provider's key is accepted from memory only while that very key is
+still the one the provider serves.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import jwt
 from aiohttp import web
 
 from common.db.text import storable
+from common.errors import ApiError, JwksUnavailable
 from common.settings import Settings
-from common.web import ApiError, read_header
-from services.api.jwks import ALGORITHMS, Jwks, JwksUnavailable
+from common.web import read_header
+from services.api.jwks import ALGORITHMS, Jwks
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +157,7 @@ class Authenticator:
             key = await self._jwks.key(kid, algorithm)
         except JwksUnavailable as exc:
             logger.warning("token not checked: %s", exc)
-            raise ApiError(503, "Cannot check the token right now; retry later", {"Retry-After": "5"}) from None
+            raise
         if key is None:
             raise _refused("Invalid token")
         return key

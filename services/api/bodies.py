@@ -14,12 +14,12 @@ from typing import Any
 from aiohttp import web
 
 from common.db.text import storable
-from common.web import ApiError, read_header
+from common.errors import ApiError
+from common.web import read_header
 
 MAX_BODY = 64 * 1024
 MAX_PROMPT = 500
 MAX_IDEMPOTENCY_KEY = 200
-DEFAULT_MODEL = "truefusion-pro"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 PREFER_HEADER = "Prefer"
 MAX_WAIT_S = 60  # longest, and default, `Prefer: wait`
@@ -57,7 +57,7 @@ def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_i
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not storable(prompt) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
         raise ApiError(400, "Invalid prompt")
-    model = body.get("model", DEFAULT_MODEL)
+    model = body.get("model", allowed_models[0])  # the first allowed model is the default, everywhere
     if not isinstance(model, str) or model not in allowed_models:
         raise ApiError(400, "Invalid model")
     if "userId" in body:

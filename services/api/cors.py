@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from common.keys import SETTINGS
 from common.web import REQUEST_ID_HEADER, Handler
-from services.api.keys import SETTINGS
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
 ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, Prefer, Last-Event-ID"

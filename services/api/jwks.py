@@ -25,6 +25,8 @@ from typing import Any
 import httpx
 import jwt
 
+from common.errors import JwksUnavailable
+
 logger = logging.getLogger(__name__)
 
 # The asymmetric algorithms accepted, and the only curve ES256 is defined on (RFC 7518, 3.4).
@@ -38,10 +40,6 @@ MIN_REFRESH_S = 5.0
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
 
 Keys = dict[tuple[str | None, str], jwt.PyJWK]
-
-
-class JwksUnavailable(Exception):
-    """The provider's keys could not be read and none are cached."""
 
 
 def max_age(cache_control: str | None) -> float | None:

@@ -1,21 +1,11 @@
-"""Typed application keys of the API service."""
+"""Typed application keys of the API service's own (the shared ones are `common/keys.py`)."""
 
 from __future__ import annotations
 
-import asyncpg
 from aiohttp import web
 
-from common.resources import BrokerLink
-from common.settings import Settings
-from common.skytells import SkytellsClient
-from common.updates import UpdatePublisher
 from services.api.auth import Authenticator
-from services.api.hub import Hub
+from services.api.live.hub import Hub
 
-SETTINGS = web.AppKey("settings", Settings)
-POOL = web.AppKey("pool", asyncpg.Pool)
-SKYTELLS = web.AppKey("skytells", SkytellsClient)
 AUTH = web.AppKey("auth", Authenticator)
-BROKER = web.AppKey("broker", BrokerLink)
 HUB = web.AppKey("hub", Hub)
-UPDATES = web.AppKey("updates", UpdatePublisher)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.api.bodies import MAX_WAIT_S, PREFER_HEADER
-from services.api.sse import EVENT_STREAM, KEEPALIVE_S, LAST_EVENT_ID_HEADER
+from services.api.live.sse import EVENT_STREAM, KEEPALIVE_S, LAST_EVENT_ID_HEADER
 
 JSON = "application/json"
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]

@@ -13,7 +13,7 @@ import uuid
 from datetime import UTC, datetime
 
 from common.db.generations import Generation
-from common.web import ApiError
+from common.errors import ApiError
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100

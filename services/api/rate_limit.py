@@ -12,8 +12,8 @@ import math
 from aiohttp import web
 
 from common.db import rates
-from common.web import ApiError
-from services.api.keys import POOL, SETTINGS
+from common.errors import ApiError
+from common.keys import POOL, SETTINGS
 
 
 async def check_create_rate(request: web.Request, user_id: str) -> None:

@@ -20,20 +20,16 @@ from aiohttp import web
 
 from common.db import generations
 from common.db.generations import Generation
+from common.db.pool import database_failure
+from common.errors import ApiError, SkytellsError
+from common.keys import POOL, SKYTELLS, UPDATES
 from common.predictions import Prediction
-from common.skytells import SkytellsError
-from common.web import ApiError
-from services.api.keys import POOL, SKYTELLS, UPDATES
 
 logger = logging.getLogger(__name__)
 
 # Pauses before each further attempt at the write: about 3.5 s in all, well within a client's patience.
 RECORD_RETRY_PAUSES_S = (0.25, 0.5, 1.0, 1.75)
 NOT_RECORDED_ERROR = "Studio could not record the prediction, so it was canceled; please try again"
-
-
-def _database_failure(exc: BaseException) -> bool:
-    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError)
 
 
 async def record_prediction(app: web.Application, generation: Generation, prediction: Prediction) -> Generation:
@@ -51,7 +47,7 @@ async def record_prediction(app: web.Application, generation: Generation, predic
             app[UPDATES].notify(failed)
             raise ApiError(502, "Skytells returned a prediction id already in use") from None
         except Exception as exc:
-            if not _database_failure(exc):
+            if not database_failure(exc):
                 raise
             logger.warning("could not record the prediction id: %r", exc)
             continue
@@ -72,7 +68,7 @@ async def await_callback(app: web.Application, generation: Generation, why: str)
         async with app[POOL].acquire() as conn:
             await generations.mark_submit_timed_out(conn, generation.id)
     except Exception as exc:
-        if not _database_failure(exc):
+        if not database_failure(exc):
             raise
         # Unmarked, it waits only as long as a lost create call does; its callback still finds it meanwhile.
         logger.error("could not mark the create call as unanswered: %r", exc)
@@ -90,6 +86,6 @@ async def _abandon(app: web.Application, generation: Generation, prediction: Pre
         async with app[POOL].acquire() as conn:
             app[UPDATES].notify(await generations.fail_submission(conn, generation.id, NOT_RECORDED_ERROR))
     except Exception as exc:
-        if not _database_failure(exc):
+        if not database_failure(exc):
             raise
         logger.error("could not end the generation either; the lost-create-call expiry will: %r", exc)

@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import uuid
 
 from aiohttp import web
 
 from common import log as logs
 from common.db import changes, generations
 from common.db.generations import Generation
-from common.events import dumps
+from common.errors import ApiError, SkytellsError, SkytellsUndecided
+from common.keys import POOL, SETTINGS, SKYTELLS, UPDATES
 from common.predictions import Status
 from common.references import callback_url
-from common.skytells import SkytellsError, SkytellsUndecided
-from common.updates import generation_json
-from common.web import REQUEST_ID, ApiError
+from common.representation import dumps, generation_json
+from common.web import REQUEST_ID
 from services.api import openapi
+from services.api.access import current_user, own_generation
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
-from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
+from services.api.live.waiting import wait_for_end, wait_for_news
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
 from services.api.submission import await_callback, record_prediction
-from services.api.waiting import wait_for_end, wait_for_news
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +32,8 @@ JSON = "application/json"
 
 
 def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """`web.json_response` encoded by orjson (`dumps`: compact, non-ASCII text as UTF-8, the stdlib for what
-    orjson refuses), in a third of the time; the same Content-Type."""
+    """`web.json_response` encoded by `dumps` (orjson: compact, non-ASCII text as UTF-8, the stdlib for what
+    orjson refuses); the same Content-Type."""
     return web.Response(body=dumps(body), status=status, headers=headers, content_type=JSON, charset="utf-8")
 
 
@@ -44,21 +42,6 @@ def _generation_response(generation: Generation, status: int = 200, wait_s: int 
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
     return _json(generation_json(generation), status, headers)
-
-
-async def _user(request: web.Request) -> str:
-    return await request.app[AUTH].user_id(request)
-
-
-def skytells_failure(exc: SkytellsError) -> ApiError:
-    """Skytells' verdict on the input (400, 422) is the client's 400; its 429 our 503 with its Retry-After, as is
-    a Skytells that cannot be reached; any other refusal a 502 with its message."""
-    if exc.status in (400, 422):
-        return ApiError(400, exc.message)
-    if exc.status == 429 or exc.status == 0:
-        wait = math.ceil(exc.retry_after) if exc.retry_after is not None else 1
-        return ApiError(503, exc.message, {"Retry-After": str(max(1, wait))})
-    return ApiError(502, exc.message)
 
 
 async def _reserve(
@@ -109,7 +92,7 @@ async def _reserve(
 
 
 async def generate(request: web.Request) -> web.Response:
-    user_id = await _user(request)
+    user_id = await current_user(request)
     await check_create_rate(request, user_id)
     wait_s = prefer_wait(request)
     generation, status = await _create(request, user_id)
@@ -152,41 +135,19 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
                 exc.message,
                 extra={"skytells_status": exc.status, "error_id": exc.error_id},
             )
-            raise skytells_failure(exc) from None
+            raise
         with logs.bind(prediction_id=prediction.id):
             updated = await record_prediction(request.app, generation, prediction)
             logger.info("generation created", extra={"model": wanted.model})
     return updated, 201
 
 
-def _parse_id(raw: str) -> uuid.UUID:
-    """Only the canonical form: other spellings of a UUID are as unknown as any malformed id."""
-    try:
-        parsed = uuid.UUID(raw)
-    except ValueError:
-        raise ApiError(404, "Not found") from None
-    if str(parsed) != raw.lower():
-        raise ApiError(404, "Not found")
-    return parsed
-
-
-async def _own_generation(request: web.Request, user_id: str) -> Generation:
-    """The caller's generation named in the path; the same 404 for unknown, malformed and others' ids."""
-    generation_id = _parse_id(request.match_info["id"])
-    async with request.app[POOL].acquire() as conn:
-        generation = await generations.get_for_user(conn, generation_id, user_id)
-    if generation is None:
-        raise ApiError(404, "Not found")
-    logs.annotate(generation_id=str(generation.id), prediction_id=generation.prediction_id)
-    return generation
-
-
 async def get_prediction(request: web.Request) -> web.Response:
-    return _json(generation_json(await _own_generation(request, await _user(request))))
+    return _json(generation_json(await own_generation(request, await current_user(request))))
 
 
 async def list_generations(request: web.Request) -> web.Response:
-    user_id = await _user(request)
+    user_id = await current_user(request)
     limit = parse_limit(request.query.get("limit"))
     before = decode_cursor(request.query.get("cursor"))
     async with request.app[POOL].acquire() as conn:
@@ -197,8 +158,8 @@ async def list_generations(request: web.Request) -> web.Response:
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
-    user_id = await _user(request)
-    generation = await _own_generation(request, user_id)
+    user_id = await current_user(request)
+    generation = await own_generation(request, user_id)
     if generation.terminal:
         raise ApiError(409, f"Generation already finished ({generation.status})")
     if generation.prediction_id is None:
@@ -209,7 +170,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             prediction = await request.app[SKYTELLS].cancel_prediction(generation.prediction_id)
         except SkytellsError as exc:
             logger.warning("Skytells refused the cancel: %s", exc.message, extra={"skytells_status": exc.status})
-            raise skytells_failure(exc) from None
+            raise
         status = prediction.studio_status
         if status in (Status.SUCCEEDED, Status.FAILED):
             # It finished at Skytells before the cancel reached it; its callback brings the outcome.
@@ -225,7 +186,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
 
 
 async def me(request: web.Request) -> web.Response:
-    user_id = await _user(request)
+    user_id = await current_user(request)
     async with request.app[POOL].acquire() as conn:
         active = await changes.count_active(conn, user_id)
     return _json({"userId": user_id, "activeGenerations": active, "quota": request.app[SETTINGS].quota_max_active})

@@ -9,26 +9,28 @@ S3 client and pool close. `python -m services.persister redrive` moves dead mess
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import httpx
 from aiohttp import web
 
 from common import resources
 from common.broker import Broker
 from common.errors import BrokerUnavailable
+from common.keys import HTTP, POOL, S3, SETTINGS, SKYTELLS, UPDATES
+from common.probes import add_probes
+from common.process import boot, run
+from common.resources import when_connected
 from common.settings import PERSISTER_REQUIRED, Settings
-from common.storage import check_bucket, open_s3
-from common.updates import UpdatePublisher
-from common.web import add_fallback, add_probes, boot, error_middleware, run
+from common.storage import check_bucket
+from common.tasks import background
+from common.web import add_fallback, error_middleware
 from services.persister import redrive
 from services.persister.consumer import Consumer
 from services.persister.handling import Handler
-from services.persister.keys import BROKER, CONSUMER, HTTP, POOL, S3, SETTINGS, SKYTELLS, UPDATES
+from services.persister.keys import CONSUMER
 from services.persister.processor import Processor
 from services.persister.reconciler import Reconciler
 from services.persister.routing import Router
@@ -37,51 +39,11 @@ from services.persister.spool import Spool, drain
 logger = logging.getLogger(__name__)
 
 
-async def _storage(app: web.Application) -> AsyncIterator[None]:
-    async with open_s3(app[SETTINGS]) as client:
-        app[S3] = client
-        yield
-
-
-async def _http(app: web.Application) -> AsyncIterator[None]:
-    settings = app[SETTINGS]
-    # The read timeout bounds each wait for bytes, not the whole download: a large output may take a while.
-    timeout = httpx.Timeout(
-        settings.download_read_timeout_s,
-        connect=settings.download_connect_timeout_s,
-        pool=settings.download_connect_timeout_s,
-    )
-    # trust_env=False: no proxy from the environment may sit between the SSRF checks and the CDN.
-    app[HTTP] = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=50), trust_env=False)
-    yield
-    await app[HTTP].aclose()
-
-
-async def _when_connected(app: web.Application, start: Callable[[Broker], Awaitable[None]]) -> None:
-    """Run `start` once RabbitMQ first answers: the process comes up (and says why it is not ready) without it."""
-    await start(await app[BROKER].wait_connected())
-
-
-async def _updates(app: web.Application) -> AsyncIterator[None]:
-    """The live-update publisher: every change the persister commits is announced on `studio.updates`."""
-    publisher = app[UPDATES] = UpdatePublisher()
-    publisher.start()
-    attaching = asyncio.get_running_loop().create_task(
-        _when_connected(app, lambda broker: publisher.attach(broker.connection))
-    )
-    yield
-    attaching.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await attaching
-    await publisher.close()
-
-
 async def _consumer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     spool = Spool(Path(settings.spool_dir), settings.spool_max_bytes, settings.output_max_bytes)
     spool.open()
     processor = Processor(settings, app[POOL], app[S3], app[HTTP], notify=app[UPDATES].notify, spool=spool)
-    draining = asyncio.get_running_loop().create_task(drain(spool, processor.settle_spooled))
     consumer: Consumer | None = None
 
     async def start(broker: Broker) -> None:
@@ -90,16 +52,12 @@ async def _consumer(app: web.Application) -> AsyncIterator[None]:
         await consumer.start()
         app[CONSUMER] = consumer
 
-    starting = asyncio.get_running_loop().create_task(_when_connected(app, start))
-    yield
-    starting.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await starting
-    if consumer is not None:
-        await consumer.stop()
-    draining.cancel()  # what it has not put stays in the spool for the next start
-    with contextlib.suppress(asyncio.CancelledError):
-        await draining
+    # What the drain has not put when it is stopped stays in the spool for the next start.
+    async with background(drain(spool, processor.settle_spooled), "spool-drain"):
+        async with background(when_connected(app, start), "consumer-start"):
+            yield
+        if consumer is not None:
+            await consumer.stop()
     spool.close()
 
 
@@ -112,11 +70,8 @@ async def _reconciler(app: web.Application) -> AsyncIterator[None]:
     async def start(broker: Broker) -> None:
         await Reconciler(app[SETTINGS], app[POOL], broker, app[SKYTELLS], notify=app[UPDATES].notify).run()
 
-    task = asyncio.get_running_loop().create_task(_when_connected(app, start))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    async with background(when_connected(app, start), "reconciler"):
+        yield
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -126,12 +81,12 @@ def create_app(settings: Settings) -> web.Application:
     for context in (
         # Stateless: no query leaves session state, so asyncpg's reset round trip on every release is skipped; the
         # reconciler's session lock is released explicitly, or its connection ended (reconciler.py).
-        resources.database(SETTINGS, POOL, stateless=True),
-        _storage,
-        _http,
-        resources.skytells(SETTINGS, SKYTELLS),
-        resources.broker_link(SETTINGS, BROKER),
-        _updates,
+        resources.database(stateless=True),
+        resources.storage,
+        resources.http_client,
+        resources.skytells,
+        resources.broker_link,
+        resources.update_publisher,
         _consumer,
         _reconciler,
     ):
@@ -149,8 +104,8 @@ def create_app(settings: Settings) -> web.Application:
     add_probes(
         app,
         {
-            "database": resources.database_probe(app, POOL),
-            "broker": resources.broker_probe(app, BROKER),
+            "database": resources.database_probe(app),
+            "broker": resources.broker_probe(app),
             "storage": storage_ready,
             "consumer": consumer_ready,
         },

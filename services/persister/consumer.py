@@ -66,17 +66,11 @@ class Consumer:
         return len(self.in_flight) < self.prefetch
 
     async def consuming(self) -> bool:
-        """True when the broker channel really holds our consumer (not just aio-pika's memory of it)."""
-        if self.channel is None or self.tag is None or self.channel.is_closed or self.broker.connection.is_closed:
-            return False
-        try:
-            async with asyncio.timeout(1.0):
-                underlay = await self.channel.get_underlay_channel()
-        except (TimeoutError, Exception):  # reconnecting, or the channel is gone
-            return False
-        # The concrete aiormq channel keeps the consumers the broker confirmed; the abstract type does not say so.
-        consumers: dict[str, Any] = getattr(underlay, "consumers", {})
-        return not underlay.is_closed and self.tag in consumers
+        """True while aio-pika holds our subscription on an open channel. Whether the broker still holds it too
+        (it cancels a consumer whose queue was deleted) is the watchdog's broker view."""
+        return not (
+            self.channel is None or self.tag is None or self.channel.is_closed or self.broker.connection.is_closed
+        )
 
     async def check(self) -> None:
         """Readiness: raise when the consumer is not registered at the broker, or looked missing last round."""

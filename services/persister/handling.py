@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import logging
 
-import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 
 from common import log as logs
+from common.db.pool import database_failure
 from common.errors import GenerationNotYetKnown, TransientError, UpstreamUnavailable
 from common.events import PredictionEvent
 from services.persister.metrics import EVENTS, Outcome
@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 
 def _expected(exc: BaseException) -> bool:
     """A failure of something we depend on, worth a warning rather than a traceback."""
-    database = isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError)
-    return database or isinstance(exc, TransientError | OSError | TimeoutError)
+    return isinstance(exc, TransientError) or database_failure(exc)
 
 
 class Handler:

@@ -1,4 +1,4 @@
-"""The persister's Prometheus metrics, served on `/metrics` by `common.web.add_probes`."""
+"""The persister's Prometheus metrics, served on `/metrics` by `common.probes.add_probes`."""
 
 from __future__ import annotations
 

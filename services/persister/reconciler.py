@@ -31,11 +31,12 @@ from common import log as logs
 from common.broker import Broker
 from common.db import generations, reconciliation
 from common.db.generations import Generation
+from common.errors import SkytellsError, SkytellsRateLimited, SkytellsUnknownPrediction
 from common.events import PredictionEvent
 from common.predictions import TERMINAL, Prediction
 from common.references import generation_of_webhook_url
 from common.settings import Settings
-from common.skytells import SkytellsClient, SkytellsError
+from common.skytells import SkytellsClient
 from common.updates import Notify, ignore_change
 from services.persister.metrics import RECONCILED, Reconciled
 
@@ -118,9 +119,7 @@ class Reconciler:
         while True:
             try:
                 return await call()
-            except SkytellsError as exc:
-                if exc.status != 429:
-                    raise
+            except SkytellsRateLimited as exc:
                 pause = min(exc.retry_after or DEFAULT_RETRY_AFTER_S, MAX_RETRY_AFTER_S)
                 RECONCILED.labels(Reconciled.RATE_LIMITED).inc()
                 logger.info("Skytells rate-limited the reconciler; waiting %gs", pause)
@@ -177,10 +176,10 @@ class Reconciler:
         prediction_id = generation.prediction_id
         try:
             prediction = await self._ask(lambda: self.skytells.get_prediction(prediction_id))
+        except SkytellsUnknownPrediction as exc:
+            await self._unknown(conn, generation, exc)
+            return 0
         except SkytellsError as exc:
-            if exc.status == 502 and exc.error_id:
-                await self._unknown(conn, generation, exc)
-                return 0
             RECONCILED.labels(Reconciled.ERROR).inc()
             logger.warning("could not look the prediction up at Skytells: %s", exc)
             return 0

@@ -2,21 +2,21 @@
 
 aio-pika's robust connection restores consumers after a reconnect, but it has been seen to come back without
 one, and the client can also believe it consumes while the broker has dropped the consumer (its queue was
-deleted and declared again, say). The watchdog checks both sides every few seconds: the consumer tag on our
-channel, and the broker's own view of the queue (no consumer at all, or messages waiting while we have room and
-have received nothing for a while). When the consumer has looked missing for a few seconds it subscribes again
+deleted and declared again, say). The watchdog checks both sides every few seconds: aio-pika's subscription on
+an open channel, and the broker's own view of the queue (no consumer at all, or messages waiting while we have
+room and have received nothing for a while). When the consumer has looked missing for a few seconds it subscribes again
 on a fresh channel; `/readyz` reports the gap meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING
 
 from common.broker import QUEUE
+from common.tasks import stop
 
 if TYPE_CHECKING:
     from services.persister.consumer import Consumer
@@ -38,10 +38,7 @@ class Watchdog:
         self._task = asyncio.get_running_loop().create_task(self._watch())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop(self._task)
 
     async def _watch(self) -> None:
         while True:

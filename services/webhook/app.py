@@ -5,10 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from common import resources
+from common.keys import SETTINGS
+from common.probes import add_probes
+from common.process import boot, run
 from common.settings import WEBHOOK_REQUIRED, Settings
-from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
+from common.web import add_fallback, error_middleware, expect_handler
 from services.webhook import views
-from services.webhook.keys import BROKER, SETTINGS
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -16,8 +18,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     # Start-up does not wait for RabbitMQ: until it answers, `/readyz` and every callback say 503 (Skytells
     # retries), rather than a crash loop that answers nothing.
-    app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
-    add_probes(app, {"broker": resources.broker_probe(app, BROKER)})
+    app.cleanup_ctx.append(resources.broker_link)
+    add_probes(app, {"broker": resources.broker_probe(app)})
     app.router.add_post("/api/webhooks", views.receive, expect_handler=expect_handler)
     add_fallback(app)
     return app

@@ -6,22 +6,21 @@ payload, and only then the broker. Every outcome is counted once in `studio_webh
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
 
 from common import log as logs
-from common.errors import BrokerUnavailable
+from common.errors import ApiError, BrokerUnavailable
 from common.events import PredictionEvent
+from common.keys import BROKER, SETTINGS
 from common.predictions import parse_prediction
 from common.references import GENERATION_PARAM, generation_of_callback
+from common.representation import loads
 from common.signing import SIGNATURE_HEADER, verify
-from common.web import REQUEST_ID, ApiError
-from services.webhook.keys import BROKER, SETTINGS
+from common.web import REQUEST_ID
 from services.webhook.metrics import IN_FLIGHT, PUBLISH_SECONDS, Outcome, count
 
 logger = logging.getLogger(__name__)
@@ -59,15 +58,6 @@ def _encoded(request: web.Request) -> bool:
     return any(coding.strip().lower() not in ("", "identity") for coding in codings.split(","))
 
 
-def _json(body: bytes) -> Any:
-    """orjson parses a callback in a sixth of the stdlib's time; what it refuses but the stdlib reads (integers
-    beyond 64 bits, NaN) still gets the stdlib's answer, so no callback Skytells sends is refused for speed."""
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return json.loads(body)
-
-
 async def receive(request: web.Request) -> web.Response:
     if _encoded(request):
         raise _refuse(Outcome.BAD_ENCODING, 415, "Content-Encoding not supported: send the body as signed")
@@ -78,7 +68,7 @@ async def receive(request: web.Request) -> web.Response:
     if len(signatures) != 1 or not verify(body, signatures[0], secrets):
         raise _refuse(Outcome.BAD_SIGNATURE, 401, "Invalid signature")
     try:
-        payload = _json(body)
+        payload = loads(body)
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError; deep nesting is RecursionError
         raise _refuse(Outcome.BAD_PAYLOAD, 400, "Body is not JSON") from None
     try:
@@ -95,9 +85,8 @@ async def receive(request: web.Request) -> web.Response:
         await request.app[BROKER].publish_event(event)
     except BrokerUnavailable as exc:
         logger.warning("callback not accepted: %s", exc)
-        raise _refuse(
-            Outcome.BROKER_UNAVAILABLE, 503, "Event broker unavailable, retry later", {"Retry-After": "5"}
-        ) from None
+        count(Outcome.BROKER_UNAVAILABLE)
+        raise  # 503 with Retry-After: Skytells retries
     finally:
         IN_FLIGHT.dec()
         PUBLISH_SECONDS.observe(time.perf_counter() - started)

@@ -1,5 +1,5 @@
-"""The API replica's end of `studio.updates`: its own queue, consumed into the hub, and the publisher of the
-changes the API itself makes (create, cancel).
+"""The API replica's end of `studio.updates`: its own queue, consumed into the hub. (The changes the API itself
+makes, create and cancel, are published by `common.resources.update_publisher`.)
 
 The queue is exclusive and auto-delete, named after this process: RabbitMQ deletes it when the replica's
 connection goes, so a replica that dies leaves nothing behind. Messages expire after a few seconds and the queue
@@ -9,8 +9,6 @@ The API comes up without RabbitMQ (its requests do not need it) and attaches onc
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -20,9 +18,13 @@ from collections.abc import AsyncIterator
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from aiohttp import web
 
-from common.updates import UpdatePublisher, declare_exchange
-from services.api.hub import Hub
-from services.api.keys import BROKER, HUB, POOL, UPDATES
+from common.broker import Broker
+from common.keys import POOL
+from common.resources import when_connected
+from common.tasks import background
+from common.updates import declare_exchange
+from services.api.keys import HUB
+from services.api.live.hub import Hub
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +60,14 @@ async def subscribe(connection: AbstractRobustConnection, hub: Hub) -> str:
 
 
 async def live_updates(app: web.Application) -> AsyncIterator[None]:
-    """Clean-up context: the hub and its task, the publisher, and the subscription once RabbitMQ answers."""
+    """Clean-up context: the hub and its task, and this replica's subscription once RabbitMQ answers (the
+    publisher of the API's own changes is `resources.update_publisher`)."""
     hub = app[HUB] = Hub(app[POOL])
-    publisher = app[UPDATES] = UpdatePublisher()
-    publisher.start()
-    hub_task = asyncio.get_running_loop().create_task(hub.run(), name="live-hub")
 
-    async def attach() -> None:
-        broker = await app[BROKER].wait_connected()
+    async def attach(broker: Broker) -> None:
         name = await subscribe(broker.connection, hub)
-        await publisher.attach(broker.connection)
         hub.resync_soon()  # changes made before the queue existed
         logger.info("receiving live updates", extra={"queue": name})
 
-    attaching = asyncio.get_running_loop().create_task(attach(), name="live-attach")
-    yield
-    for task in (attaching, hub_task):
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    await publisher.close()
+    async with background(hub.run(), "live-hub"), background(when_connected(app, attach), "live-attach"):
+        yield

@@ -1,4 +1,4 @@
-"""The event-stream wire format of the live endpoints: frames, keep-alives, and the `Last-Event-ID` a client
+"""The event-stream wire format of the live endpoints: events, keep-alives, and the `Last-Event-ID` a client
 sends back (the `id` of an event: the version of a change, see `common/updates.py`)."""
 
 from __future__ import annotations
@@ -7,8 +7,9 @@ from datetime import datetime
 
 from aiohttp import web
 
+from common.errors import ApiError
 from common.updates import Update, moment_of
-from common.web import ApiError, read_header
+from common.web import read_header
 
 # A comment this often on an idle stream lets clients and proxies tell a quiet stream from a dead one.
 KEEPALIVE_S = 15.0

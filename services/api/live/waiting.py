@@ -14,7 +14,8 @@ from aiohttp import web
 
 from common.db import generations
 from common.db.generations import Generation
-from services.api.keys import HUB, POOL
+from common.keys import POOL
+from services.api.keys import HUB
 
 
 def client_connected(request: web.Request) -> bool:

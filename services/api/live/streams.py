@@ -21,13 +21,15 @@ from collections.abc import Iterator
 from aiohttp import web
 
 from common.db import changes
+from common.errors import ApiError
+from common.keys import POOL, SETTINGS
 from common.updates import Update
-from common.web import REQUEST_ID, REQUEST_ID_HEADER, ApiError
-from services.api.hub import Inbox
-from services.api.keys import HUB, POOL, SETTINGS
-from services.api.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, frame, last_event_id, moment_after
-from services.api.views import _own_generation, _parse_id, _user
-from services.api.waiting import client_connected
+from common.web import REQUEST_ID, REQUEST_ID_HEADER
+from services.api.access import current_user, own_generation, parse_id
+from services.api.keys import HUB
+from services.api.live.hub import Inbox
+from services.api.live.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, frame, last_event_id, moment_after
+from services.api.live.waiting import client_connected
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +100,12 @@ def _stream_slot(request: web.Request, user_id: str) -> Iterator[None]:
 
 
 async def generation_events(request: web.Request) -> web.StreamResponse:
-    user_id = await _user(request)
-    generation_id = _parse_id(request.match_info["id"])
+    user_id = await current_user(request)
+    generation_id = parse_id(request.match_info["id"])
     last_event_id(request)  # checked; the stream starts with the current state either way
     alive = lambda: client_connected(request)  # noqa: E731
     with _stream_slot(request, user_id), request.app[HUB].watch(alive, generation_id=str(generation_id)) as inbox:
-        current = Update.of(await _own_generation(request, user_id))
+        current = Update.of(await own_generation(request, user_id))
         response = await _open(request)
         if await _send(request, response, inbox, current) and not current.terminal:
             await _relay(request, response, inbox, until_terminal=True)
@@ -111,7 +113,7 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
 
 
 async def user_events(request: web.Request) -> web.StreamResponse:
-    user_id = await _user(request)
+    user_id = await current_user(request)
     changed_after = moment_after(request)
     alive = lambda: client_connected(request)  # noqa: E731
     with _stream_slot(request, user_id), request.app[HUB].watch(alive, user_id=user_id) as inbox:
