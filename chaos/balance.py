@@ -25,7 +25,7 @@ from common.settings import Settings
 from common.storage import PREFIX, open_s3
 
 ROWS = """
-SELECT id::text, user_id, prediction_id, status, output_urls, error FROM generations
+SELECT id::text, user_id, prediction_id, status, output_keys, error FROM generations
 """
 # What the quota counts against each user (the same condition as the API's quota check).
 CHARGED = """
@@ -82,10 +82,8 @@ async def _objects(settings: Settings) -> dict[str, str]:
     return found
 
 
-async def check(
-    settings: Settings, public_base_url: str, client: httpx.AsyncClient, simulator: str, record: Record
-) -> Balance:
-    """`settings` reach the servers directly; `public_base_url` is the one outputs were stored under."""
+async def check(settings: Settings, client: httpx.AsyncClient, simulator: str, record: Record) -> Balance:
+    """`settings` reach the servers directly."""
     balance = Balance()
     truth = await simulator_truth(client, simulator)
     conn = await asyncpg.connect(settings.database_url)
@@ -95,7 +93,6 @@ async def check(
     finally:
         await conn.close()
     objects = await _objects(settings)
-    public = f"{public_base_url}/"
     expected_keys: set[str] = set()
     held: set[str] = set()
     known = {row["id"] for row in rows}
@@ -123,12 +120,11 @@ async def check(
         if status != Status.SUCCEEDED:
             continue
         outputs = prediction["outputs"]
-        if len(row["output_urls"]) != len(outputs):
+        if len(row["output_keys"]) != len(outputs):
             balance.wrong.append(
-                f"generation {gid} has {len(row['output_urls'])} outputs, the simulator made {len(outputs)}"
+                f"generation {gid} has {len(row['output_keys'])} outputs, the simulator made {len(outputs)}"
             )
-        for url, output in zip(row["output_urls"], outputs, strict=False):
-            key = url.removeprefix(public)
+        for key, output in zip(row["output_keys"], outputs, strict=False):
             expected_keys.add(key)
             if key not in objects:
                 balance.lost.append(f"generation {gid}: object {key} is missing")

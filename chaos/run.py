@@ -24,7 +24,6 @@ from chaos.driver import USERS, Driver, drive
 from chaos.report import Summary, render
 from chaos.schedule import Fault, FaultKind, fault_schedule, workload
 from common import log as logs
-from common.settings import Settings
 from devstack.stack import Server
 
 logger = logging.getLogger("chaos")
@@ -93,13 +92,7 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
         finally:
             await driver.close()
         async with httpx.AsyncClient(timeout=60) as client:
-            found = await balance.check(
-                cluster.stack.settings,
-                Settings.from_env(cluster.env).s3_public_base_url,
-                client,
-                cluster.simulator_url,
-                driver.record,
-            )
+            found = await balance.check(cluster.stack.settings, client, cluster.simulator_url, driver.record)
         restarts = cluster.self_restarts
         return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained)
     finally:

@@ -1,4 +1,5 @@
-"""S3-compatible storage: one client per process, streaming multipart upload, the public-read bucket policy."""
+"""S3-compatible storage: one client per process, streaming multipart upload, the bucket's access policy, and
+deleting a generation's objects."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.errors import StorageUnavailable
-from common.settings import Settings
+from common.settings import OutputAccess, Settings
 
 # S3's smallest allowed part; also bounds what an upload holds in memory at once.
 PART_SIZE = 5 * 1024 * 1024
@@ -68,20 +69,20 @@ ABORT_INCOMPLETE_UPLOADS_RULE: dict[str, Any] = {
 }
 
 
-async def ensure_bucket(client: Any, bucket: str) -> None:
-    """Create the bucket if missing, let anyone read `generations/*`, and have incomplete uploads aborted."""
+async def ensure_bucket(client: Any, bucket: str, access: OutputAccess) -> None:
+    """Create the bucket if missing, have incomplete uploads aborted, and let anyone read `generations/*` only
+    with public outputs: with signed ones a policy left by a public run is removed, so only presigned URLs read."""
     try:
         await client.head_bucket(Bucket=bucket)
     except ClientError:
         await client.create_bucket(Bucket=bucket)
-    await client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+    if access is OutputAccess.PUBLIC:
+        await client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+    else:
+        await client.delete_bucket_policy(Bucket=bucket)  # none to delete is a success too
     await client.put_bucket_lifecycle_configuration(
         Bucket=bucket, LifecycleConfiguration={"Rules": [ABORT_INCOMPLETE_UPLOADS_RULE]}
     )
-
-
-def public_url(settings: Settings, key: str) -> str:
-    return f"{settings.s3_public_base_url}/{key}"
 
 
 async def check_bucket(client: Any, bucket: str) -> None:

@@ -25,8 +25,8 @@ class Generation:
     model: str
     prompt: str
     status: Status
-    output_url: str | None
-    output_urls: tuple[str, ...]
+    output_key: str | None  # the first of `output_keys`: object keys in S3_BUCKET, never URLs
+    output_keys: tuple[str, ...]
     error: str | None
     idempotency_key: str | None
     request_hash: str | None
@@ -44,7 +44,7 @@ class Generation:
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Generation:
         values = {name: record[name] for name in _FIELDS}
-        values["output_urls"] = tuple(values["output_urls"] or ())
+        values["output_keys"] = tuple(values["output_keys"] or ())
         values["status"] = Status(values["status"])
         return cls(**values)
 
@@ -137,7 +137,7 @@ RETURNING *
 
 MARK_SUCCEEDED = """
 UPDATE generations
-SET status = 'succeeded', output_url = $2, output_urls = $3, error = NULL,
+SET status = 'succeeded', output_key = $2, output_keys = $3, error = NULL,
     completed_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
@@ -146,8 +146,8 @@ RETURNING *
 # Outputs Skytells reported for a generation that had already ended without any (Studio failed it, or it was
 # canceled while Skytells finished): kept with the row, whose terminal status never changes.
 ATTACH_LATE_OUTPUTS = """
-UPDATE generations SET output_url = $2, output_urls = $3, updated_at = now()
-WHERE id = $1 AND status IN ('failed', 'canceled') AND output_url IS NULL
+UPDATE generations SET output_key = $2, output_keys = $3, updated_at = now()
+WHERE id = $1 AND status IN ('failed', 'canceled') AND output_key IS NULL
 RETURNING *
 """
 
@@ -259,18 +259,18 @@ async def mark_processing(conn: asyncpg.Connection, generation_id: uuid.UUID) ->
 
 
 async def mark_succeeded(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, output_urls: list[str]
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str]
 ) -> Generation | None:
     """Terminal success in one statement; None when the generation had already ended."""
-    first = output_urls[0] if output_urls else None
-    return _one(await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_urls))
+    first = output_keys[0] if output_keys else None
+    return _one(await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_keys))
 
 
 async def attach_late_outputs(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, output_urls: list[str]
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str]
 ) -> Generation | None:
     """Record outputs stored after the generation ended; None when it has some already (or never ended)."""
-    return _one(await conn.fetchrow(ATTACH_LATE_OUTPUTS, generation_id, output_urls[0], output_urls))
+    return _one(await conn.fetchrow(ATTACH_LATE_OUTPUTS, generation_id, output_keys[0], output_keys))
 
 
 async def mark_ended(

@@ -8,6 +8,7 @@ import httpx
 from aiohttp import web
 
 from common import resources
+from common.presign import OutputLinks
 from common.settings import API_REQUIRED, Settings
 from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
 from services.api import cors, streams, views
@@ -15,7 +16,7 @@ from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
 from services.api.feed import live_updates
 from services.api.jwks import Jwks
-from services.api.keys import AUTH, BROKER, POOL, SETTINGS, SKYTELLS
+from services.api.keys import AUTH, BROKER, LINKS, POOL, SETTINGS, SKYTELLS
 from services.api.page import add_page
 
 # The identity provider's keys are fetched while a request waits for them: a bounded wait.
@@ -36,6 +37,7 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware, cors.preflight_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[LINKS] = OutputLinks.from_settings(settings)  # no I/O: presigning is local work
     app.cleanup_ctx.append(
         resources.database(SETTINGS, POOL, migrate=True, stateless=True)
     )  # the API also migrates at start

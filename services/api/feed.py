@@ -22,7 +22,7 @@ from aiohttp import web
 
 from common.updates import UpdatePublisher, declare_exchange
 from services.api.hub import Hub
-from services.api.keys import BROKER, HUB, POOL, UPDATES
+from services.api.keys import BROKER, HUB, LINKS, POOL, UPDATES
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ async def subscribe(connection: AbstractRobustConnection, hub: Hub) -> str:
 
 async def live_updates(app: web.Application) -> AsyncIterator[None]:
     """Clean-up context: the hub and its task, the publisher, and the subscription once RabbitMQ answers."""
-    hub = app[HUB] = Hub(app[POOL])
+    hub = app[HUB] = Hub(app[POOL], app[LINKS])
     publisher = app[UPDATES] = UpdatePublisher()
     publisher.start()
     hub_task = asyncio.get_running_loop().create_task(hub.run(), name="live-hub")

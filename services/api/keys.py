@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from common.presign import OutputLinks
 from common.resources import BrokerLink
 from common.settings import Settings
 from common.skytells import SkytellsClient
@@ -19,3 +20,4 @@ AUTH = web.AppKey("auth", Authenticator)
 BROKER = web.AppKey("broker", BrokerLink)
 HUB = web.AppKey("hub", Hub)
 UPDATES = web.AppKey("updates", UpdatePublisher)
+LINKS = web.AppKey("links", OutputLinks)

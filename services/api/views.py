@@ -14,13 +14,14 @@ from common.db import changes, generations
 from common.db.generations import Generation
 from common.events import dumps
 from common.predictions import Status
+from common.presign import OutputLinks
 from common.references import callback_url
 from common.skytells import SkytellsError, SkytellsUndecided
 from common.updates import generation_json
 from common.web import REQUEST_ID, ApiError
 from services.api import openapi
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
-from services.api.keys import AUTH, POOL, SETTINGS, SKYTELLS, UPDATES
+from services.api.keys import AUTH, LINKS, POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
 from services.api.submission import await_callback, record_prediction
@@ -39,11 +40,17 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(body=dumps(body), status=status, headers=headers, content_type=JSON, charset="utf-8")
 
 
-def _generation_response(generation: Generation, status: int = 200, wait_s: int | None = None) -> web.Response:
+def _generation_response(
+    request: web.Request, generation: Generation, status: int = 200, wait_s: int | None = None
+) -> web.Response:
     headers = {"Location": f"/api/predictions/{generation.id}"}
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-    return _json(generation_json(generation), status, headers)
+    return _json(generation_json(generation, _links(request)), status, headers)
+
+
+def _links(request: web.Request) -> OutputLinks:
+    return request.app[LINKS]
 
 
 async def _user(request: web.Request) -> str:
@@ -114,9 +121,9 @@ async def generate(request: web.Request) -> web.Response:
     wait_s = prefer_wait(request)
     generation, status = await _create(request, user_id)
     if wait_s is None:
-        return _generation_response(generation, status)
+        return _generation_response(request, generation, status)
     # Held until the generation ends or the time is up, woken by the live updates; no connection held meanwhile.
-    return _generation_response(await wait_for_end(request, generation, wait_s), status, wait_s)
+    return _generation_response(request, await wait_for_end(request, generation, wait_s), status, wait_s)
 
 
 async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
@@ -182,7 +189,7 @@ async def _own_generation(request: web.Request, user_id: str) -> Generation:
 
 
 async def get_prediction(request: web.Request) -> web.Response:
-    return _json(generation_json(await _own_generation(request, await _user(request))))
+    return _json(generation_json(await _own_generation(request, await _user(request)), _links(request)))
 
 
 async def list_generations(request: web.Request) -> web.Response:
@@ -193,7 +200,8 @@ async def list_generations(request: web.Request) -> web.Response:
         rows = await generations.list_for_user(conn, user_id, limit + 1, before)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
-    return _json({"items": [generation_json(g) for g in page], "nextCursor": next_cursor})
+    links = _links(request)
+    return _json({"items": [generation_json(g, links) for g in page], "nextCursor": next_cursor})
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
@@ -221,7 +229,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
                 request.app[UPDATES].notify(ended)
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
-    return _json(generation_json(current or generation))
+    return _json(generation_json(current or generation, _links(request)))
 
 
 async def me(request: web.Request) -> web.Response:
