@@ -6,6 +6,7 @@ service's typed key, with the readiness probe that goes with it:
 - `database(key)`: the asyncpg pool (`DATABASE_URL`, `DATABASE_POOL_SIZE`: `open_pool`), optionally migrating
   first; `database_probe`.
 - `skytells(key)`: the Skytells client (`SKYTELLS_BASE_URL`, `SKYTELLS_API_KEY`, `SKYTELLS_TIMEOUT_S`).
+- `storage(key)`: the S3 client, held for the process's lifetime (`S3_ENDPOINT_URL`, the credentials: `open_s3`).
 - `broker_link(key)`: a link to RabbitMQ that lets the process start while the broker is down and connects
   once it answers (`AMQP_URL`, the retry schedule's delay queues); `broker_probe`.
 """
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 from aiohttp import web
@@ -27,6 +29,7 @@ from common.events import PredictionEvent
 from common.migrate import apply_migrations
 from common.settings import Settings
 from common.skytells import SkytellsClient
+from common.storage import open_s3
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +137,15 @@ def skytells(settings_key: web.AppKey[Settings], key: web.AppKey[SkytellsClient]
         )
         yield
         await client.aclose()
+
+    return context
+
+
+def storage(settings_key: web.AppKey[Settings], key: web.AppKey[Any]) -> CleanupContext:
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        async with open_s3(app[settings_key]) as client:
+            app[key] = client
+            yield
 
     return context
 

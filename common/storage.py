@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from common.settings import OutputAccess, Settings
 # S3's smallest allowed part; also bounds what an upload holds in memory at once.
 PART_SIZE = 5 * 1024 * 1024
 PREFIX = "generations/"
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 
 @asynccontextmanager
@@ -105,6 +106,25 @@ async def existing_keys(client: Any, bucket: str, prefix: str) -> set[str]:
             token = {"ContinuationToken": page["NextContinuationToken"]}
     except (BotoCoreError, ClientError) as exc:
         raise StorageUnavailable(f"listing {prefix} failed: {exc}") from exc
+
+
+async def delete_generation_objects(client: Any, bucket: str, generation_id: Any, keys: Collection[str]) -> int:
+    """Delete a generation's objects: `keys` and whatever else is stored under its id (a late or spooled output).
+    Deleting a missing object succeeds; StorageUnavailable unless storage confirmed every deletion. Returns how
+    many were deleted."""
+    doomed = sorted(await existing_keys(client, bucket, f"{PREFIX}{generation_id}") | set(keys))
+    try:
+        for start in range(0, len(doomed), DELETE_BATCH):
+            batch = doomed[start : start + DELETE_BATCH]
+            answer = await client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+            )
+            if answer.get("Errors"):
+                failed = answer["Errors"][0]
+                raise StorageUnavailable(f"deleting {failed.get('Key')} failed: {failed.get('Message')}")
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(f"deleting the objects of {generation_id} failed: {exc}") from exc
+    return len(doomed)
 
 
 async def upload_stream(

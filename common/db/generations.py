@@ -158,6 +158,14 @@ WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
 """
 
+# Only a finished generation is deleted: one still running would get its outcome written to nothing. Its pending
+# webhook deliveries go with it (their foreign key cascades).
+DELETE_FINISHED = """
+DELETE FROM generations
+WHERE id = $1 AND user_id = $2 AND status IN ('succeeded', 'failed', 'canceled')
+RETURNING id
+"""
+
 LIST_FOR_USER = """
 SELECT * FROM generations
 WHERE user_id = $1
@@ -291,3 +299,8 @@ async def list_for_user(
     created_at, gid = before if before is not None else (None, None)
     rows = await conn.fetch(LIST_FOR_USER, user_id, created_at, gid, limit)
     return [Generation.from_record(row) for row in rows]
+
+
+async def delete_finished(conn: asyncpg.Connection, generation_id: uuid.UUID, user_id: str) -> bool:
+    """Delete the user's finished generation; False when there was none (gone already, or unfinished)."""
+    return await conn.fetchval(DELETE_FINISHED, generation_id, user_id) is not None

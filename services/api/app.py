@@ -16,7 +16,7 @@ from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
 from services.api.feed import live_updates
 from services.api.jwks import Jwks
-from services.api.keys import AUTH, BROKER, LINKS, POOL, SETTINGS, SKYTELLS
+from services.api.keys import AUTH, BROKER, LINKS, POOL, S3, SETTINGS, SKYTELLS
 from services.api.page import add_page
 
 # The identity provider's keys are fetched while a request waits for them: a bounded wait.
@@ -42,6 +42,8 @@ def create_app(settings: Settings) -> web.Application:
         resources.database(SETTINGS, POOL, migrate=True, stateless=True)
     )  # the API also migrates at start
     app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
+    # Storage serves deletions only: the API answers everything else without it, so it is no readiness probe.
+    app.cleanup_ctx.append(resources.storage(SETTINGS, S3))
     app.cleanup_ctx.append(_auth)
     # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
     app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
@@ -50,6 +52,7 @@ def create_app(settings: Settings) -> web.Application:
     add_probes(app, {"database": resources.database_probe(app, POOL)})
     app.router.add_post("/api/generate", views.generate, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}", views.get_prediction, expect_handler=expect_handler)
+    app.router.add_delete("/api/predictions/{id}", views.delete_prediction, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}/events", streams.generation_events, expect_handler=expect_handler)
     app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction, expect_handler=expect_handler)
     app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)

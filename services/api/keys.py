@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 from aiohttp import web
 
@@ -21,3 +23,4 @@ BROKER = web.AppKey("broker", BrokerLink)
 HUB = web.AppKey("hub", Hub)
 UPDATES = web.AppKey("updates", UpdatePublisher)
 LINKS = web.AppKey("links", OutputLinks)
+S3: web.AppKey[Any] = web.AppKey("s3")  # aioboto3's client has no public class to name

@@ -12,16 +12,18 @@ from aiohttp import web
 from common import log as logs
 from common.db import changes, generations
 from common.db.generations import Generation
+from common.errors import StorageUnavailable
 from common.events import dumps
 from common.predictions import Status
 from common.presign import OutputLinks
 from common.references import callback_url
 from common.skytells import SkytellsError, SkytellsUndecided
+from common.storage import delete_generation_objects
 from common.updates import generation_json
 from common.web import REQUEST_ID, ApiError
 from services.api import openapi
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
-from services.api.keys import AUTH, LINKS, POOL, SETTINGS, SKYTELLS, UPDATES
+from services.api.keys import AUTH, LINKS, POOL, S3, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
 from services.api.submission import await_callback, record_prediction
@@ -190,6 +192,36 @@ async def _own_generation(request: web.Request, user_id: str) -> Generation:
 
 async def get_prediction(request: web.Request) -> web.Response:
     return _json(generation_json(await _own_generation(request, await _user(request)), _links(request)))
+
+
+# How long a client waits before deleting again after storage failed: a short outage, usually.
+STORAGE_RETRY_AFTER = "5"
+
+
+async def delete_prediction(request: web.Request) -> web.Response:
+    """Objects first, then the row: a storage failure leaves the generation as it was, so the call can be
+    repeated; the row cannot be gone while objects of it remain."""
+    user_id = await _user(request)
+    generation = await _own_generation(request, user_id)
+    if not generation.terminal:
+        raise ApiError(409, f"Generation is still {generation.status}: cancel it first")
+    settings = request.app[SETTINGS]
+    try:
+        deleted = await delete_generation_objects(
+            request.app[S3], settings.s3_bucket, generation.id, generation.output_keys
+        )
+    except StorageUnavailable as exc:
+        logger.warning("generation not deleted, storage unavailable: %s", exc)
+        raise ApiError(
+            503, "Storage is unavailable; nothing was deleted, retry shortly", {"Retry-After": STORAGE_RETRY_AFTER}
+        ) from None
+    async with request.app[POOL].acquire() as conn:
+        if not await generations.delete_finished(conn, generation.id, user_id):
+            raise ApiError(404, "Not found")  # a concurrent delete of the same generation won
+    for key in generation.output_keys:
+        _links(request).forget(key)
+    logger.info("generation deleted", extra={"objects": deleted})
+    return web.Response(status=204)
 
 
 async def list_generations(request: web.Request) -> web.Response:

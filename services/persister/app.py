@@ -22,7 +22,7 @@ from common import resources
 from common.broker import Broker
 from common.errors import BrokerUnavailable
 from common.settings import PERSISTER_REQUIRED, Settings
-from common.storage import check_bucket, open_s3
+from common.storage import check_bucket
 from common.updates import UpdatePublisher
 from common.web import add_fallback, add_probes, boot, error_middleware, run
 from services.persister import redrive
@@ -35,12 +35,6 @@ from services.persister.routing import Router
 from services.persister.spool import Spool, drain
 
 logger = logging.getLogger(__name__)
-
-
-async def _storage(app: web.Application) -> AsyncIterator[None]:
-    async with open_s3(app[SETTINGS]) as client:
-        app[S3] = client
-        yield
 
 
 async def _http(app: web.Application) -> AsyncIterator[None]:
@@ -127,7 +121,7 @@ def create_app(settings: Settings) -> web.Application:
         # Stateless: no query leaves session state, so asyncpg's reset round trip on every release is skipped; the
         # reconciler's session lock is released explicitly, or its connection ended (reconciler.py).
         resources.database(SETTINGS, POOL, stateless=True),
-        _storage,
+        resources.storage(SETTINGS, S3),
         _http,
         resources.skytells(SETTINGS, SKYTELLS),
         resources.broker_link(SETTINGS, BROKER),
