@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import botocore.session
 from botocore.config import Config
@@ -105,6 +106,12 @@ class OutputLinks:
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return url
+
+    @property
+    def origin(self) -> str:
+        """`scheme://host[:port]` of the URLs handed out: where a browser loads the images from."""
+        parts = urlsplit(self._base if self.access is OutputAccess.PUBLIC else self._presigner.url("origin", 60))
+        return f"{parts.scheme}://{parts.netloc}"
 
     def forget(self, key: str) -> None:
         """Drop a cached URL (its object was deleted)."""

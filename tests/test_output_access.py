@@ -169,3 +169,17 @@ async def test_prefer_wait_answers_with_a_presigned_url(urls, http, auth):
     assert body["status"] == "succeeded", body
     assert "X-Amz-Signature" in _query(body["outputUrl"])
     assert (await http.get(body["outputUrl"])).content.startswith(b"\x89PNG")
+
+
+def test_the_page_may_load_images_from_where_the_handed_out_urls_point():
+    env = {"S3_ENDPOINT_URL": "http://minio:9000", "S3_PUBLIC_ENDPOINT_URL": "http://localhost:9000"}
+    public = {**env, "S3_OUTPUT_ACCESS": "public", "S3_PUBLIC_BASE_URL": "https://img.example.com/b"}
+    aws = {"S3_ENDPOINT_URL": "", "AWS_REGION": "eu-west-1"}
+
+    signed_links = OutputLinks.from_settings(Settings.from_env(env))
+    aws_links = OutputLinks.from_settings(Settings.from_env(aws))
+
+    assert signed_links.origin == "http://localhost:9000"
+    assert OutputLinks.from_settings(Settings.from_env(public)).origin == "https://img.example.com"
+    aws_url = urlsplit(aws_links.url("generations/a.png"))
+    assert aws_links.origin == f"https://{aws_url.netloc}" and aws_url.netloc.endswith("amazonaws.com")

@@ -59,7 +59,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
     app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
-    add_page(app, settings)
+    add_page(app, settings, app[LINKS].origin)
     add_fallback(app)
     return app
 
