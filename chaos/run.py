@@ -35,6 +35,7 @@ SERVER_FAULTS: dict[FaultKind, Server] = {
     FaultKind.S3: "s3",
 }
 SETTLE_S = 10.0  # the load goes on this long after the last fault's part is back
+LOAD_END_S = 120.0  # how long the users get, once drained, to finish what they were doing (deletions)
 
 
 async def _inflict(cluster: Cluster, fault: Fault) -> None:
@@ -86,6 +87,9 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
             drained = driver.created_all.is_set() and await _drain(cluster, drain_timeout_s)
             drain_s = time.monotonic() - started - load_s
             stop_following.set()
+            # Deletions under way finish first (each within its attempts); anything else still waiting stops.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(load), LOAD_END_S)
             load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await load
