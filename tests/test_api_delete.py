@@ -1,18 +1,29 @@
 """`DELETE /api/predictions/{id}`: a finished generation and its objects go, from every endpoint and the bucket;
-an unfinished one is a 409; a storage failure is a 503 that changes nothing, so the call can be repeated."""
+an unfinished one is a 409; a storage failure is a 503 that changes nothing, so the call can be repeated; an
+output stored after its generation was deleted is deleted too."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
+from common.resources import open_pool
+from common.storage import open_s3
 from devstack.processes import free_port
 from devstack.tokens import issue_token
+from services.persister.processor import Processor
+from services.persister.spool import Spool
 from tests.conftest import JWT_SECRET, Urls
 from tests.helpers import wait_for_status
 from tests.persister_kit import stored_objects
+
+
+async def _chunks(*parts: bytes) -> AsyncIterator[bytes]:
+    for part in parts:
+        yield part
 
 
 async def _finished(http: httpx.AsyncClient, urls: Urls, auth: dict[str, str], prompt: str) -> dict[str, Any]:
@@ -99,3 +110,25 @@ async def test_storage_down_is_a_503_that_changes_nothing_and_the_repeat_deletes
 
     assert (await http.delete(f"{urls.api}/api/predictions/{gid}", headers=auth)).status_code == 204
     assert await stored_objects(settings, uuid.UUID(gid)) == {}
+
+
+async def test_outputs_stored_after_their_generation_was_deleted_are_deleted_too(settings, tmp_path, db):
+    """The spool puts an output once storage is back; if the owner deleted the (ended) generation meanwhile,
+    the persister deletes what it put instead of leaving an object no generation holds."""
+    gone = uuid.uuid4()
+    key = f"generations/{gone}.png"
+    spool = Spool(tmp_path, max_bytes=10_000, output_max_bytes=1_000)
+    spool.open()
+    async with spool.writing(gone) as writer:
+        await writer.add(key, "image/png", _chunks(b"\x89PNG\r\n\x1a\n kept while storage was down"))
+    [entry] = spool.entries()
+    pool = await open_pool(settings)
+    try:
+        async with open_s3(settings) as s3, httpx.AsyncClient() as client:
+            await Processor(settings, pool, s3, client, spool=spool).settle_spooled(entry)
+    finally:
+        await pool.close()
+        spool.close()
+
+    assert not await db.fetchval("SELECT EXISTS (SELECT 1 FROM generations WHERE id = $1)", gone)
+    assert await stored_objects(settings, gone) == {}

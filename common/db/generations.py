@@ -107,6 +107,7 @@ RETURNING *
 """
 
 GET_FOR_USER = "SELECT * FROM generations WHERE id = $1 AND user_id = $2"
+EXISTS = "SELECT EXISTS (SELECT 1 FROM generations WHERE id = $1)"
 GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM generations WHERE user_id = $1 AND idempotency_key = $2"
 GET_BY_PREDICTION_ID = "SELECT * FROM generations WHERE prediction_id = $1"
 
@@ -237,6 +238,11 @@ async def insert_within_quota(
 
 async def get_for_user(conn: asyncpg.Connection, generation_id: uuid.UUID, user_id: str) -> Generation | None:
     return _one(await conn.fetchrow(GET_FOR_USER, generation_id, user_id))
+
+
+async def exists(conn: asyncpg.Connection, generation_id: uuid.UUID) -> bool:
+    found: bool = await conn.fetchval(EXISTS, generation_id)
+    return found
 
 
 async def get_by_idempotency_key(conn: asyncpg.Connection, user_id: str, key: str) -> Generation | None:

@@ -218,6 +218,12 @@ async def delete_prediction(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         if not await generations.delete_finished(conn, generation.id, user_id):
             raise ApiError(404, "Not found")  # a concurrent delete of the same generation won
+    try:
+        # A late output the persister put after the objects went but recorded before the row did: once the row is
+        # gone, the persister deletes what it stores itself, so one more look here leaves nothing behind.
+        deleted += await delete_generation_objects(request.app[S3], settings.s3_bucket, generation.id, ())
+    except StorageUnavailable as exc:  # the generation is gone; an object left is only what the race put
+        logger.warning("second look for outputs of the deleted generation failed: %s", exc)
     for key in generation.output_keys:
         _links(request).forget(key)
     logger.info("generation deleted", extra={"objects": deleted})

@@ -24,7 +24,7 @@ from common.errors import GenerationNotYetKnown, PermanentError, StorageUnavaila
 from common.events import PredictionEvent
 from common.predictions import Status
 from common.settings import Settings
-from common.storage import PREFIX, existing_keys, upload_stream
+from common.storage import PREFIX, delete_generation_objects, existing_keys, upload_stream
 from common.updates import Notify, ignore_change
 from services.persister.download import Output, open_output
 from services.persister.metrics import LATE_OUTCOMES, PERSIST_SECONDS, STORED_BYTES, Outcome
@@ -149,6 +149,7 @@ class Processor:
             attached = await generations.attach_late_outputs(conn, generation.id, keys)
         self.notify(attached)
         if attached is None:
+            await self._discard_if_deleted(generation.id, keys)
             return Outcome.DUPLICATE
         LATE_OUTCOMES.inc()
         logger.warning("late outcome stored for a generation that had ended %s", generation.status)
@@ -198,6 +199,18 @@ class Processor:
             if done is None:  # it ended meanwhile: the outputs are still its own
                 done = await generations.attach_late_outputs(conn, entry.generation_id, keys)
         self.notify(done)
+        if done is None:
+            await self._discard_if_deleted(entry.generation_id, keys)
+
+    async def _discard_if_deleted(self, generation_id: uuid.UUID, keys: list[str]) -> None:
+        """Outputs stored for a generation whose owner deleted it meanwhile (it had ended, so that was allowed)
+        go too: nothing stays under generations/ that no generation holds. (The API lists the objects again
+        after deleting the row, for a put that landed between its own deletion of the objects and of the row.)"""
+        async with self.pool.acquire() as conn:
+            if await generations.exists(conn, generation_id):
+                return
+        await delete_generation_objects(self.s3, self.settings.s3_bucket, generation_id, keys)
+        logger.warning("the generation was deleted while its outputs were stored: deleted them too")
 
     @asynccontextmanager
     async def _download(self, url: str) -> AsyncIterator[Output]:
