@@ -212,7 +212,7 @@ def test_the_bucket_job_opens_generations_only_when_public_and_makes_the_service
     else:  # none, and whatever a public run left is removed
         assert anonymous == ["anonymous set none studio/pics/generations", "anonymous set none studio/pics"]
     services = {name: rendered[name]["environment"] for name in ("api", "persister")}
-    user, secret = job["environment"]["STUDIO_S3_ACCESS_KEY"], job["environment"]["STUDIO_S3_SECRET_KEY"]
+    user, secret = job["environment"]["MINIO_STUDIO_USER"], job["environment"]["MINIO_STUDIO_SECRET_KEY"]
     assert f"admin user add studio {user} {secret}" in asked
     assert f"admin policy attach studio studio-bucket --user {user}" in asked
     for environment in services.values():
