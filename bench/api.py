@@ -36,6 +36,7 @@ from bench.gateway import serving
 from bench.proc import cpu_seconds
 from bench.table import Row, quick, verdict
 from common.db import generations
+from common.presign import OutputLinks
 from common.process import event_loop
 from common.references import callback_url
 from common.representation import dumps, generation_json
@@ -127,6 +128,7 @@ def _bare_main(port: int, ids_file: Path) -> None:
     remembered token's subject is, so no token is read. Never a service: it answers anyone."""
     settings = Settings.from_env(os.environ)
     owners = {gid: _user(n) for n, gid in enumerate(json.loads(ids_file.read_text()))}
+    links = OutputLinks.from_settings(settings)
     pool_key = web.AppKey("pool", asyncpg.Pool)
 
     async def database(app: web.Application) -> AsyncIterator[None]:
@@ -140,7 +142,7 @@ def _bare_main(port: int, ids_file: Path) -> None:
             found = await generations.get_for_user(conn, uuid.UUID(raw), owners[raw])
         if found is None:
             raise web.HTTPNotFound()
-        return web.Response(body=dumps(generation_json(found)), content_type="application/json", charset="utf-8")
+        return web.Response(body=dumps(generation_json(found, links)), content_type="application/json", charset="utf-8")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok")

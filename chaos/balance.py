@@ -5,7 +5,10 @@ Findings fall in three columns:
   made that no generation holds (a paid image nobody will see), an accepted id the database does not know;
 - wrong: a terminal status other than the simulator's, an object whose bytes differ, a user still charged for
   an unfinished generation, a dead letter, an answer 5xx other than 503 with Retry-After;
-- extra: an object under `generations/` no generation points at, a prediction id the simulator never made.
+- extra: an object under `generations/` no generation points at (a deleted generation's included), a
+  prediction id the simulator never made.
+A generation its user deleted must be gone with its objects (a row left is wrong); its prediction is then held
+by it through the generation reference Skytells lists with it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,12 @@ import httpx
 from chaos.driver import Record
 from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name
 from common.predictions import TERMINAL, Status, from_skytells
+from common.references import generation_of_webhook_url
 from common.settings import Settings
 from common.storage import PREFIX, open_s3
 
 ROWS = """
-SELECT id::text, user_id, prediction_id, status, output_urls, error FROM generations
+SELECT id::text, user_id, prediction_id, status, output_keys, error FROM generations
 """
 # What the quota counts against each user (the same condition as the API's quota check).
 CHARGED = """
@@ -82,10 +86,8 @@ async def _objects(settings: Settings) -> dict[str, str]:
     return found
 
 
-async def check(
-    settings: Settings, public_base_url: str, client: httpx.AsyncClient, simulator: str, record: Record
-) -> Balance:
-    """`settings` reach the servers directly; `public_base_url` is the one outputs were stored under."""
+async def check(settings: Settings, client: httpx.AsyncClient, simulator: str, record: Record) -> Balance:
+    """`settings` reach the servers directly."""
     balance = Balance()
     truth = await simulator_truth(client, simulator)
     conn = await asyncpg.connect(settings.database_url)
@@ -95,7 +97,6 @@ async def check(
     finally:
         await conn.close()
     objects = await _objects(settings)
-    public = f"{public_base_url}/"
     expected_keys: set[str] = set()
     held: set[str] = set()
     known = {row["id"] for row in rows}
@@ -123,23 +124,28 @@ async def check(
         if status != Status.SUCCEEDED:
             continue
         outputs = prediction["outputs"]
-        if len(row["output_urls"]) != len(outputs):
+        if len(row["output_keys"]) != len(outputs):
             balance.wrong.append(
-                f"generation {gid} has {len(row['output_urls'])} outputs, the simulator made {len(outputs)}"
+                f"generation {gid} has {len(row['output_keys'])} outputs, the simulator made {len(outputs)}"
             )
-        for url, output in zip(row["output_urls"], outputs, strict=False):
-            key = url.removeprefix(public)
+        for key, output in zip(row["output_keys"], outputs, strict=False):
             expected_keys.add(key)
             if key not in objects:
                 balance.lost.append(f"generation {gid}: object {key} is missing")
             elif objects[key] != output["sha256"]:
                 balance.wrong.append(f"generation {gid}: object {key} does not hold the simulator's bytes")
+    for gid in record.deleted & known:
+        balance.wrong.append(f"generation {gid} was deleted but is still in the database")
     for prediction_id in truth.keys() - held:
+        if generation_of_webhook_url(truth[prediction_id]["webhook"]) in record.deleted:
+            continue  # made for a generation its user deleted since
         balance.lost.append(f"prediction {prediction_id} belongs to no generation ({truth[prediction_id]['webhook']})")
-    for gid in record.accepted.keys() - known:
+    for gid in record.accepted.keys() - known - record.deleted:
         balance.lost.append(f"generation {gid} was accepted but is not in the database")
     for key in objects.keys() - expected_keys:
-        balance.extra.append(f"object {key} belongs to no succeeded generation")
+        owner = key.removeprefix(PREFIX)[:36]
+        why = "of a deleted generation" if owner in record.deleted else "belongs to no succeeded generation"
+        balance.extra.append(f"object {key} {why}")
     for row in charged:
         balance.wrong.append(f"user {row['user_id']} still has {row['active']} unfinished generations counted")
     dead = (await _depths(settings.amqp_url, [DEAD_QUEUE]))[DEAD_QUEUE]

@@ -1,8 +1,9 @@
 """The soak's users: they create generations through the public API as a well-behaved client would.
 
 A create is retried with the same `Idempotency-Key` until it gets an answer that settles it, honouring 429 and
-503 with their `Retry-After`; some generations are canceled; each is then polled until it ends. Every answer
-is counted, and a 5xx other than 503 with `Retry-After` is kept as a finding.
+503 with their `Retry-After`; some generations are canceled; each is then polled until it ends, and some are
+then deleted (repeated through 503s until the API confirms). Every answer is counted, and a 5xx other than 503
+with `Retry-After` is kept as a finding.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ USERS = 40
 PER_USER = 11  # one more than the quota: users meet 429 and must honour it
 QUOTA_BACKOFF_S = (2.0, 5.0)  # a user over quota waits for one of theirs to end, not hammering the API
 POLL_S = 2.0
+DELETE_ATTEMPTS = 120
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Record:
     answers: Counter[str] = field(default_factory=Counter)
     bad: list[str] = field(default_factory=list)
     cancels: int = 0
+    deleted: set[str] = field(default_factory=set)  # generations whose deletion the API confirmed
 
 
 class Pacer:
@@ -122,14 +125,26 @@ class Driver:
                 return  # canceled, or it had finished already
             await asyncio.sleep(1.0 if response is None else _retry_after(response))
 
-    async def follow(self, user: str, generation_id: str, stop: asyncio.Event) -> None:
-        """Poll until the generation ends (or the soak stops following): a user waiting for their image."""
+    async def follow(self, user: str, generation_id: str, stop: asyncio.Event) -> bool:
+        """Poll until the generation ends (True) or the soak stops following: a user waiting for their image."""
         while not stop.is_set():
             response = await self._call("get", "GET", f"/api/predictions/{generation_id}", user)
             if response is not None and response.status_code == 200:
                 if response.json()["status"] in TERMINAL:
-                    return
+                    return True
             await asyncio.sleep(POLL_S)
+        return False
+
+    async def delete(self, user: str, generation_id: str) -> None:
+        """Delete an ended generation, repeating through refusals until the API confirms (a 404 after an attempt
+        whose answer was lost with a killed replica confirms it too). Not cut short by the end of the load: a
+        deletion left half-way would look like a lost object."""
+        for _ in range(DELETE_ATTEMPTS):
+            response = await self._call("delete", "DELETE", f"/api/predictions/{generation_id}", user)
+            if response is not None and response.status_code in (204, 404):
+                self.record.deleted.add(generation_id)
+                return
+            await asyncio.sleep(1.0 if response is None else _retry_after(response))
 
     async def user(self, user: str, plans: list[Plan], pacer: Pacer, stop: asyncio.Event) -> None:
         queue: asyncio.Queue[Plan] = asyncio.Queue()
@@ -148,7 +163,8 @@ class Driver:
                     continue
                 if plan.cancel_after_s is not None:
                     await self.cancel(user, generation_id, plan.cancel_after_s)
-                await self.follow(user, generation_id, stop)
+                if await self.follow(user, generation_id, stop) and plan.delete:
+                    await self.delete(user, generation_id)
 
         await asyncio.gather(*(worker() for _ in range(PER_USER)))
 

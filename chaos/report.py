@@ -41,6 +41,7 @@ def render(summary: Summary) -> str:
     rows += [(f"refused with {status}", str(n)) for status, n in sorted(r.refused.items())]
     rows += [(f"outcome {status}", str(n)) for status, n in sorted(b.outcomes.items())]
     rows.append(("cancels asked", str(r.cancels)))
+    rows.append(("deleted after they ended", str(len(r.deleted))))
     rows += [(f"fault: {kind}", str(summary.faults[kind])) for kind in FaultKind]
     rows.append(("replicas restarted after exiting", str(summary.restarts)))
     rows += [(f"answers: {kind}", str(n)) for kind, n in sorted(r.answers.items())]

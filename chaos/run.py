@@ -24,7 +24,6 @@ from chaos.driver import USERS, Driver, drive
 from chaos.report import Summary, render
 from chaos.schedule import Fault, FaultKind, fault_schedule, workload
 from common import log as logs
-from common.settings import Settings
 from devstack.stack import Server
 
 logger = logging.getLogger("chaos")
@@ -36,6 +35,7 @@ SERVER_FAULTS: dict[FaultKind, Server] = {
     FaultKind.S3: "s3",
 }
 SETTLE_S = 10.0  # the load goes on this long after the last fault's part is back
+LOAD_END_S = 120.0  # how long the users get, once drained, to finish what they were doing (deletions)
 
 
 async def _inflict(cluster: Cluster, fault: Fault) -> None:
@@ -87,19 +87,16 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
             drained = driver.created_all.is_set() and await _drain(cluster, drain_timeout_s)
             drain_s = time.monotonic() - started - load_s
             stop_following.set()
+            # Deletions under way finish first (each within its attempts); anything else still waiting stops.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(load), LOAD_END_S)
             load.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await load
         finally:
             await driver.close()
         async with httpx.AsyncClient(timeout=60) as client:
-            found = await balance.check(
-                cluster.stack.settings,
-                Settings.from_env(cluster.env).s3_public_base_url,
-                client,
-                cluster.simulator_url,
-                driver.record,
-            )
+            found = await balance.check(cluster.stack.settings, client, cluster.simulator_url, driver.record)
         restarts = cluster.self_restarts
         return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained)
     finally:

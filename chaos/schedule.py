@@ -31,11 +31,13 @@ class Fault:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one generation asks for: its prompt (directives included) and whether, when, it is canceled."""
+    """What one generation asks for: its prompt (directives included), whether, when, it is canceled, and whether
+    its user deletes it once it has ended."""
 
     prompt: str
     cancel_after_s: float | None
     expect_fail: bool
+    delete: bool = False
 
 
 def faults_per_kind(generations: int) -> int:
@@ -93,6 +95,7 @@ def workload(seed: int, generations: int) -> list[Plan]:
         if rng.random() < 0.02 and "#sim:drop" not in directives:
             directives.append("#sim:slow=20")
         cancel = round(rng.uniform(0, 3), 1) if rng.random() < 0.08 else None
+        delete = rng.random() < 0.06
         prompt = " ".join([f"chaos image {n}", *directives])
-        plans.append(Plan(prompt, cancel, fail))
+        plans.append(Plan(prompt, cancel, fail, delete))
     return plans

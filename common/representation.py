@@ -5,30 +5,40 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
 from common.db.generations import Generation
+from common.presign import OutputLinks
 
 
 def _iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def generation_json(generation: Generation) -> dict[str, Any]:
-    """The generation object of the public API."""
+def generation_json(generation: Generation, links: OutputLinks) -> dict[str, Any]:
+    """The generation object of the public API, its output URLs made now."""
+    return with_urls(unlinked_json(generation), generation.output_keys, links)
+
+
+def unlinked_json(generation: Generation) -> dict[str, Any]:
+    """The generation object without its output URLs: what live updates carry (URLs are made per answer)."""
     return {
         "id": str(generation.id),
         "status": generation.status,
         "model": generation.model,
         "prompt": generation.prompt,
-        "outputUrl": generation.output_url,
-        "outputUrls": list(generation.output_urls),
         "error": generation.error,
         "createdAt": _iso(generation.created_at),
         "completedAt": _iso(generation.completed_at),
     }
+
+
+def with_urls(body: dict[str, Any], keys: Sequence[str], links: OutputLinks) -> dict[str, Any]:
+    urls = [links.url(key) for key in keys]
+    return {**body, "outputUrl": urls[0] if urls else None, "outputUrls": urls}
 
 
 def loads(raw: bytes) -> Any:

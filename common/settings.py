@@ -14,6 +14,7 @@ import re
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -128,6 +129,20 @@ def _bucket(raw: str) -> str:
     return raw
 
 
+class OutputAccess(StrEnum):
+    """How clients read stored outputs (`S3_OUTPUT_ACCESS`)."""
+
+    SIGNED = "signed"  # private objects, presigned URLs that expire
+    PUBLIC = "public"  # anonymous read of `generations/*`, plain URLs (a CDN may sit in front)
+
+
+def _output_access(raw: str) -> OutputAccess:
+    try:
+        return OutputAccess(raw.strip().lower())
+    except ValueError:
+        raise ValueError(f"must be one of {', '.join(OutputAccess)}") from None
+
+
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -186,11 +201,14 @@ class Settings:
     database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER}, "PostgreSQL DSN")  # noqa: E501
     database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER}, "most PostgreSQL connections one process opens")  # noqa: E501
     amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", ALL, "RabbitMQ URL")  # noqa: E501
-    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
+    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {API, PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
     s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER}, "bucket for outputs")
     s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", _optional_url, "", {API, PERSISTER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501
-    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {PERSISTER}, "S3 credentials")
-    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {PERSISTER}, "S3 credentials")  # noqa: E501
+    s3_output_access: OutputAccess = _setting("S3_OUTPUT_ACCESS", _output_access, "signed", {API}, "`signed`: outputs private, every URL given out presigned for `OUTPUT_URL_TTL_S`; `public`: `S3_PUBLIC_BASE_URL/key` and a bucket policy that lets anyone read `generations/*`")  # noqa: E501
+    s3_public_endpoint_url: str = _setting("S3_PUBLIC_ENDPOINT_URL", _optional_url, "", {API}, "the S3 address clients reach, used to presign (in compose the services reach MinIO by another name); default `S3_ENDPOINT_URL`")  # noqa: E501
+    output_url_ttl_s: int = _setting("OUTPUT_URL_TTL_S", _integer(60, 604_800), "3600", {API}, "lifetime in seconds of a presigned output URL, 60 to 604800")  # noqa: E501
+    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {API, PERSISTER}, "S3 credentials")
+    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {API, PERSISTER}, "S3 credentials")  # noqa: E501
     aws_region: str = _setting("AWS_REGION", _text, "us-east-1", {API, PERSISTER}, "S3 region")
     skytells_base_url: str = _setting("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
     skytells_api_key: str = _setting("SKYTELLS_API_KEY", _text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
@@ -255,6 +273,8 @@ class Settings:
                 if values["s3_endpoint_url"]
                 else f"https://{values['s3_bucket']}.s3.{values['aws_region']}.amazonaws.com"
             )
+        if not values["s3_public_endpoint_url"]:
+            values["s3_public_endpoint_url"] = values["s3_endpoint_url"]
         if not values["spool_dir"]:
             values["spool_dir"] = os.path.join(tempfile.gettempdir(), "studio-spool")
         return cls(**values)

@@ -1,11 +1,12 @@
-"""S3-compatible storage: one client per process, streaming multipart upload, the public-read bucket policy."""
+"""S3-compatible storage: one client per process, streaming multipart upload, the bucket's access policy, and
+deleting a generation's objects."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Collection
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,11 +15,12 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from common.errors import StorageUnavailable
-from common.settings import Settings
+from common.settings import OutputAccess, Settings
 
 # S3's smallest allowed part; also bounds what an upload holds in memory at once.
 PART_SIZE = 5 * 1024 * 1024
 PREFIX = "generations/"
+DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
 
 
 @asynccontextmanager
@@ -68,20 +70,20 @@ ABORT_INCOMPLETE_UPLOADS_RULE: dict[str, Any] = {
 }
 
 
-async def ensure_bucket(client: Any, bucket: str) -> None:
-    """Create the bucket if missing, let anyone read `generations/*`, and have incomplete uploads aborted."""
+async def ensure_bucket(client: Any, bucket: str, access: OutputAccess) -> None:
+    """Create the bucket if missing, have incomplete uploads aborted, and let anyone read `generations/*` only
+    with public outputs: with signed ones a policy left by a public run is removed, so only presigned URLs read."""
     try:
         await client.head_bucket(Bucket=bucket)
     except ClientError:
         await client.create_bucket(Bucket=bucket)
-    await client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+    if access is OutputAccess.PUBLIC:
+        await client.put_bucket_policy(Bucket=bucket, Policy=public_read_policy(bucket))
+    else:
+        await client.delete_bucket_policy(Bucket=bucket)  # none to delete is a success too
     await client.put_bucket_lifecycle_configuration(
         Bucket=bucket, LifecycleConfiguration={"Rules": [ABORT_INCOMPLETE_UPLOADS_RULE]}
     )
-
-
-def public_url(settings: Settings, key: str) -> str:
-    return f"{settings.s3_public_base_url}/{key}"
 
 
 async def check_bucket(client: Any, bucket: str) -> None:
@@ -104,6 +106,25 @@ async def existing_keys(client: Any, bucket: str, prefix: str) -> set[str]:
             token = {"ContinuationToken": page["NextContinuationToken"]}
     except (BotoCoreError, ClientError) as exc:
         raise StorageUnavailable(f"listing {prefix} failed: {exc}") from exc
+
+
+async def delete_generation_objects(client: Any, bucket: str, generation_id: Any, keys: Collection[str]) -> int:
+    """Delete a generation's objects: `keys` and whatever else is stored under its id (a late or spooled output).
+    Deleting a missing object succeeds; StorageUnavailable unless storage confirmed every deletion. Returns how
+    many were deleted."""
+    doomed = sorted(await existing_keys(client, bucket, f"{PREFIX}{generation_id}") | set(keys))
+    try:
+        for start in range(0, len(doomed), DELETE_BATCH):
+            batch = doomed[start : start + DELETE_BATCH]
+            answer = await client.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": key} for key in batch], "Quiet": True}
+            )
+            if answer.get("Errors"):
+                failed = answer["Errors"][0]
+                raise StorageUnavailable(f"deleting {failed.get('Key')} failed: {failed.get('Message')}")
+    except (BotoCoreError, ClientError) as exc:
+        raise StorageUnavailable(f"deleting the objects of {generation_id} failed: {exc}") from exc
+    return len(doomed)
 
 
 async def upload_stream(

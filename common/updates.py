@@ -4,6 +4,10 @@
                            +--> studio.updates (topic) --#--------+--> API replica 2: queue studio.updates.<id2>
     persister (each write)-+      routing key generation.<status>      (exclusive, auto-delete: gone with it)
 
+An update carries the generation's object keys, not URLs: the replica that sends it to a client makes the URLs
+then (`Update.linked`, once per update however many streams send it), so a presigned URL is fresh when written
+and never travels through RabbitMQ, and only the API reads `S3_OUTPUT_ACCESS`.
+
 An update is a notification, not a record: the database stays the truth, and API replicas re-read what their
 open streams watch every few seconds, so a lost update only delays an event. Hence publishing is
 fire-and-forget: no publisher confirms (a confirm costs a broker round trip per write and would make the
@@ -18,8 +22,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
@@ -30,7 +34,8 @@ from prometheus_client import Counter
 
 from common.db.generations import Generation
 from common.predictions import TERMINAL, Status
-from common.representation import dumps, generation_json
+from common.presign import OutputLinks
+from common.representation import dumps, unlinked_json, with_urls
 from common.tasks import stop
 
 logger = logging.getLogger(__name__)
@@ -68,7 +73,9 @@ class Update:
     generation_id: str
     status: str
     version: int
-    generation: dict[str, Any]
+    generation: dict[str, Any]  # the generation object without output URLs (what travels)
+    output_keys: tuple[str, ...] = ()
+    public: dict[str, Any] | None = None  # the generation object with its URLs, once `linked`
 
     @property
     def terminal(self) -> bool:
@@ -81,15 +88,27 @@ class Update:
     @cached_property
     def data(self) -> bytes:
         """The generation object as one line of JSON, encoded once however many streams send it."""
-        return dumps(self.generation)
+        if self.public is None:  # sending one without URLs would show a finished image as missing
+            raise RuntimeError("an update is linked before it is sent")
+        return dumps(self.public)
 
     @classmethod
     def of(cls, generation: Generation) -> Update:
-        body = generation_json(generation)
-        return cls(generation.user_id, body["id"], generation.status, version_of(generation.updated_at), body)
+        body = unlinked_json(generation)
+        version = version_of(generation.updated_at)
+        return cls(generation.user_id, body["id"], generation.status, version, body, generation.output_keys)
+
+    def linked(self, links: OutputLinks) -> Update:
+        """This update with its output URLs, made now."""
+        return replace(self, public=with_urls(self.generation, self.output_keys, links))
 
     def to_json(self) -> bytes:
-        body = {"userId": self.user_id, "version": self.version, "generation": self.generation}
+        body = {
+            "userId": self.user_id,
+            "version": self.version,
+            "generation": self.generation,
+            "outputKeys": self.output_keys,
+        }
         return dumps(body)
 
     @classmethod
@@ -98,10 +117,18 @@ class Update:
         try:
             body = json.loads(raw)
             generation = body["generation"]
+            keys = body.get("outputKeys", [])
+            if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+                raise TypeError("outputKeys is not a list of keys")
             update = cls(
-                str(body["userId"]), str(generation["id"]), str(generation["status"]), int(body["version"]), generation
+                str(body["userId"]),
+                str(generation["id"]),
+                str(generation["status"]),
+                int(body["version"]),
+                generation,
+                tuple(keys),
             )
-        except (KeyError, TypeError, RecursionError) as exc:
+        except (KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise ValueError(f"malformed update: {exc!r}") from None
         if not isinstance(generation, dict):
             raise ValueError("malformed update: generation is not an object")

@@ -7,6 +7,10 @@ content type and metadata, the bucket policy) under `--state DIR`; at start it l
 listens. Saving is incremental: an object already saved with the same ETag is not written again. A SIGKILL loses
 what changed since the last stop, and uploads still in progress (multipart) are not kept: S3's own lifecycle
 rule would abort them anyway.
+
+moto accepts a presigned URL however old it is; S3 refuses one past its `X-Amz-Expires`, and so does this
+server, so that the expiry of the URLs Studio hands out can be seen locally (the signature itself is not
+checked here, as moto does not check it).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import logging
 import os
 import signal
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from urllib.parse import parse_qs
 
 from moto.core.models import DEFAULT_ACCOUNT_ID
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -58,6 +64,39 @@ class _InFlight:
         with self.idle:
             self.closing = True
             self.idle.wait_for(lambda: self.count == 0, timeout)
+
+
+EXPIRED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n'
+    b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+)
+
+
+def presigned_url_expired(query_string: str, now: datetime) -> bool:
+    """Whether a presigned request's URL (SigV4 query parameters) is past its expiry, as S3 judges it."""
+    query = parse_qs(query_string)
+    date, expires = query.get("X-Amz-Date"), query.get("X-Amz-Expires")
+    if not date or not expires:
+        return False  # not a presigned request
+    try:
+        signed_at = datetime.strptime(date[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        lifetime = timedelta(seconds=int(expires[0]))
+    except ValueError:
+        return True  # S3 refuses a malformed one too
+    return now > signed_at + lifetime
+
+
+class _ExpiringPresignedUrls:
+    """The WSGI app, refusing a presigned URL past its expiry as S3 does (moto serves it)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if presigned_url_expired(environ.get("QUERY_STRING", ""), datetime.now(UTC)):
+            start_response("403 Forbidden", [("Content-Type", "application/xml")])
+            return [EXPIRED]
+        return self.app(environ, start_response)
 
 
 def _backend() -> Any:
@@ -125,7 +164,7 @@ def main() -> None:
     if args.state is not None:
         args.state.mkdir(parents=True, exist_ok=True)
         logger.info("loaded %d objects from %s", load(args.state), args.state)
-    app = _InFlight(DomainDispatcherApplication(create_backend_app))
+    app = _InFlight(_ExpiringPresignedUrls(DomainDispatcherApplication(create_backend_app)))
     server = make_server(args.host, args.port, app, threaded=True, request_handler=MotoRequestHandler)
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:

@@ -138,7 +138,7 @@ class Stack:
     @staticmethod
     async def _prepare_bucket(settings: Settings) -> None:
         async with open_s3(settings) as client:
-            await ensure_bucket(client, settings.s3_bucket)
+            await ensure_bucket(client, settings.s3_bucket, settings.s3_output_access)
 
     def start_simulator(self, *, supervise: bool = False) -> ManagedProcess:
         port = self.env.get("SIM_PORT", SIM_DEFAULTS["SIM_PORT"])

@@ -71,6 +71,8 @@ class Api:
             raise Refused(f"Could not reach the API at {self.base_url}: {exc or exc.__class__.__name__}.") from None
         if response.status_code >= 400:
             raise Refused(_sentence(response))
+        if response.status_code == 204:  # done, nothing to say (a deletion)
+            return None
         return response.json()
 
     async def events(self, path: str) -> AsyncIterator[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""`studio`: generate, list, show, cancel and watch generations from a terminal.
+"""`studio`: generate, list, show, cancel, delete and watch generations from a terminal.
 
 Exit codes: 0 done (for `generate`: the image succeeded and is saved), 1 the generation failed or was canceled
 (Skytells' message on stderr), 2 the API refused (its error as a sentence), 130 interrupted (Ctrl-C stops
@@ -121,13 +121,20 @@ async def cancel(api: Api, args: argparse.Namespace) -> int:
     return OK
 
 
+async def delete(api: Api, args: argparse.Namespace) -> int:
+    """The generation and its images, for good (the API refuses an unfinished one: cancel it first)."""
+    await api.call("DELETE", f"/api/predictions/{args.id}")
+    _json({"id": args.id, "deleted": True}) if args.json else out.print(f"{args.id}  deleted")
+    return OK
+
+
 async def watch(api: Api, args: argparse.Namespace) -> int:
     async for generation in api.events("/api/generations/events"):
         _json(generation) if args.json else out.print(f"{time.strftime('%H:%M:%S')}  {_line(generation)}")
     return OK
 
 
-COMMANDS = {"generate": generate, "list": list_, "show": show, "cancel": cancel, "watch": watch}
+COMMANDS = {"generate": generate, "list": list_, "show": show, "cancel": cancel, "delete": delete, "watch": watch}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -138,6 +145,7 @@ def parser() -> argparse.ArgumentParser:
         "list": commands.add_parser("list", help="your generations, newest first"),
         "show": commands.add_parser("show", help="one generation"),
         "cancel": commands.add_parser("cancel", help="cancel an unfinished generation"),
+        "delete": commands.add_parser("delete", help="delete a finished generation and its images, for good"),
         "watch": commands.add_parser("watch", help="one line per change of any of your generations"),
     }
     each["generate"].add_argument("prompt")
@@ -145,7 +153,7 @@ def parser() -> argparse.ArgumentParser:
     each["generate"].add_argument("--output", type=Path, help="where to save the image (default: <id>.<ext>)")
     each["generate"].add_argument("--no-wait", action="store_true", help="print the new generation and exit")
     each["list"].add_argument("--limit", type=int, default=20)
-    for name in ("show", "cancel"):
+    for name in ("show", "cancel", "delete"):
         each[name].add_argument("id")
     for sub in each.values():
         sub.add_argument("--json", action="store_true", help="print only JSON: the API's own objects")

@@ -27,6 +27,7 @@ async def test_short_soak_loses_nothing(tmp_path: Path) -> None:
     assert summary.drained, table
     assert summary.last_line == f"chaos: {GENERATIONS} generations, 0 lost, 0 wrong, 0 extra", table
     assert len(summary.record.accepted) == GENERATIONS, table
+    assert summary.record.deleted, table  # and their objects are gone: the balance says so
 
 
 def test_the_same_seed_gives_the_same_schedule_and_workload() -> None:
@@ -45,3 +46,4 @@ def test_the_default_size_has_several_faults_of_each_kind_and_every_directive() 
     for directive in ("fail", "dup=", "late", "drop", "envelope", "cdn503=", "size=", "delay=", "slow="):
         assert f"#sim:{directive}" in prompts
     assert any(plan.cancel_after_s is not None for plan in workload(1, 1000))
+    assert any(plan.delete for plan in workload(1, 1000))

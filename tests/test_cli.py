@@ -164,3 +164,24 @@ async def test_watch_prints_one_line_per_change_of_the_users_generations(http, u
 
 async def _watchers_above(http, api: str, count: float) -> bool:
     return metric(await metrics_of(http, api), "studio_api_live_watchers") > count
+
+
+async def test_delete_removes_a_finished_generation_and_refuses_an_unfinished_one(http, urls, auth, cli_env):
+    code, out, _ = await studio(cli_env, "generate", "delete me #sim:delay=0.1", "--no-wait", "--json")
+    assert code == 0
+    created = json.loads(out)
+    await wait_for_status(http, urls.api, created["id"], auth)
+    code, out, _ = await studio(cli_env, "generate", "still going #sim:delay=60", "--no-wait", "--json")
+    running = json.loads(out)
+
+    code, out, _ = await studio(cli_env, "delete", created["id"])
+    assert code == 0 and out.strip() == f"{created['id']}  deleted"
+    assert (await http.get(f"{urls.api}/api/predictions/{created['id']}", headers=auth)).status_code == 404
+
+    code, _, err = await studio(cli_env, "delete", created["id"])
+    assert code == 2 and "No generation of yours has that id" in err
+    code, _, err = await studio(cli_env, "delete", running["id"], "--json")
+    assert code == 2 and "cancel it first" in err
+    await studio(cli_env, "cancel", running["id"])
+    code, out, _ = await studio(cli_env, "delete", running["id"], "--json")
+    assert code == 0 and json.loads(out) == {"id": running["id"], "deleted": True}

@@ -3,6 +3,7 @@ setting reaches the containers whose process reads it, and no secret has a defau
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -52,6 +53,7 @@ SECRETS = (
     "POSTGRES_PASSWORD",
     "RABBITMQ_DEFAULT_PASS",
     "MINIO_ROOT_PASSWORD",
+    "MINIO_STUDIO_SECRET_KEY",
     "SKYTELLS_API_KEY",
     "SKYTELLS_WEBHOOK_SECRET",
 )
@@ -182,3 +184,42 @@ def test_the_compose_file_requires_every_secret_wherever_it_uses_one():
 
 def test_skytells_calls_back_through_the_gateways_proxy(dotenv):
     assert dotenv["PUBLIC_WEBHOOK_URL"] == "http://webhook-proxy:8081/api/webhooks"
+
+
+@pytest.mark.parametrize("access", ["signed", "public"])
+def test_the_bucket_job_opens_generations_only_when_public_and_makes_the_services_user(
+    docker_compose, dotenv, tmp_path, access
+):
+    """The job's own script, run with an `mc` that records what it is asked: the bucket's anonymous access, and
+    the S3 user the services work as (allowed this bucket only), never MinIO's root."""
+    rendered = _rendered(docker_compose, tmp_path, {**dotenv, "S3_OUTPUT_ACCESS": access, "S3_BUCKET": "pics"})
+    job = rendered["minio-init"]
+    bin_dir, calls = tmp_path / "bin", tmp_path / "mc.log"
+    bin_dir.mkdir()
+    (bin_dir / "mc").write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    (bin_dir / "mc").chmod(0o755)
+    env = {**job["environment"], "PATH": f"{bin_dir}:/usr/bin:/bin", "TMPDIR": str(tmp_path)}
+
+    # `config` keeps compose's `$$` escapes (its output is a compose file again); a container gets them as `$`.
+    script = [part.replace("$$", "$") for part in job["command"]]
+    done = subprocess.run([*job["entrypoint"], *script], env=env, capture_output=True, text=True, check=False)
+
+    assert done.returncode == 0, done.stderr
+    asked = calls.read_text().splitlines()
+    anonymous = [line for line in asked if line.startswith("anonymous ")]
+    if access == "public":
+        assert anonymous == ["anonymous set download studio/pics/generations"]
+    else:  # none, and whatever a public run left is removed
+        assert anonymous == ["anonymous set none studio/pics/generations", "anonymous set none studio/pics"]
+    services = {name: rendered[name]["environment"] for name in ("api", "persister")}
+    user, secret = job["environment"]["MINIO_STUDIO_USER"], job["environment"]["MINIO_STUDIO_SECRET_KEY"]
+    assert f"admin user add studio {user} {secret}" in asked
+    assert f"admin policy attach studio studio-bucket --user {user}" in asked
+    for environment in services.values():
+        assert (environment["AWS_ACCESS_KEY_ID"], environment["AWS_SECRET_ACCESS_KEY"]) == (user, secret)
+        assert environment["AWS_ACCESS_KEY_ID"] != job["environment"]["MINIO_ROOT_USER"]
+        assert environment["AWS_SECRET_ACCESS_KEY"] != job["environment"]["MINIO_ROOT_PASSWORD"]
+    policy = json.loads((tmp_path / "studio-bucket.json").read_text())
+    resources = {resource for statement in policy["Statement"] for resource in statement["Resource"]}
+    assert resources == {"arn:aws:s3:::pics", "arn:aws:s3:::pics/*"}
+    assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])

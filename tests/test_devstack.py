@@ -190,7 +190,8 @@ async def test_a_crash_loop_backs_off(tmp_path):
 
 
 async def test_data_dir_keeps_database_broker_and_bucket_across_outages_and_runs(tmp_path):
-    env = loopback_env(S3_BUCKET="studio-kept")
+    # Public outputs: the bucket's policy is part of what must survive (anonymous reads below depend on it).
+    env = loopback_env(S3_BUCKET="studio-kept", S3_OUTPUT_ACCESS="public")
     data = tmp_path / "data"
     first = Stack(env, tmp_path / "run1", data)
     try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlsplit
+
 import httpx
 
 from tests.conftest import Urls
@@ -24,14 +26,18 @@ async def test_generation_succeeds_and_s3_holds_the_exact_bytes(http, urls, auth
 
     assert done["status"] == "succeeded", done
     assert done["error"] is None and done["completedAt"] is not None
-    assert done["outputUrl"].endswith(f"/generations/{created['id']}.png")
+    url = urlsplit(done["outputUrl"])
+    assert url.path.endswith(f"/generations/{created['id']}.png")
+    assert "X-Amz-Signature" in parse_qs(url.query)  # private by default: a presigned URL
     assert done["outputUrls"] == [done["outputUrl"]]
     prediction_id = await db.fetchval("SELECT prediction_id FROM generations WHERE id = $1::uuid", created["id"])
     served = await http.get(f"{urls.simulator}/cdn/{prediction_id}/0.png")
-    stored = await http.get(done["outputUrl"])  # anonymous GET on the public URL
+    stored = await http.get(done["outputUrl"])
     assert served.status_code == 200 and stored.status_code == 200
     assert stored.content == served.content
     assert stored.content.startswith(b"\x89PNG\r\n\x1a\n")
+    anonymous = await http.get(url._replace(query="").geturl())
+    assert anonymous.status_code == 403
 
 
 async def test_failed_prediction_ends_failed_with_skytells_message(http, urls, auth):

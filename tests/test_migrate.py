@@ -40,3 +40,26 @@ async def test_an_applied_migration_that_changed_is_refused(scratch_db):
 
     with pytest.raises(MigrationError, match="changed after it was applied"):
         await apply_migrations(scratch_db, edited)
+
+
+async def test_output_urls_written_before_become_object_keys(scratch_db):
+    """Rows stored when the database kept public URLs: the keys are what answers presign now."""
+    before, after = [], []
+    for migration in load_migrations():
+        (before if migration.version < 10 else after).append(migration)
+    await apply_migrations(scratch_db, before)
+    gid, other = uuid.uuid4(), uuid.uuid4()
+    urls = [f"https://cdn.example.com/b/generations/{gid}.png", f"http://127.0.0.1:9000/b/generations/{gid}-1.webp"]
+    insert = """
+        INSERT INTO generations (id, user_id, model, prompt, status, output_url, output_urls, completed_at)
+        VALUES ($1, 'u', 'm', 'p', $2, $3, $4, CASE WHEN $2 = 'queued' THEN NULL ELSE now() END)
+    """
+    await scratch_db.execute(insert, gid, "succeeded", urls[0], urls)
+    await scratch_db.execute(insert, other, "queued", None, [])
+
+    await apply_migrations(scratch_db, before + after)
+
+    rows = {r["id"]: r for r in await scratch_db.fetch("SELECT id, output_key, output_keys FROM generations")}
+    assert rows[gid]["output_key"] == f"generations/{gid}.png"
+    assert list(rows[gid]["output_keys"]) == [f"generations/{gid}.png", f"generations/{gid}-1.webp"]
+    assert rows[other]["output_key"] is None and list(rows[other]["output_keys"]) == []

@@ -71,8 +71,8 @@ async def test_policy_allows_no_inline_script_and_images_only_from_studio_and_th
     assert policy["script-src"] == ["'self'"] and policy["style-src"] == ["'self'"]
     assert policy["connect-src"] == ["'self'"]
     assert policy["frame-ancestors"] == ["'none'"] and policy["object-src"] == ["'none'"]
-    bucket = urlsplit(settings.s3_public_base_url)
-    assert policy["img-src"] == ["'self'", f"{bucket.scheme}://{bucket.netloc}"]
+    presigning = urlsplit(settings.s3_public_endpoint_url)  # signed outputs (the default) load from there
+    assert policy["img-src"] == ["'self'", f"{presigning.scheme}://{presigning.netloc}"]
     assert response.headers["Referrer-Policy"] == "no-referrer"
 
 

@@ -329,3 +329,42 @@ async def test_screenshot_of_a_few_finished_images(visit, urls, user_id, setting
     assert path.stat().st_size > 10_000
     with capsys.disabled():  # shown in the run's output, not captured with the test's
         request.config.pluginmanager.get_plugin("terminalreporter").write_line(f"page screenshot: {path}")
+
+
+async def test_delete_asks_first_then_removes_the_card_and_the_generation(visit, urls, user_id, http):
+    page = await _open(visit, urls.api, _token(user_id))
+    generation_id = await _generate(page, "a sandcastle at low tide #sim:delay=0.2")
+    await page.wait_for_function(IMAGE_SHOWN, arg=generation_id, timeout=30_000)
+    card = page.locator(f'.card[data-id="{generation_id}"]')
+    asked: list[str] = []
+
+    async def answer(dialog, accept: bool) -> None:
+        asked.append(dialog.message)
+        await (dialog.accept() if accept else dialog.dismiss())
+
+    page.once("dialog", lambda dialog: asyncio.ensure_future(answer(dialog, False)))
+    await card.get_by_role("button", name="Delete").click()
+    await expect(card).to_have_count(1)  # kept: the person said no
+    assert (await _final_state(http, urls, user_id, generation_id))["status"] == "succeeded"
+
+    page.once("dialog", lambda dialog: asyncio.ensure_future(answer(dialog, True)))
+    await card.get_by_role("button", name="Delete").click()
+
+    await expect(card).to_have_count(0)
+    await expect(page.locator("#announcer")).to_have_text("“a sandcastle at low tide #sim:delay=0.2” was deleted.")
+    assert asked == ["Delete “a sandcastle at low tide #sim:delay=0.2” and its images for good?"] * 2
+    response = await http.get(
+        f"{urls.api}/api/predictions/{generation_id}", headers={"Authorization": f"Bearer {_token(user_id)}"}
+    )
+    assert response.status_code == 404
+
+
+async def test_an_unfinished_generation_offers_no_delete(visit, urls, user_id):
+    page = await _open(visit, urls.api, _token(user_id))
+    generation_id = await _generate(page, "a slow tide #sim:delay=60")
+    card = page.locator(f'.card[data-id="{generation_id}"]')
+    await expect(card).to_have_attribute("data-status", "processing")
+
+    await expect(card.get_by_role("button", name="Delete")).to_be_hidden()
+    await card.get_by_role("button", name="Cancel").click()
+    await expect(card.get_by_role("button", name="Delete")).to_be_visible()

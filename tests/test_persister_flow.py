@@ -42,13 +42,11 @@ async def test_cdn_503_is_retried_then_the_exact_bytes_are_stored(http, sim, db,
     assert record["status"] == "succeeded", dict(record)
     assert (await sim_record(http, sim, prediction["id"]))["cdnRequests"] == 3
     key = f"generations/{gid}.png"
-    assert record["output_url"] == f"{settings.s3_public_base_url}/{key}"
-    assert list(record["output_urls"]) == [record["output_url"]]
+    assert record["output_key"] == key  # a key, not a URL: answers make the URLs they give out
+    assert list(record["output_keys"]) == [key]
     assert record["completed_at"] is not None and record["error"] is None
     objects = await stored_objects(settings, gid)
     assert objects == {key: (await cdn_bytes(http, sim, prediction["id"]), "image/png")}
-    public = await http.get(record["output_url"])  # anonymous read: the bucket policy
-    assert public.status_code == 200 and public.content == objects[key][0]
     after = await metrics_of(http, persister_port)
     assert metric(after, "studio_persister_retries_total") >= metric(before, "studio_persister_retries_total") + 2
     assert metric(after, "studio_persister_events_total", outcome="succeeded") >= 1
@@ -78,7 +76,7 @@ async def test_permanent_failures_end_failed_with_the_reason_and_store_nothing(
 
     assert record["status"] == "failed"
     assert reason in record["error"]
-    assert record["output_url"] is None and list(record["output_urls"]) == []
+    assert record["output_key"] is None and list(record["output_keys"]) == []
     assert record["completed_at"] is not None
     assert await stored_objects(settings, gid) == {}
 
@@ -88,8 +86,8 @@ async def test_several_outputs_are_stored_under_numbered_keys(http, sim, db, bro
 
     assert record["status"] == "succeeded"
     keys = [f"generations/{gid}.png", f"generations/{gid}-1.png", f"generations/{gid}-2.png"]
-    assert list(record["output_urls"]) == [f"{settings.s3_public_base_url}/{k}" for k in keys]
-    assert record["output_url"] == record["output_urls"][0]
+    assert list(record["output_keys"]) == keys
+    assert record["output_key"] == keys[0]
     objects = await stored_objects(settings, gid)
     assert sorted(objects) == sorted(keys)
     for n, key in enumerate(keys):
@@ -116,7 +114,7 @@ async def test_duplicates_and_a_late_started_change_nothing(http, sim, db, broke
 
     await eventually("three more duplicates", settled)
     last = await row(db, gid)
-    for column in ("status", "output_url", "output_urls", "error", "completed_at"):
+    for column in ("status", "output_key", "output_keys", "error", "completed_at"):
         assert last[column] == first[column], column
     assert list(await stored_objects(settings, gid)) == [f"generations/{gid}.png"]
 
@@ -128,7 +126,7 @@ async def test_started_moves_queued_to_processing(db, broker):
 
     record = await wait_row(db, gid, statuses=("processing",))
 
-    assert record["completed_at"] is None and record["output_url"] is None
+    assert record["completed_at"] is None and record["output_key"] is None
 
 
 async def test_failed_prediction_keeps_skytells_message(http, sim, db, broker):
@@ -177,7 +175,7 @@ async def test_an_event_keeps_what_an_earlier_one_stored_even_after_the_cdn_expi
     record = await wait_row(db, gid)
 
     assert record["status"] == "succeeded", dict(record)
-    assert record["output_url"] == f"{settings.s3_public_base_url}/generations/{gid}.png"
+    assert record["output_key"] == f"generations/{gid}.png"
     assert (await stored_objects(settings, gid))[f"generations/{gid}.png"][0] == earlier
     assert (await sim_record(http, sim, prediction["id"]))["cdnRequests"] == 0
 
@@ -204,12 +202,12 @@ async def test_a_late_outcome_for_an_ended_generation_is_stored_and_its_status_k
     await publish(broker, event_of(prediction))
 
     async def attached():
-        return (await row(db, gid))["output_url"]
+        return (await row(db, gid))["output_key"]
 
     await eventually("the late output attached", attached, timeout=30)
     record = await row(db, gid)
     assert record["status"] == ended
-    assert record["output_url"] == f"{settings.s3_public_base_url}/generations/{gid}.png"
+    assert record["output_key"] == f"generations/{gid}.png"
     assert (await stored_objects(settings, gid))[f"generations/{gid}.png"][0] == await cdn_bytes(
         http, sim, prediction["id"]
     )

@@ -168,7 +168,7 @@ async def test_storage_down_keeps_the_outputs_in_the_spool_across_a_restart(
     finally:
         dedicated.s3.resume()
         async with open_s3(dedicated.settings) as s3:  # moto starts empty after a restart
-            await ensure_bucket(s3, dedicated.settings.s3_bucket)
+            await ensure_bucket(s3, dedicated.settings.s3_bucket, dedicated.settings.s3_output_access)
     dedicated.start_service("persister", label="persister-a")
 
     record = await wait_row(dedicated_db, gid)

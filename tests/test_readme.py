@@ -58,6 +58,8 @@ def test_configuration_defaults_are_the_settings_defaults():
             assert all(who in cell for who in required_by[name]), f"{name} is required by {required_by[name]}"
         elif name == "S3_PUBLIC_BASE_URL":
             assert cell == "`{S3_ENDPOINT_URL}/{S3_BUCKET}`"
+        elif name == "S3_PUBLIC_ENDPOINT_URL":
+            assert cell == "`S3_ENDPOINT_URL`"
         else:
             assert cell in ("unset", "none"), f"{name} is optional and empty by default: README says {cell}"
 

@@ -4,15 +4,20 @@ session's broker has the session's API replicas bound, so an unroutable update c
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import aio_pika
+import pytest
 
 from common.db.generations import Generation
 from common.predictions import Status
-from common.updates import UpdatePublisher
+from common.presign import OutputLinks
+from common.settings import Settings
+from common.updates import Update, UpdatePublisher, generation_json
 
 
 def _generation() -> Generation:
@@ -24,8 +29,8 @@ def _generation() -> Generation:
         model="truefusion-pro",
         prompt="a lighthouse",
         status=Status.SUCCEEDED,
-        output_url=None,
-        output_urls=(),
+        output_key=None,
+        output_keys=(),
         error=None,
         idempotency_key=None,
         request_hash=None,
@@ -59,3 +64,16 @@ async def test_an_update_is_never_returned_by_rabbitmq_nor_logged_as_an_error(ra
         await connection.close()
 
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_an_update_carries_keys_and_gets_fresh_urls_where_it_is_sent():
+    generation = replace(_generation(), output_key="generations/a.png", output_keys=("generations/a.png",))
+    travelled = Update.from_json(Update.of(generation).to_json())
+    links = OutputLinks.from_settings(Settings.from_env({}))
+
+    assert b"X-Amz" not in Update.of(generation).to_json()  # no URL goes through RabbitMQ
+    with pytest.raises(RuntimeError):
+        travelled.data  # noqa: B018 (an update is never sent without its URLs)
+    sent = json.loads(travelled.linked(links).data)
+    assert sent["outputUrls"] == [sent["outputUrl"]] and "X-Amz-Signature=" in sent["outputUrl"]
+    assert sent == generation_json(generation, links)

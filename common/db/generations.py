@@ -25,8 +25,8 @@ class Generation:
     model: str
     prompt: str
     status: Status
-    output_url: str | None
-    output_urls: tuple[str, ...]
+    output_key: str | None  # the first of `output_keys`: object keys in S3_BUCKET, never URLs
+    output_keys: tuple[str, ...]
     error: str | None
     idempotency_key: str | None
     request_hash: str | None
@@ -44,7 +44,7 @@ class Generation:
     @classmethod
     def from_record(cls, record: asyncpg.Record) -> Generation:
         values = {name: record[name] for name in _FIELDS}
-        values["output_urls"] = tuple(values["output_urls"] or ())
+        values["output_keys"] = tuple(values["output_keys"] or ())
         values["status"] = Status(values["status"])
         return cls(**values)
 
@@ -107,6 +107,7 @@ RETURNING *
 """
 
 GET_FOR_USER = "SELECT * FROM generations WHERE id = $1 AND user_id = $2"
+EXISTS = "SELECT EXISTS (SELECT 1 FROM generations WHERE id = $1)"
 GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM generations WHERE user_id = $1 AND idempotency_key = $2"
 GET_BY_PREDICTION_ID = "SELECT * FROM generations WHERE prediction_id = $1"
 
@@ -137,7 +138,7 @@ RETURNING *
 
 MARK_SUCCEEDED = """
 UPDATE generations
-SET status = 'succeeded', output_url = $2, output_urls = $3, error = NULL,
+SET status = 'succeeded', output_key = $2, output_keys = $3, error = NULL,
     completed_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
@@ -146,8 +147,8 @@ RETURNING *
 # Outputs Skytells reported for a generation that had already ended without any (Studio failed it, or it was
 # canceled while Skytells finished): kept with the row, whose terminal status never changes.
 ATTACH_LATE_OUTPUTS = """
-UPDATE generations SET output_url = $2, output_urls = $3, updated_at = now()
-WHERE id = $1 AND status IN ('failed', 'canceled') AND output_url IS NULL
+UPDATE generations SET output_key = $2, output_keys = $3, updated_at = now()
+WHERE id = $1 AND status IN ('failed', 'canceled') AND output_key IS NULL
 RETURNING *
 """
 
@@ -156,6 +157,14 @@ UPDATE generations
 SET status = $2, error = $3, completed_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
+"""
+
+# Only a finished generation is deleted: one still running would get its outcome written to nothing. Its pending
+# webhook deliveries go with it (their foreign key cascades).
+DELETE_FINISHED = """
+DELETE FROM generations
+WHERE id = $1 AND user_id = $2 AND status IN ('succeeded', 'failed', 'canceled')
+RETURNING id
 """
 
 LIST_FOR_USER = """
@@ -231,6 +240,11 @@ async def get_for_user(conn: asyncpg.Connection, generation_id: uuid.UUID, user_
     return _one(await conn.fetchrow(GET_FOR_USER, generation_id, user_id))
 
 
+async def exists(conn: asyncpg.Connection, generation_id: uuid.UUID) -> bool:
+    found: bool = await conn.fetchval(EXISTS, generation_id)
+    return found
+
+
 async def get_by_idempotency_key(conn: asyncpg.Connection, user_id: str, key: str) -> Generation | None:
     return _one(await conn.fetchrow(GET_BY_IDEMPOTENCY_KEY, user_id, key))
 
@@ -259,18 +273,18 @@ async def mark_processing(conn: asyncpg.Connection, generation_id: uuid.UUID) ->
 
 
 async def mark_succeeded(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, output_urls: list[str]
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str]
 ) -> Generation | None:
     """Terminal success in one statement; None when the generation had already ended."""
-    first = output_urls[0] if output_urls else None
-    return _one(await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_urls))
+    first = output_keys[0] if output_keys else None
+    return _one(await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_keys))
 
 
 async def attach_late_outputs(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, output_urls: list[str]
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str]
 ) -> Generation | None:
     """Record outputs stored after the generation ended; None when it has some already (or never ended)."""
-    return _one(await conn.fetchrow(ATTACH_LATE_OUTPUTS, generation_id, output_urls[0], output_urls))
+    return _one(await conn.fetchrow(ATTACH_LATE_OUTPUTS, generation_id, output_keys[0], output_keys))
 
 
 async def mark_ended(
@@ -291,3 +305,8 @@ async def list_for_user(
     created_at, gid = before if before is not None else (None, None)
     rows = await conn.fetch(LIST_FOR_USER, user_id, created_at, gid, limit)
     return [Generation.from_record(row) for row in rows]
+
+
+async def delete_finished(conn: asyncpg.Connection, generation_id: uuid.UUID, user_id: str) -> bool:
+    """Delete the user's finished generation; False when there was none (gone already, or unfinished)."""
+    return await conn.fetchval(DELETE_FINISHED, generation_id, user_id) is not None

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from common import resources
 from common.keys import SETTINGS
+from common.presign import OutputLinks
 from common.probes import add_probes
 from common.process import boot, run
 from common.settings import API_REQUIRED, Settings
@@ -17,7 +18,7 @@ from services.api import cors, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
 from services.api.jwks import Jwks
-from services.api.keys import AUTH
+from services.api.keys import AUTH, LINKS
 from services.api.live import streams
 from services.api.live.feed import live_updates
 from services.api.page import add_page
@@ -40,10 +41,13 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware, cors.preflight_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
+    app[LINKS] = OutputLinks.from_settings(settings)  # no I/O: presigning is local work
     app.cleanup_ctx.extend(
         [
             resources.database(migrate=True, stateless=True),  # the API also migrates at start
             resources.skytells,
+            # Storage serves deletions only: the API answers everything else without it, so it is no readiness probe.
+            resources.storage,
             _auth,
             # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
             resources.broker_link,
@@ -55,13 +59,14 @@ def create_app(settings: Settings) -> web.Application:
     add_probes(app, {"database": resources.database_probe(app)})
     app.router.add_post("/api/generate", views.generate, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}", views.get_prediction, expect_handler=expect_handler)
+    app.router.add_delete("/api/predictions/{id}", views.delete_prediction, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}/events", streams.generation_events, expect_handler=expect_handler)
     app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction, expect_handler=expect_handler)
     app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
     app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
-    add_page(app, settings)
+    add_page(app, settings, app[LINKS].origin)
     add_fallback(app)
     return app
 

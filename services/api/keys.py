@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from common.presign import OutputLinks
 from services.api.auth import Authenticator
 from services.api.live.hub import Hub
 
 AUTH = web.AppKey("auth", Authenticator)
 HUB = web.AppKey("hub", Hub)
+LINKS = web.AppKey("links", OutputLinks)

@@ -149,7 +149,28 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "401": _ref("Unauthorized"),
                         "404": _ref("NotFound"),
                     },
-                }
+                },
+                "delete": {
+                    "operationId": "deletePrediction",
+                    "summary": "Delete a finished generation and its stored outputs",
+                    "description": (
+                        "Its objects are deleted first, then the generation: afterwards it is gone from every"
+                        " endpoint (404, not listed, not streamed), any URL to its outputs fails, and its pending"
+                        " webhook deliveries are dropped. A repeat after success is a 404."
+                    ),
+                    "security": secured,
+                    "parameters": [_ID_PARAMETER],
+                    "responses": {
+                        "204": {"description": "Deleted"},
+                        "401": _ref("Unauthorized"),
+                        "404": _ref("NotFound"),
+                        "409": _error("The generation is unfinished: cancel it first"),
+                        "503": _error(
+                            "Storage could not delete its outputs: nothing was deleted, retry after Retry-After",
+                            retry_after,
+                        ),
+                    },
+                },
             },
             "/api/predictions/{id}/cancel": {
                 "post": {
@@ -302,8 +323,14 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "status": {"enum": [str(status) for status in Status]},
                         "model": {"type": "string"},
                         "prompt": {"type": "string"},
-                        "outputUrl": {"type": ["string", "null"]},
-                        "outputUrls": {"type": "array", "items": {"type": "string"}},
+                        "outputUrl": {
+                            "type": ["string", "null"],
+                            "description": (
+                                "The first output: with S3_OUTPUT_ACCESS=signed (the default) a presigned URL, made"
+                                " for this answer and valid OUTPUT_URL_TTL_S; with `public` a permanent one"
+                            ),
+                        },
+                        "outputUrls": {"type": "array", "items": {"type": "string"}, "description": "Every output"},
                         "error": {"type": ["string", "null"]},
                         "createdAt": {"type": "string", "format": "date-time"},
                         "completedAt": {"type": ["string", "null"], "format": "date-time"},

@@ -9,7 +9,6 @@ inline script or style; images come from the public S3 base URL, so that one ori
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -26,14 +25,9 @@ ASSETS = {
 INDEX = "index.html"
 
 
-def _origin(url: str) -> str:
-    """`scheme://host[:port]` of a URL: what a CSP source needs to name the S3 server."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc}"
-
-
-def content_security_policy(public_base_url: str) -> str:
-    images = " ".join(dict.fromkeys(("'self'", _origin(public_base_url))))
+def content_security_policy(image_origin: str) -> str:
+    """`image_origin`: where the output URLs Studio hands out point (the presigning endpoint, or the public base)."""
+    images = " ".join(dict.fromkeys(("'self'", image_origin)))
     return "; ".join(
         (
             "default-src 'self'",
@@ -49,10 +43,10 @@ def content_security_policy(public_base_url: str) -> str:
     )
 
 
-def add_page(app: web.Application, settings: Settings) -> None:
+def add_page(app: web.Application, settings: Settings, image_origin: str) -> None:
     """Routes of the page and of `GET /api/config`; the headers are computed once, here."""
     headers = {
-        "Content-Security-Policy": content_security_policy(settings.s3_public_base_url),
+        "Content-Security-Policy": content_security_policy(image_origin),
         "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer",
         # Revalidated on every load (the ETag makes that cheap), so a deploy shows at once.

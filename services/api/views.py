@@ -10,15 +10,18 @@ from aiohttp import web
 from common import log as logs
 from common.db import changes, generations
 from common.db.generations import Generation
-from common.errors import ApiError, SkytellsError, SkytellsUndecided
-from common.keys import POOL, SETTINGS, SKYTELLS, UPDATES
+from common.errors import ApiError, SkytellsError, SkytellsUndecided, StorageUnavailable
+from common.keys import POOL, S3, SETTINGS, SKYTELLS, UPDATES
 from common.predictions import Status
+from common.presign import OutputLinks
 from common.references import callback_url
 from common.representation import dumps, generation_json
+from common.storage import delete_generation_objects
 from common.web import REQUEST_ID
 from services.api import openapi
 from services.api.access import current_user, own_generation
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
+from services.api.keys import LINKS
 from services.api.live.waiting import wait_for_end, wait_for_news
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
@@ -37,11 +40,17 @@ def _json(body: object, status: int = 200, headers: dict[str, str] | None = None
     return web.Response(body=dumps(body), status=status, headers=headers, content_type=JSON, charset="utf-8")
 
 
-def _generation_response(generation: Generation, status: int = 200, wait_s: int | None = None) -> web.Response:
+def _generation_response(
+    request: web.Request, generation: Generation, status: int = 200, wait_s: int | None = None
+) -> web.Response:
     headers = {"Location": f"/api/predictions/{generation.id}"}
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-    return _json(generation_json(generation), status, headers)
+    return _json(generation_json(generation, _links(request)), status, headers)
+
+
+def _links(request: web.Request) -> OutputLinks:
+    return request.app[LINKS]
 
 
 async def _reserve(
@@ -97,9 +106,9 @@ async def generate(request: web.Request) -> web.Response:
     wait_s = prefer_wait(request)
     generation, status = await _create(request, user_id)
     if wait_s is None:
-        return _generation_response(generation, status)
+        return _generation_response(request, generation, status)
     # Held until the generation ends or the time is up, woken by the live updates; no connection held meanwhile.
-    return _generation_response(await wait_for_end(request, generation, wait_s), status, wait_s)
+    return _generation_response(request, await wait_for_end(request, generation, wait_s), status, wait_s)
 
 
 async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
@@ -143,7 +152,43 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
 
 
 async def get_prediction(request: web.Request) -> web.Response:
-    return _json(generation_json(await own_generation(request, await current_user(request))))
+    return _json(generation_json(await own_generation(request, await current_user(request)), _links(request)))
+
+
+# How long a client waits before deleting again after storage failed: a short outage, usually.
+STORAGE_RETRY_AFTER = "5"
+
+
+async def delete_prediction(request: web.Request) -> web.Response:
+    """Objects first, then the row: a storage failure leaves the generation as it was, so the call can be
+    repeated; the row cannot be gone while objects of it remain."""
+    user_id = await current_user(request)
+    generation = await own_generation(request, user_id)
+    if not generation.terminal:
+        raise ApiError(409, f"Generation is still {generation.status}: cancel it first")
+    settings = request.app[SETTINGS]
+    try:
+        deleted = await delete_generation_objects(
+            request.app[S3], settings.s3_bucket, generation.id, generation.output_keys
+        )
+    except StorageUnavailable as exc:
+        logger.warning("generation not deleted, storage unavailable: %s", exc)
+        raise ApiError(
+            503, "Storage is unavailable; nothing was deleted, retry shortly", {"Retry-After": STORAGE_RETRY_AFTER}
+        ) from None
+    async with request.app[POOL].acquire() as conn:
+        if not await generations.delete_finished(conn, generation.id, user_id):
+            raise ApiError(404, "Not found")  # a concurrent delete of the same generation won
+    try:
+        # A late output the persister put after the objects went but recorded before the row did: once the row is
+        # gone, the persister deletes what it stores itself, so one more look here leaves nothing behind.
+        deleted += await delete_generation_objects(request.app[S3], settings.s3_bucket, generation.id, ())
+    except StorageUnavailable as exc:  # the generation is gone; an object left is only what the race put
+        logger.warning("second look for outputs of the deleted generation failed: %s", exc)
+    for key in generation.output_keys:
+        _links(request).forget(key)
+    logger.info("generation deleted", extra={"objects": deleted})
+    return web.Response(status=204)
 
 
 async def list_generations(request: web.Request) -> web.Response:
@@ -154,7 +199,8 @@ async def list_generations(request: web.Request) -> web.Response:
         rows = await generations.list_for_user(conn, user_id, limit + 1, before)
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
-    return _json({"items": [generation_json(g) for g in page], "nextCursor": next_cursor})
+    links = _links(request)
+    return _json({"items": [generation_json(g, links) for g in page], "nextCursor": next_cursor})
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
@@ -182,7 +228,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
                 request.app[UPDATES].notify(ended)
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
-    return _json(generation_json(current or generation))
+    return _json(generation_json(current or generation, _links(request)))
 
 
 async def me(request: web.Request) -> web.Response:

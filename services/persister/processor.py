@@ -24,7 +24,7 @@ from common.errors import GenerationNotYetKnown, PermanentError, StorageUnavaila
 from common.events import PredictionEvent
 from common.predictions import Status
 from common.settings import Settings
-from common.storage import PREFIX, existing_keys, public_url, upload_stream
+from common.storage import PREFIX, delete_generation_objects, existing_keys, upload_stream
 from common.updates import Notify, ignore_change
 from services.persister.download import Output, open_output
 from services.persister.metrics import LATE_OUTCOMES, PERSIST_SECONDS, STORED_BYTES, Outcome
@@ -118,44 +118,45 @@ class Processor:
             return await self._end(generation, Status.FAILED, "Skytells reported success without an output")
         started = time.perf_counter()
         try:
-            urls = await self._keep(generation, event.output)
+            keys = await self._keep(generation, event.output)
         except PermanentError as exc:
             logger.warning("output rejected: %s", exc)
             ended = await self._end(generation, Status.FAILED, f"{REJECTED} {exc}")
             return Outcome.REJECTED if ended is Outcome.FAILED else ended
-        if urls is None:
+        if keys is None:
             return Outcome.SPOOLED
         async with self.pool.acquire() as conn:
-            done = await generations.mark_succeeded(conn, generation.id, urls)
+            done = await generations.mark_succeeded(conn, generation.id, keys)
         self.notify(done)
         if done is None:
             return Outcome.DUPLICATE
         seconds = time.perf_counter() - started
         PERSIST_SECONDS.observe(seconds)
-        logger.info("generation succeeded", extra={"outputs": len(urls), "seconds": round(seconds, 3)})
+        logger.info("generation succeeded", extra={"outputs": len(keys), "seconds": round(seconds, 3)})
         return Outcome.SUCCEEDED
 
     async def _late(self, generation: Generation, output: Sequence[str]) -> Outcome:
         """Skytells made the image of a generation that already ended: a paid image is stored, never thrown away,
         while the generation keeps its status (its owner was told it ended)."""
         try:
-            urls = await self._keep(generation, output)
+            keys = await self._keep(generation, output)
         except PermanentError as exc:
             logger.warning("late output rejected: %s", exc)
             return Outcome.DUPLICATE
-        if urls is None:
+        if keys is None:
             return Outcome.SPOOLED
         async with self.pool.acquire() as conn:
-            attached = await generations.attach_late_outputs(conn, generation.id, urls)
+            attached = await generations.attach_late_outputs(conn, generation.id, keys)
         self.notify(attached)
         if attached is None:
+            await self._discard_if_deleted(generation.id, keys)
             return Outcome.DUPLICATE
         LATE_OUTCOMES.inc()
         logger.warning("late outcome stored for a generation that had ended %s", generation.status)
         return Outcome.LATE
 
     async def _keep(self, generation: Generation, output: Sequence[str]) -> list[str] | None:
-        """The URL of every output once stored; None when storage is down and they went to the spool instead,
+        """The key of every output once stored; None when storage is down and they went to the spool instead,
         whose drainer then finishes the generation (`settle_spooled`)."""
         try:
             # Objects an earlier event stored completely (a put or a completed multipart upload is atomic) are
@@ -192,12 +193,24 @@ class Processor:
                     self.s3, settings.s3_bucket, output.key, output.chunks(), output.content_type
                 )
                 STORED_BYTES.inc(size)
-        urls = [public_url(settings, output.key) for output in entry.outputs]
+        keys = [output.key for output in entry.outputs]
         async with self.pool.acquire() as conn:
-            done = await generations.mark_succeeded(conn, entry.generation_id, urls)
+            done = await generations.mark_succeeded(conn, entry.generation_id, keys)
             if done is None:  # it ended meanwhile: the outputs are still its own
-                done = await generations.attach_late_outputs(conn, entry.generation_id, urls)
+                done = await generations.attach_late_outputs(conn, entry.generation_id, keys)
         self.notify(done)
+        if done is None:
+            await self._discard_if_deleted(entry.generation_id, keys)
+
+    async def _discard_if_deleted(self, generation_id: uuid.UUID, keys: list[str]) -> None:
+        """Outputs stored for a generation whose owner deleted it meanwhile (it had ended, so that was allowed)
+        go too: nothing stays under generations/ that no generation holds. (The API lists the objects again
+        after deleting the row, for a put that landed between its own deletion of the objects and of the row.)"""
+        async with self.pool.acquire() as conn:
+            if await generations.exists(conn, generation_id):
+                return
+        await delete_generation_objects(self.s3, self.settings.s3_bucket, generation_id, keys)
+        logger.warning("the generation was deleted while its outputs were stored: deleted them too")
 
     @asynccontextmanager
     async def _download(self, url: str) -> AsyncIterator[Output]:
@@ -217,9 +230,9 @@ class Processor:
         for key in stored:
             if key.startswith(stem) and "." not in key[len(stem) :]:
                 logger.info("output %d already stored by an earlier attempt", index, extra={"key": key})
-                return public_url(settings, key)
+                return key
         async with self._download(url) as out:
             key = object_key(generation.id, index, out.extension)
             size = await upload_stream(self.s3, settings.s3_bucket, key, out.chunks, out.content_type)
         STORED_BYTES.inc(size)
-        return public_url(settings, key)
+        return key

@@ -23,7 +23,7 @@ from common.keys import POOL
 from common.resources import when_connected
 from common.tasks import background
 from common.updates import declare_exchange
-from services.api.keys import HUB
+from services.api.keys import HUB, LINKS
 from services.api.live.hub import Hub
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ async def subscribe(connection: AbstractRobustConnection, hub: Hub) -> str:
 async def live_updates(app: web.Application) -> AsyncIterator[None]:
     """Clean-up context: the hub and its task, and this replica's subscription once RabbitMQ answers (the
     publisher of the API's own changes is `resources.update_publisher`)."""
-    hub = app[HUB] = Hub(app[POOL])
+    hub = app[HUB] = Hub(app[POOL], app[LINKS])
 
     async def attach(broker: Broker) -> None:
         name = await subscribe(broker.connection, hub)

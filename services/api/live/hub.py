@@ -27,6 +27,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge
 
 from common.db import changes
+from common.presign import OutputLinks
 from common.updates import Update
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,9 @@ class Inbox:
 
 
 class Hub:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, links: OutputLinks) -> None:
         self.pool = pool
+        self.links = links
         self._streams: Tally[str] = Tally()
         self._by_generation: dict[str, set[Inbox]] = {}
         self._by_user: dict[str, set[Inbox]] = {}
@@ -150,10 +152,12 @@ class Hub:
             del self._streams[user_id]
 
     def dispatch(self, update: Update) -> None:
-        for inbox in self._by_generation.get(update.generation_id, ()):
-            inbox.put(update)
-        for inbox in self._by_user.get(update.user_id, ()):
-            inbox.put(update)
+        inboxes = [*self._by_generation.get(update.generation_id, ()), *self._by_user.get(update.user_id, ())]
+        if not inboxes:  # most updates reach replicas where nobody watches: no URLs made for them
+            return
+        linked = update.linked(self.links)  # once, whatever the number of streams; fresh as it is sent
+        for inbox in inboxes:
+            inbox.put(linked)
 
     def receive(self, body: bytes) -> None:
         """An update message from RabbitMQ."""

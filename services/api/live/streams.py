@@ -26,7 +26,7 @@ from common.keys import POOL, SETTINGS
 from common.updates import Update
 from common.web import REQUEST_ID, REQUEST_ID_HEADER
 from services.api.access import current_user, own_generation, parse_id
-from services.api.keys import HUB
+from services.api.keys import HUB, LINKS
 from services.api.live.hub import Inbox
 from services.api.live.sse import EVENT_STREAM, KEEPALIVE, KEEPALIVE_S, frame, last_event_id, moment_after
 from services.api.live.waiting import client_connected
@@ -105,7 +105,7 @@ async def generation_events(request: web.Request) -> web.StreamResponse:
     last_event_id(request)  # checked; the stream starts with the current state either way
     alive = lambda: client_connected(request)  # noqa: E731
     with _stream_slot(request, user_id), request.app[HUB].watch(alive, generation_id=str(generation_id)) as inbox:
-        current = Update.of(await own_generation(request, user_id))
+        current = Update.of(await own_generation(request, user_id)).linked(request.app[LINKS])
         response = await _open(request)
         if await _send(request, response, inbox, current) and not current.terminal:
             await _relay(request, response, inbox, until_terminal=True)
@@ -120,8 +120,9 @@ async def user_events(request: web.Request) -> web.StreamResponse:
         async with request.app[POOL].acquire() as conn:
             opening = await changes.list_opening(conn, user_id, changed_after, OPENING_LIMIT)
         response = await _open(request)
+        links = request.app[LINKS]
         for generation in opening:
-            if not await _send(request, response, inbox, Update.of(generation)):
+            if not await _send(request, response, inbox, Update.of(generation).linked(links)):
                 return response
         await _relay(request, response, inbox, until_terminal=False)
     return response

@@ -21,6 +21,7 @@ const state = {
   cursor: null,
   quota: null,
   cards: new Map(), // generation id -> { element, status }
+  deleted: new Set(), // ids deleted here: an event still on its way must not bring a card back
   stream: null, // AbortController of the running stream loop
   pending: null, // { body, key }: a create whose answer never came is retried with the same Idempotency-Key
   quotaTimer: 0,
@@ -45,6 +46,7 @@ async function api(path, { method = "GET", body, headers = {}, auth = true } = {
   } catch {
     throw new ApiError(0, "");
   }
+  if (response.status === 204) return null;
   if (response.ok) return response.json();
   let message = "";
   try {
@@ -75,6 +77,10 @@ function sentence(error, action) {
     const held = state.quota ? `${state.quota} images in progress, the most your quota allows` : "as many images in progress as your quota allows";
     return `You already have ${held}. Wait for one to finish or cancel one, then try again.`;
   }
+  if (status === 503 && action === "delete") {
+    return `The image can't be deleted right now: its storage is unavailable, and nothing was deleted. Try again in ${seconds(error.retryAfter)}.`;
+  }
+  if (status === 409 && action === "delete") return "That image is still in progress: cancel it first, then delete it.";
   if (status === 503) return `Studio is busy right now: the image service asked it to slow down. Try again in ${seconds(error.retryAfter)}.`;
   if (status === 502) return detail ? `The image service refused this request: ${clause(detail)}.` : "The image service refused this request. Try again later.";
   if (status === 400 && /prompt/i.test(detail)) return `Write a prompt of 1 to ${state.config.maxPromptLength} characters.`;
@@ -128,7 +134,9 @@ function newCard(generation) {
   const named = generation.prompt.length > 60 ? `${generation.prompt.slice(0, 60)}…` : generation.prompt;
   element.querySelector(".cancel").setAttribute("aria-label", `Cancel “${named}”`);
   element.querySelector(".open").setAttribute("aria-label", `Open the image of “${named}”`);
+  element.querySelector(".delete").setAttribute("aria-label", `Delete “${named}”`);
   element.querySelector(".cancel").addEventListener("click", () => cancel(generation.id, element));
+  element.querySelector(".delete").addEventListener("click", () => remove(generation, element));
   return { element, status: null, createdAt: Date.parse(generation.createdAt) };
 }
 
@@ -140,6 +148,7 @@ function render(card, generation) {
   element.querySelector(".badge").textContent = LABELS[generation.status] || generation.status;
   element.querySelector(".state").textContent = `${LABELS[generation.status] || generation.status}…`;
   element.querySelector(".cancel").hidden = TERMINAL.has(generation.status);
+  element.querySelector(".delete").hidden = !TERMINAL.has(generation.status);
   const error = element.querySelector(".error");
   error.textContent = generation.error || "";
   error.hidden = !generation.error;
@@ -174,6 +183,7 @@ function render(card, generation) {
 // Shows a generation, newest first. Terminal states never change and a status only moves forward,
 // so a late or repeated event (the stream replays what the create answer already said) changes nothing.
 function upsert(generation, { older = false } = {}) {
+  if (state.deleted.has(generation.id)) return;
   let card = state.cards.get(generation.id);
   if (card && stage(generation.status) <= stage(card.status)) return;
   if (!card) {
@@ -208,6 +218,34 @@ async function cancel(id, element) {
     button.textContent = "Cancel";
     if (button.hidden) element.querySelector("article").focus();
   }
+}
+
+// Deleting is for good (the images go from storage too), so it asks first.
+async function remove(generation, element) {
+  const named = generation.prompt.length > 60 ? `${generation.prompt.slice(0, 60)}…` : generation.prompt;
+  if (!window.confirm(`Delete “${named}” and its images for good?`)) return;
+  const button = element.querySelector(".delete");
+  button.disabled = true;
+  button.textContent = "Deleting…";
+  try {
+    await api(`/api/predictions/${encodeURIComponent(generation.id)}`, { method: "DELETE" });
+  } catch (error) {
+    button.disabled = false;
+    button.textContent = "Delete";
+    if (error.status !== 404) {
+      failed(error, "delete");
+      return;
+    }
+    // Gone already (deleted elsewhere): the card goes all the same.
+  }
+  notify("");
+  state.deleted.add(generation.id);
+  state.cards.delete(generation.id);
+  const next = element.nextElementSibling || element.previousElementSibling;
+  element.remove();
+  $("empty").hidden = state.cards.size > 0;
+  announce(`“${named}” was deleted.`);
+  (next?.querySelector("article") || $("prompt")).focus();
 }
 
 // ---- listing, quota, stream ----
