@@ -4,8 +4,8 @@ update), and the JSON encoder and decoder every service uses."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
