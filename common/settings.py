@@ -186,11 +186,13 @@ class Settings:
     database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER}, "PostgreSQL DSN")  # noqa: E501
     database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER}, "most PostgreSQL connections one process opens")  # noqa: E501
     amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", ALL, "RabbitMQ URL")  # noqa: E501
-    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
+    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {API, PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
     s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER}, "bucket for outputs")
     s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", _optional_url, "", {API, PERSISTER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501
-    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {PERSISTER}, "S3 credentials")
-    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {PERSISTER}, "S3 credentials")  # noqa: E501
+    s3_public_endpoint_url: str = _setting("S3_PUBLIC_ENDPOINT_URL", _optional_url, "", {API}, "the S3 address clients reach, used to presign (in compose the services reach MinIO by another name); default `S3_ENDPOINT_URL`")  # noqa: E501
+    output_url_ttl_s: int = _setting("OUTPUT_URL_TTL_S", _integer(60, 604_800), "3600", {API}, "lifetime in seconds of a presigned output URL, 60 to 604800")  # noqa: E501
+    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {API, PERSISTER}, "S3 credentials")
+    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {API, PERSISTER}, "S3 credentials")  # noqa: E501
     aws_region: str = _setting("AWS_REGION", _text, "us-east-1", {API, PERSISTER}, "S3 region")
     skytells_base_url: str = _setting("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
     skytells_api_key: str = _setting("SKYTELLS_API_KEY", _text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
@@ -206,6 +208,8 @@ class Settings:
     quota_max_active: int = _setting("QUOTA_MAX_ACTIVE", _integer(1, 100_000), "10", {API}, "active (queued + processing) generations allowed per user")  # noqa: E501
     rate_limit_creates_per_minute: int = _setting("RATE_LIMIT_CREATES_PER_MINUTE", _integer(1, 1_000_000), "600", {API}, "`POST /api/generate` calls allowed per user per minute, across all replicas")  # noqa: E501
     streams_per_user: int = _setting("STREAMS_PER_USER", _integer(1, 10_000), "20", {API}, "open event streams allowed per user, on one API replica")  # noqa: E501
+    models_cache_s: float = _setting("MODELS_CACHE_S", _seconds(0, _DAY, zero=True), "300", {API}, "how long a model's input schema read from Skytells is kept (while Skytells cannot be read, the last one read is used)")  # noqa: E501
+    upload_max_bytes: int = _setting("UPLOAD_MAX_BYTES", _integer(1, 1024**3), "10485760", {API}, "largest reference image accepted by `POST /api/uploads`")  # noqa: E501
     allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", _csv, "truefusion-pro,truefusion-edge,truefusion-2.0", {API}, "models a request may name, comma-separated; the first is the default")  # noqa: E501
     output_allowed_hosts: tuple[str, ...] = _setting("OUTPUT_ALLOWED_HOSTS", _csv, "*.skytells.ai,*.skytells.cloud", {PERSISTER}, "hosts the persister may download outputs from (`*.x.com` allowed)")  # noqa: E501
     output_max_bytes: int = _setting("OUTPUT_MAX_BYTES", _integer(1, 5 * 1024**3), "52428800", {PERSISTER}, "largest output accepted")  # noqa: E501
@@ -255,6 +259,8 @@ class Settings:
                 if values["s3_endpoint_url"]
                 else f"https://{values['s3_bucket']}.s3.{values['aws_region']}.amazonaws.com"
             )
+        if not values["s3_public_endpoint_url"]:
+            values["s3_public_endpoint_url"] = values["s3_endpoint_url"]
         if not values["spool_dir"]:
             values["spool_dir"] = os.path.join(tempfile.gettempdir(), "studio-spool")
         return cls(**values)

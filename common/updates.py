@@ -55,9 +55,11 @@ def generation_json(generation: Generation) -> dict[str, Any]:
         "status": generation.status,
         "model": generation.model,
         "prompt": generation.prompt,
+        "input": generation.input,
         "outputUrl": generation.output_url,
         "outputUrls": list(generation.output_urls),
         "error": generation.error,
+        "metrics": {"predictTime": generation.predict_time, "creditsUsed": generation.credits_used},
         "createdAt": _iso(generation.created_at),
         "completedAt": _iso(generation.completed_at),
     }

@@ -15,7 +15,8 @@ from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
 from services.api.feed import live_updates
 from services.api.jwks import Jwks
-from services.api.keys import AUTH, BROKER, POOL, SETTINGS, SKYTELLS
+from services.api.keys import AUTH, BROKER, MODELS, POOL, SETTINGS, SKYTELLS
+from services.api.models import catalog_context
 from services.api.page import add_page
 
 # The identity provider's keys are fetched while a request waits for them: a bounded wait.
@@ -40,6 +41,7 @@ def create_app(settings: Settings) -> web.Application:
         resources.database(SETTINGS, POOL, migrate=True, stateless=True)
     )  # the API also migrates at start
     app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
+    app.cleanup_ctx.append(catalog_context(SETTINGS, SKYTELLS, MODELS))
     app.cleanup_ctx.append(_auth)
     # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
     app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
+    app.router.add_get("/api/models", views.list_models, expect_handler=expect_handler)
     app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
     add_page(app, settings)
     add_fallback(app)

@@ -11,6 +11,7 @@ from common.skytells import SkytellsClient
 from common.updates import UpdatePublisher
 from services.api.auth import Authenticator
 from services.api.hub import Hub
+from services.api.models import ModelCatalog
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -19,3 +20,4 @@ AUTH = web.AppKey("auth", Authenticator)
 BROKER = web.AppKey("broker", BrokerLink)
 HUB = web.AppKey("hub", Hub)
 UPDATES = web.AppKey("updates", UpdatePublisher)
+MODELS = web.AppKey("models", ModelCatalog)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from common.settings import Settings
 from common.web import expect_handler
-from services.api.bodies import DEFAULT_MODEL, MAX_PROMPT
+from services.api.bodies import MAX_PROMPT
 
 STATIC = Path(__file__).parent / "static"
 # Name in the URL -> file and type; only these are served, so no path from a request ever reaches the disk.
@@ -58,9 +58,11 @@ def add_page(app: web.Application, settings: Settings) -> None:
         # Revalidated on every load (the ETag makes that cheap), so a deploy shows at once.
         "Cache-Control": "no-cache",
     }
-    config = {"models": list(settings.allowed_models), "defaultModel": DEFAULT_MODEL, "maxPromptLength": MAX_PROMPT}
-    if DEFAULT_MODEL not in settings.allowed_models:
-        config["defaultModel"] = settings.allowed_models[0]
+    config = {
+        "models": list(settings.allowed_models),
+        "defaultModel": settings.allowed_models[0],
+        "maxPromptLength": MAX_PROMPT,
+    }
 
     def serve(name: str, content_type: str) -> web.FileResponse:
         return web.FileResponse(STATIC / name, headers={**headers, "Content-Type": content_type})
