@@ -10,7 +10,7 @@ from aiohttp import web
 from common import resources
 from common.settings import API_REQUIRED, Settings
 from common.web import add_fallback, add_probes, boot, error_middleware, expect_handler, run
-from services.api import cors, streams, views
+from services.api import cors, streams, uploads, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
 from services.api.feed import live_updates
@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> web.Application:
     )  # the API also migrates at start
     app.cleanup_ctx.append(resources.skytells(SETTINGS, SKYTELLS))
     app.cleanup_ctx.append(catalog_context(SETTINGS, SKYTELLS, MODELS))
+    app.cleanup_ctx.append(uploads.storage)
     app.cleanup_ctx.append(_auth)
     # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
     app.cleanup_ctx.append(resources.broker_link(SETTINGS, BROKER))
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
     app.router.add_get("/api/models", views.list_models, expect_handler=expect_handler)
+    app.router.add_post("/api/uploads", views.upload, expect_handler=expect_handler)
     app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
     add_page(app, settings)
     add_fallback(app)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 from aiohttp import web
 
+from common.presign import Presigner
 from common.resources import BrokerLink
 from common.settings import Settings
 from common.skytells import SkytellsClient
@@ -21,3 +24,5 @@ BROKER = web.AppKey("broker", BrokerLink)
 HUB = web.AppKey("hub", Hub)
 UPDATES = web.AppKey("updates", UpdatePublisher)
 MODELS = web.AppKey("models", ModelCatalog)
+S3: web.AppKey[Any] = web.AppKey("s3")
+PRESIGNER = web.AppKey("presigner", Presigner)

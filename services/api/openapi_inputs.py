@@ -70,6 +70,44 @@ def add_inputs(document: dict[str, Any], allowed_models: tuple[str, ...]) -> dic
             },
         }
     }
+    paths["/api/uploads"] = {
+        "post": {
+            "operationId": "upload",
+            "summary": "Store a reference image for image-to-image",
+            "description": "The body is the raw image, PNG, JPEG or WebP, recognised by its bytes (`Content-Type` "
+            "is ignored), at most UPLOAD_MAX_BYTES. Stored private under `uploads/`; use its `ref` as the value of "
+            "a model's image input, and Skytells receives a presigned URL of it. Only its owner can use it.",
+            "security": _SECURED,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    "image/*": {"schema": {"type": "string", "format": "binary"}},
+                },
+            },
+            "responses": {
+                "201": {
+                    "description": "Stored",
+                    "content": {JSON: {"schema": {"$ref": "#/components/schemas/Upload"}}},
+                },
+                "400": _error("Not a PNG, JPEG or WebP image"),
+                "401": {"$ref": "#/components/responses/Unauthorized"},
+                "413": _error("Larger than UPLOAD_MAX_BYTES"),
+                "503": _error("Storage cannot be reached right now", _RETRY_AFTER),
+            },
+        }
+    }
+    schemas["Upload"] = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["id", "ref", "contentType", "bytes"],
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "ref": {"type": "string", "pattern": "^upload:", "description": "`upload:<id>`, for a model's input"},
+            "contentType": {"enum": ["image/png", "image/jpeg", "image/webp"]},
+            "bytes": {"type": "integer", "minimum": 1},
+        },
+    }
     schemas["ModelList"] = {
         "type": "object",
         "additionalProperties": False,

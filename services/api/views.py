@@ -18,7 +18,7 @@ from common.references import callback_url
 from common.skytells import SkytellsError, SkytellsUndecided
 from common.updates import generation_json
 from common.web import REQUEST_ID, ApiError
-from services.api import openapi
+from services.api import openapi, uploads
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
 from services.api.keys import AUTH, MODELS, POOL, SETTINGS, SKYTELLS, UPDATES
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
@@ -129,6 +129,8 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
     wrong = (await request.app[MODELS].schema(wanted.model)).problem(wanted.prompt, wanted.input)
     if wrong is not None:
         raise ApiError(400, f"Invalid input: {wrong}")
+    # Upload references resolved before any quota is taken: an unknown one is the client's 400.
+    sent_input = await uploads.resolve(request, user_id, wanted.input)
     generation, replay = await _reserve(request, user_id, wanted, key)
     if replay:
         return generation, 200
@@ -138,7 +140,7 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
         try:
             prediction = await request.app[SKYTELLS].create_prediction(
                 wanted.model,
-                {"prompt": wanted.prompt, **wanted.input},
+                {"prompt": wanted.prompt, **sent_input},
                 callback_url(settings.public_webhook_url, generation.id, settings.skytells_webhook_secrets[0]),
             )
         except SkytellsUndecided as exc:
@@ -248,6 +250,11 @@ async def me(request: web.Request) -> web.Response:
             },
         }
     )
+
+
+async def upload(request: web.Request) -> web.Response:
+    user_id = await _user(request)
+    return _json(await uploads.store(request, user_id), 201)
 
 
 async def list_models(request: web.Request) -> web.Response:
