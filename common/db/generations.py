@@ -7,6 +7,7 @@ generation or regress one, whatever the interleaving.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields
@@ -51,6 +52,8 @@ class Generation:
         values = {name: record[name] for name in _FIELDS}
         values["output_urls"] = tuple(values["output_urls"] or ())
         values["status"] = Status(values["status"])
+        if isinstance(values["input"], str):  # read without the pool's JSON codec
+            values["input"] = json.loads(values["input"])
         if values["credits_used"] is not None:  # numeric (exact sums in usage) arrives as a Decimal
             values["credits_used"] = float(values["credits_used"])
         return cls(**values)
@@ -74,7 +77,7 @@ _MONTH = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
 INSERT_WITHIN_QUOTA = f"""
 WITH created AS (
     INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id, input)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $9
+    SELECT $1, $2, $3, $4, $5, $6, $7, $9::text::jsonb
     WHERE (SELECT count(*) FROM generations
            WHERE user_id = $2 AND status IN ('queued', 'processing')) < $8
     RETURNING *
@@ -270,7 +273,7 @@ async def insert_within_quota(
         request_hash,
         request_id,
         max_active,
-        model_input or {},
+        json.dumps(model_input or {}),  # as text: whichever codecs the connection has, it is the same JSON
     )
     return _one(record)
 
