@@ -5,6 +5,8 @@ last one read used while Skytells cannot be read, a 503 with none yet."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,6 +17,7 @@ from aiohttp import web
 from common.skytells import SkytellsClient
 from common.web import ApiError
 from devstack.processes import free_port
+from services.api.bodies import GenerateRequest
 from services.api.models import PROMPT_ONLY, ModelCatalog
 from tests.helpers import eventually, wait_for_status
 
@@ -207,3 +210,10 @@ async def test_a_model_without_a_usable_schema_accepts_the_prompt_alone(publishe
     assert (
         read.problem("a cat", {"width": 512}) == "width: Additional properties are not allowed ('width' was unexpected)"
     )
+
+
+def test_a_request_without_input_keeps_the_fingerprint_it_had_before_inputs():
+    # An Idempotency-Key used before a deploy is replayed after it, not refused as reused with another body.
+    before = hashlib.sha256(json.dumps({"model": "m", "prompt": "p"}, sort_keys=True).encode()).hexdigest()
+    assert GenerateRequest(prompt="p", model="m").fingerprint == before
+    assert GenerateRequest(prompt="p", model="m", input={"seed": 1}).fingerprint != before

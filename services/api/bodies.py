@@ -34,7 +34,10 @@ class GenerateRequest:
     @property
     def fingerprint(self) -> str:
         """Equal for requests that ask for the same thing; tells a replay from a reused Idempotency-Key."""
-        canonical = json.dumps({"model": self.model, "prompt": self.prompt, "input": self.input}, sort_keys=True)
+        asked: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
+        if self.input:  # only then: a request without one keeps the fingerprint it had before inputs existed
+            asked["input"] = self.input
+        canonical = json.dumps(asked, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
