@@ -390,6 +390,15 @@ async def test_several_images_of_the_asked_size_are_all_shown(visit, urls, user_
     await expect(card.get_by_role("link", name=re.compile("Open image 2 of 2"))).to_have_attribute(
         "href", done["outputUrls"][1]
     )
+    asked = set((await card.locator(".asked").inner_text()).split(" · "))  # in the order the database keeps
+    assert asked == {
+        'negative_prompt "fog"',
+        "width 512",
+        "height 768",
+        "num_outputs 2",
+        "seed 7",
+        'output_format "jpeg"',
+    }
     path = tmp_path / "page-inputs.png"
     await page.screenshot(path=str(path), full_page=True)
     assert path.stat().st_size > 10_000
@@ -410,6 +419,9 @@ async def test_a_reference_image_is_attached_through_an_upload(visit, urls, user
     await page.wait_for_function(IMAGE_SHOWN, arg=generation_id, timeout=30_000)
     done = await _final_state(http, urls, user_id, generation_id)
     assert done["input"]["image"].startswith("upload:") and done["input"]["image_strength"] == 0.6
+    card = page.locator(f'.card[data-id="{generation_id}"]')
+    asked = (await card.locator(".asked").inner_text()).split(" · ")
+    assert "image: uploaded image" in asked and "image_strength 0.6" in asked
     (record,) = [
         r
         for r in (await http.get(f"{urls.simulator}/_sim/predictions")).json()

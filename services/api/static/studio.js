@@ -138,6 +138,11 @@ function newCard(generation) {
   const named = generation.prompt.length > 60 ? `${generation.prompt.slice(0, 60)}…` : generation.prompt;
   element.querySelector(".cancel").setAttribute("aria-label", `Cancel “${named}”`);
   element.querySelector(".open").setAttribute("aria-label", `Open the image of “${named}”`);
+  const asked = Object.entries(generation.input || {}).map(([name, value]) =>
+    typeof value === "string" && value.startsWith("upload:") ? `${name}: uploaded image` : `${name} ${JSON.stringify(value)}`,
+  );
+  element.querySelector(".asked").textContent = asked.join(" · ");
+  element.querySelector(".asked").hidden = asked.length === 0;
   element.querySelector(".cancel").addEventListener("click", () => cancel(generation.id, element));
   return { element, status: null, createdAt: Date.parse(generation.createdAt) };
 }
@@ -404,12 +409,18 @@ async function loadModels() {
   } catch (error) {
     if (error.status === 401) throw error;
     state.schemas = new Map(); // no options offered: the model's defaults apply
+    $("options").hidden = true;
+    return;
   }
   buildOptions();
 }
 
 function buildOptions() {
   const model = $("model").value;
+  if (state.token && state.schemas.size === 0) {
+    loadModels().catch(() => {}); // they could not be read at sign-in: try again (it rebuilds when read)
+    return;
+  }
   const properties = Object.entries(state.schemas.get(model)?.properties ?? {}).filter(([name]) => name !== "prompt");
   $("options-model").textContent = model;
   const fields = properties.filter(([, spec]) => spec && typeof spec === "object");
