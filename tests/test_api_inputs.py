@@ -199,7 +199,13 @@ async def test_with_no_schema_read_yet_an_unreadable_skytells_is_a_503(publisher
 
 @pytest.mark.parametrize(
     "answer",
-    [(200, {"name": "m"}), (200, {"input_schema": {"type": 7}}), (200, {"input_schema": "text"}), (404, {})],
+    [
+        (200, {"name": "m"}),
+        (200, {"input_schema": {"type": 7}}),
+        (200, {"input_schema": "text"}),
+        (200, {"input_schema": {"$ref": "https://schemas.example/elsewhere.json"}}),
+        (404, {}),
+    ],
 )
 async def test_a_model_without_a_usable_schema_accepts_the_prompt_alone(publisher, answer):
     stand_in, client = publisher

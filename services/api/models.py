@@ -18,7 +18,6 @@ from typing import Any
 
 from aiohttp import web
 from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 
 from common import inputs
 from common.skytells import SkytellsClient, SkytellsError
@@ -56,7 +55,10 @@ def usable(raw: Any) -> dict[str, Any]:
         return PROMPT_ONLY
     try:
         Draft202012Validator.check_schema(raw)
-    except SchemaError:
+        # A schema the validator cannot apply (a `$ref` to a document it may not fetch, say) fails here, at
+        # once, rather than on a client's request.
+        list(Draft202012Validator(raw).iter_errors({"prompt": "a probe"}))
+    except Exception:  # noqa: BLE001 (whatever it is, the schema cannot be used)
         return PROMPT_ONLY
     return raw if raw.get("type", "object") == "object" else PROMPT_ONLY
 
