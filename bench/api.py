@@ -87,7 +87,7 @@ async def _ceiling(kind: str, seconds: float, concurrency: int, ids: list[str]) 
             )
         assert created is not None
         webhook_url = callback_url(settings.public_webhook_url, created.id, settings.skytells_webhook_secrets[0])
-        prediction = await skytells.create_prediction("truefusion-pro", PROMPT, webhook_url)
+        prediction = await skytells.create_prediction("truefusion-pro", {"prompt": PROMPT}, webhook_url)
         async with pool.acquire() as conn:
             await generations.set_prediction(conn, created.id, prediction.id, prediction.studio_status)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,6 +53,10 @@ class PredictionEvent:
     # Studio's generation id, from the callback URL Studio gave Skytells: it finds a generation whose create
     # call never got to record its prediction id (the API died, or the call timed out at Studio's end).
     generation_id: str | None = None
+    # Skytells' `metrics.predict_time` and `metadata.billing.credits_used`, when it reported them; optional in the
+    # message, so events written before they existed still read.
+    predict_time: float | None = None
+    credits_used: float | None = None
 
     @classmethod
     def from_prediction(
@@ -71,6 +76,8 @@ class PredictionEvent:
             source=source,
             request_id=request_id,
             generation_id=generation_id,
+            predict_time=prediction.predict_time,
+            credits_used=prediction.credits_used,
         )
 
     @property
@@ -92,6 +99,10 @@ class PredictionEvent:
             body["requestId"] = self.request_id
         if self.generation_id:
             body["generationId"] = self.generation_id
+        if self.predict_time is not None:
+            body["predictTime"] = self.predict_time
+        if self.credits_used is not None:
+            body["creditsUsed"] = self.credits_used
         return dumps(body)
 
     @classmethod
@@ -113,6 +124,9 @@ class PredictionEvent:
             optional = {name: body.get(name) for name in ("error", "requestId", "generationId")}
             if not all(value is None or isinstance(value, str) for value in optional.values()):
                 raise ValueError("error, requestId and generationId must be strings when present")
+            figures = {name: body.get(name) for name in ("predictTime", "creditsUsed")}
+            if not all(_figure(value) for value in figures.values()):
+                raise ValueError("predictTime and creditsUsed must be finite numbers when present")
             return cls(
                 event_id=texts["eventId"],
                 prediction_id=texts["predictionId"],
@@ -124,8 +138,16 @@ class PredictionEvent:
                 received_at=datetime.fromisoformat(body["receivedAt"]),
                 request_id=optional["requestId"],
                 generation_id=optional["generationId"],
+                predict_time=None if figures["predictTime"] is None else float(figures["predictTime"]),
+                credits_used=None if figures["creditsUsed"] is None else float(figures["creditsUsed"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"malformed event: {exc!r}") from None
         except RecursionError:  # nested deeper than the parser goes: as malformed as any other garbage
             raise ValueError("malformed event: nested too deeply") from None
+
+
+def _figure(value: Any) -> bool:
+    return value is None or (
+        not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(float(value))
+    )

@@ -7,6 +7,7 @@ conditional UPDATEs of `common/db/generations.py`). See docs/architecture.md for
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -81,6 +82,9 @@ class Prediction:
     output: tuple[str, ...]
     error: str | None
     model: str | None
+    # `metrics.predict_time` and `metadata.billing.credits_used`, when Skytells reported them.
+    predict_time: float | None = None
+    credits_used: float | None = None
 
     @property
     def studio_status(self) -> Status:
@@ -133,10 +137,22 @@ def parse_prediction(payload: Any) -> Prediction:
     response = payload.get("response")
     if error is None and from_skytells(status) is Status.FAILED and isinstance(response, str) and response.strip():
         error = response.strip()  # where Skytells' SDK reads a failed prediction's message from
+    metrics, metadata = payload.get("metrics"), payload.get("metadata")
+    billing = metadata.get("billing") if isinstance(metadata, dict) else None
     return Prediction(
         id=pid.strip(),
         status=status,
         output=output,
         error=error,
         model=model if isinstance(model, str) else None,
+        predict_time=_amount(metrics.get("predict_time") if isinstance(metrics, dict) else None),
+        credits_used=_amount(billing.get("credits_used") if isinstance(billing, dict) else None),
     )
+
+
+def _amount(value: Any) -> float | None:
+    """A finite, non-negative number Skytells reported, else None (a garbled figure is no figure)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and 0 <= number < 1e12 else None

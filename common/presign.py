@@ -92,6 +92,11 @@ class OutputLinks:
     def ttl_s(self) -> int:
         return self._ttl_s
 
+    @property
+    def presigner(self) -> Presigner:
+        """For what is presigned whatever the mode (uploads are never public)."""
+        return self._presigner
+
     def url(self, key: str) -> str:
         if self.access is OutputAccess.PUBLIC:
             return f"{self._base}/{key}"

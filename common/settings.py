@@ -224,6 +224,8 @@ class Settings:
     quota_max_active: int = _setting("QUOTA_MAX_ACTIVE", _integer(1, 100_000), "10", {API}, "active (queued + processing) generations allowed per user")  # noqa: E501
     rate_limit_creates_per_minute: int = _setting("RATE_LIMIT_CREATES_PER_MINUTE", _integer(1, 1_000_000), "600", {API}, "`POST /api/generate` calls allowed per user per minute, across all replicas")  # noqa: E501
     streams_per_user: int = _setting("STREAMS_PER_USER", _integer(1, 10_000), "20", {API}, "open event streams allowed per user, on one API replica")  # noqa: E501
+    models_cache_s: float = _setting("MODELS_CACHE_S", _seconds(0, _DAY, zero=True), "300", {API}, "how long a model's input schema read from Skytells is kept (while Skytells cannot be read, the last one read is used)")  # noqa: E501
+    upload_max_bytes: int = _setting("UPLOAD_MAX_BYTES", _integer(1, 1024**3), "10485760", {API}, "largest reference image accepted by `POST /api/uploads`")  # noqa: E501
     allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", _csv, "truefusion-pro,truefusion-edge,truefusion-2.0", {API}, "models a request may name, comma-separated; the first is the default")  # noqa: E501
     output_allowed_hosts: tuple[str, ...] = _setting("OUTPUT_ALLOWED_HOSTS", _csv, "*.skytells.ai,*.skytells.cloud", {PERSISTER}, "hosts the persister may download outputs from (`*.x.com` allowed)")  # noqa: E501
     output_max_bytes: int = _setting("OUTPUT_MAX_BYTES", _integer(1, 5 * 1024**3), "52428800", {PERSISTER}, "largest output accepted")  # noqa: E501

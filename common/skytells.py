@@ -173,17 +173,29 @@ class SkytellsClient:
             raise error_from_response(response)
         return response
 
-    async def create_prediction(self, model: str, prompt: str, webhook_url: str) -> Prediction:
+    async def create_prediction(self, model: str, model_input: dict[str, Any], webhook_url: str) -> Prediction:
+        """`model_input` is the whole input, `prompt` included, as the model's input schema names it."""
         return await self._call(
             "create",
             "POST",
             "/predictions",
             {
                 "model": model,
-                "input": {"prompt": prompt, "width": 1024, "height": 1024},
+                "input": model_input,
                 "webhook": {"url": webhook_url, "events": [str(event) for event in SkytellsEvent]},
             },
         )
+
+    async def input_schema(self, model: str) -> Any:
+        """The model's `input_schema` as Skytells publishes it (whatever it is; None when it has none)."""
+        return await self._measured("model", self._input_schema(model))
+
+    async def _input_schema(self, model: str) -> Any:
+        response = await self._request("GET", f"/models/{quote(model, safe='')}", None, {"fields": "input_schema"})
+        payload = _json_body(response)
+        if not isinstance(payload, dict):
+            raise SkytellsUndecided("Skytells answered the model without a JSON object")
+        return payload.get("input_schema")
 
     async def get_prediction(self, prediction_id: str) -> Prediction:
         try:

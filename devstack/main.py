@@ -81,6 +81,13 @@ Generate an image, then ask for it until it is 'succeeded':
        -H 'Content-Type: application/json' -d '{{"prompt": "a lighthouse at dawn"}}'
   curl -s {api}/api/predictions/<id> -H "Authorization: Bearer $TOKEN"
 
+The models and their options, and two 512 x 768 JPEGs of one seed:
+
+  curl -s {api}/api/models -H "Authorization: Bearer $TOKEN"
+  curl -s -X POST {api}/api/generate -H "Authorization: Bearer $TOKEN" \\
+       -H 'Content-Type: application/json' -d '{{"prompt": "two harbours", "input": {{"width": 512,
+       "height": 768, "num_outputs": 2, "seed": 7, "output_format": "jpeg"}}}}'
+
 A service that exits is started again. Ctrl-C stops everything started here.
 """
 

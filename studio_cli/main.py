@@ -1,4 +1,4 @@
-"""`studio`: generate, list, show, cancel, delete and watch generations from a terminal.
+"""`studio`: generate, list, show, cancel, delete and watch generations, and list the models, from a terminal.
 
 Exit codes: 0 done (for `generate`: the image succeeded and is saved), 1 the generation failed or was canceled
 (Skytells' message on stderr), 2 the API refused (its error as a sentence), 130 interrupted (Ctrl-C stops
@@ -44,8 +44,47 @@ def _line(generation: dict[str, Any]) -> str:
     return f"{generation['id']}  {generation['status']:<10}  {prompt}"
 
 
+def input_option(raw: str) -> tuple[str, Any]:
+    """`NAME=VALUE` of `--input`: the value as JSON when it is JSON (`512`, `true`, `"7"`), else as text."""
+    name, sep, value = raw.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{raw!r} is not NAME=VALUE")
+    try:
+        return name.strip(), json.loads(value)
+    except ValueError:
+        return name.strip(), value
+
+
+def _takes_image(spec: Any) -> bool:
+    """A string the model reads as a URL: where a reference image goes (the page offers a file there too)."""
+    return isinstance(spec, dict) and spec.get("type") == "string" and spec.get("format") in ("uri", "uri-reference")
+
+
+async def _image_field(api: Api, model: str | None) -> str:
+    """The input the model reads its reference image from, as its schema says."""
+    listed = (await api.call("GET", "/api/models"))["items"]
+    chosen = next((item for item in listed if item["id"] == model or (model is None and item["default"])), None)
+    if chosen is None:
+        raise Refused(f"The API offers no model {model!r}: see `studio models`.")
+    properties = chosen["inputSchema"].get("properties") or {}
+    for name, spec in properties.items():
+        if _takes_image(spec):
+            return str(name)
+    raise Refused(f"The model {chosen['id']} takes no reference image: see `studio models`.")
+
+
 async def generate(api: Api, args: argparse.Namespace) -> int:
-    body = {"prompt": args.prompt} | ({"model": args.model} if args.model else {})
+    body: dict[str, Any] = {"prompt": args.prompt} | ({"model": args.model} if args.model else {})
+    model_input = dict(args.input or ())
+    if args.image is not None:
+        field = await _image_field(api, args.model)
+        try:
+            data = args.image.read_bytes()
+        except OSError as exc:
+            raise Refused(f"Could not read {args.image}: {exc.strerror or exc}.") from None
+        model_input[field] = (await api.call("POST", "/api/uploads", content=data))["ref"]
+    if model_input:
+        body["input"] = model_input
     created = await api.call("POST", "/api/generate", json=body)
     State.generation_id = created["id"]
     if args.no_wait:
@@ -115,6 +154,39 @@ async def show(api: Api, args: argparse.Namespace) -> int:
     return OK
 
 
+def _describe(spec: dict[str, Any]) -> str:
+    """One option of a model's schema in a few words: its type, range or choices, and default."""
+    if _takes_image(spec):
+        words = ["reference image (--image FILE)"]
+    elif "enum" in spec:
+        words = ["one of " + ", ".join(str(value) for value in spec["enum"])]
+    else:
+        words = [str(spec.get("type", "any"))]
+        if "minimum" in spec or "maximum" in spec:
+            words.append(f"{spec.get('minimum', '')}..{spec.get('maximum', '')}")
+        if "multipleOf" in spec:
+            words.append(f"multiple of {spec['multipleOf']}")
+        if "maxLength" in spec:
+            words.append(f"at most {spec['maxLength']} characters")
+    if "default" in spec:
+        words.append(f"default {spec['default']}")
+    return ", ".join(words)
+
+
+async def models(api: Api, args: argparse.Namespace) -> int:
+    listed = await api.call("GET", "/api/models")
+    if args.json:
+        _json(listed)
+        return OK
+    for item in listed["items"]:
+        out.print(f"{item['id']}{'  (default)' if item['default'] else ''}", style="bold")
+        properties = item["inputSchema"].get("properties") or {}
+        for name, spec in properties.items():
+            if name != "prompt" and isinstance(spec, dict):
+                out.print(f"  --input {name}=…  {_describe(spec)}")
+    return OK
+
+
 async def cancel(api: Api, args: argparse.Namespace) -> int:
     generation = await api.call("POST", f"/api/predictions/{args.id}/cancel")
     _json(generation) if args.json else out.print(_line(generation))
@@ -134,7 +206,15 @@ async def watch(api: Api, args: argparse.Namespace) -> int:
     return OK
 
 
-COMMANDS = {"generate": generate, "list": list_, "show": show, "cancel": cancel, "delete": delete, "watch": watch}
+COMMANDS = {
+    "generate": generate,
+    "list": list_,
+    "show": show,
+    "cancel": cancel,
+    "delete": delete,
+    "watch": watch,
+    "models": models,
+}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -147,11 +227,22 @@ def parser() -> argparse.ArgumentParser:
         "cancel": commands.add_parser("cancel", help="cancel an unfinished generation"),
         "delete": commands.add_parser("delete", help="delete a finished generation and its images, for good"),
         "watch": commands.add_parser("watch", help="one line per change of any of your generations"),
+        "models": commands.add_parser("models", help="the models and their options"),
     }
     each["generate"].add_argument("prompt")
     each["generate"].add_argument("--model", default=None, help="one of the API's models (default: its default)")
     each["generate"].add_argument("--output", type=Path, help="where to save the image (default: <id>.<ext>)")
     each["generate"].add_argument("--no-wait", action="store_true", help="print the new generation and exit")
+    each["generate"].add_argument(
+        "--input",
+        action="append",
+        type=input_option,
+        metavar="NAME=VALUE",
+        help="one of the model's options (see `studio models`); VALUE is read as JSON when it is, else as text",
+    )
+    each["generate"].add_argument(
+        "--image", type=Path, metavar="FILE", help="a reference image (PNG, JPEG or WebP), for models that take one"
+    )
     each["list"].add_argument("--limit", type=int, default=20)
     for name in ("show", "cancel", "delete"):
         each[name].add_argument("id")

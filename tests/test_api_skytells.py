@@ -143,13 +143,13 @@ async def test_an_unclear_answer_is_503_and_the_generation_waits_never_paid_twic
     assert len(CREATES) == calls  # the repeat called no one: no second (paid) prediction
 
 
-async def test_an_unreachable_skytells_is_503_and_the_generation_failed(http, api_on_nothing, auth, user_id, db):
-    # No connection: the request never left, so nothing was made and the key may be used again.
+async def test_an_unreachable_skytells_is_503_and_no_generation_is_made(http, api_on_nothing, auth, user_id, db):
+    # The model's input schema cannot be read, and none was read before: nothing is checked, reserved or made.
     response = await http.post(f"{api_on_nothing}/api/generate", json={"prompt": "a cat"}, headers=auth)
 
     assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
-    assert response.json() == {"error": "Skytells could not be reached: ConnectError"}
-    assert await _state(db, user_id) == [("failed", "Skytells could not be reached: ConnectError")]
+    assert response.json() == {"error": "The model's input schema cannot be read from Skytells"}
+    assert await _state(db, user_id) == []
 
 
 async def test_skytells_429_is_503_with_its_retry_after(http, api_on_fake, auth, user_id, db):

@@ -104,7 +104,13 @@ async def test_me_names_the_caller_and_counts_only_unfinished_generations(http, 
     response = await http.get(f"{urls.api}/api/me", headers=auth)
 
     assert response.status_code == 200
-    assert response.json() == {"userId": user_id, "activeGenerations": 1, "quota": settings.quota_max_active}
+    me = response.json()
+    assert {key: me[key] for key in ("userId", "activeGenerations", "quota")} == {
+        "userId": user_id,
+        "activeGenerations": 1,
+        "quota": settings.quota_max_active,
+    }
+    assert me["usage"]["generations"] == 2 and me["usage"]["succeeded"] == 1 and me["usage"]["images"] == 1
     assert (await http.get(f"{urls.api}/api/me")).status_code == 401
 
 

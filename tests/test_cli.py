@@ -4,6 +4,7 @@ codes 0/1/2, Ctrl-C stops waiting but not the generation), list, show, cancel, w
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import signal
@@ -12,6 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from devstack.tokens import issue_token
 from tests.helpers import JWT_SECRET, eventually, metric, metrics_of, wait_for_status
@@ -185,3 +187,55 @@ async def test_delete_removes_a_finished_generation_and_refuses_an_unfinished_on
     await studio(cli_env, "cancel", running["id"])
     code, out, _ = await studio(cli_env, "delete", running["id"], "--json")
     assert code == 0 and json.loads(out) == {"id": running["id"], "deleted": True}
+
+
+async def test_generate_with_inputs_saves_every_output(http, urls, auth, cli_env, tmp_path):
+    options = ["width=512", "height=768", "num_outputs=2", "seed=7", "output_format=jpeg", "negative_prompt=fog"]
+    args = [part for option in options for part in ("--input", option)]
+    code, out, err = await studio(cli_env, "generate", "two kites", *args, "--json", cwd=tmp_path)
+
+    assert code == 0, err
+    printed = json.loads(out)
+    assert printed["input"] == {
+        "width": 512, "height": 768, "num_outputs": 2, "seed": 7, "output_format": "jpeg", "negative_prompt": "fog",
+    }  # fmt: skip
+    gid = printed["id"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [f"{gid}-1.jpg", f"{gid}.jpg"]
+    for path, url in zip((tmp_path / f"{gid}.jpg", tmp_path / f"{gid}-1.jpg"), printed["outputUrls"], strict=True):
+        with Image.open(path) as picture:
+            assert (picture.format, picture.size) == ("JPEG", (512, 768))
+        assert path.read_bytes() == (await http.get(url)).content
+
+
+async def test_an_input_the_model_refuses_exits_2_naming_it(cli_env, tmp_path):
+    code, _, err = await studio(cli_env, "generate", "x", "--input", 'seed="7"', cwd=tmp_path)
+    assert code == 2 and "Invalid input: seed:" in err
+    code, _, err = await studio(cli_env, "generate", "x", "--input", "=3", cwd=tmp_path)
+    assert code == 2 and "NAME=VALUE" in err
+
+
+async def test_image_uploads_a_reference_for_the_model_that_takes_one(http, urls, cli_env, tmp_path):
+    reference = tmp_path / "sketch.webp"
+    Image.new("RGB", (32, 32), (250, 200, 0)).save(reference, "WEBP")
+    prompt = f"from my sketch {uuid.uuid4().hex}"
+    args = ("generate", prompt, "--model", "truefusion-2.0", "--image", str(reference), "--no-wait", "--json")
+    code, out, err = await studio(cli_env, *args, cwd=tmp_path)
+
+    assert code == 0, err
+    assert json.loads(out)["input"]["image"].startswith("upload:")
+    (record,) = [r for r in (await http.get(f"{urls.simulator}/_sim/predictions")).json() if r["prompt"] == prompt]
+    assert base64.b64decode(record["imageBytes"]) == reference.read_bytes()
+
+    code, _, err = await studio(cli_env, "generate", "x", "--image", str(reference), cwd=tmp_path)
+    assert code == 2 and "takes no reference image" in err  # the default model has no such input
+
+
+async def test_models_lists_each_model_and_its_options(http, urls, auth, cli_env):
+    code, out, _ = await studio(cli_env, "models", "--json")
+    assert code == 0 and json.loads(out) == (await http.get(f"{urls.api}/api/models", headers=auth)).json()
+
+    code, out, _ = await studio(cli_env, "models")
+    assert code == 0
+    assert "truefusion-pro  (default)" in out and "truefusion-2.0" in out
+    assert "--input width=…  integer, 256..2048, multiple of 64, default 1024" in out
+    assert "--input image=…  reference image (--image FILE)" in out

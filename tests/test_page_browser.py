@@ -6,11 +6,14 @@ Playwright never downloads a browser here: it drives `/usr/bin/chromium`, which 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 
 from common.db import generations
@@ -368,3 +371,114 @@ async def test_an_unfinished_generation_offers_no_delete(visit, urls, user_id):
     await expect(card.get_by_role("button", name="Delete")).to_be_hidden()
     await card.get_by_role("button", name="Cancel").click()
     await expect(card.get_by_role("button", name="Delete")).to_be_visible()
+
+
+ALL_IMAGES_SHOWN = """([id, count]) => {
+  const images = [...document.querySelectorAll(`.card[data-id="${id}"] img`)];
+  return images.length === count && images.every((image) => image.complete && image.naturalWidth > 0);
+}"""
+
+
+async def test_the_models_options_are_built_from_its_schema(visit, urls, user_id):
+    page = await _open(visit, urls.api, _token(user_id))
+
+    await expect(page.get_by_label("Model")).to_have_value("truefusion-pro")
+    width = page.locator("#option-width")
+    await expect(width).to_have_attribute("type", "number")
+    assert [await width.get_attribute(name) for name in ("min", "max", "step")] == ["256", "2048", "64"]
+    await expect(width).to_have_value("1024")  # the schema's default, filled in
+    await expect(page.locator("#option-seed")).to_have_value("")  # no default: the model draws one
+    formats = page.locator("#option-output_format option")
+    assert await formats.all_inner_texts() == ["png", "jpeg", "webp"]
+    await expect(page.get_by_label("Output format")).to_have_value('"png"')
+    await expect(page.locator("#option-image")).to_have_count(0)  # this model takes no reference image
+
+    await page.get_by_label("Model").select_option("truefusion-2.0")
+    await expect(page.locator("#option-image")).to_have_attribute("type", "file")
+    strength = page.locator("#option-image_strength")
+    await expect(strength).to_have_value("0.6")
+    assert [await strength.get_attribute(name) for name in ("min", "max", "step")] == ["0", "1", "any"]
+
+    await page.get_by_label("Model").select_option("truefusion-edge")
+    await expect(page.locator("#option-width")).to_have_attribute("max", "1024")
+    await expect(page.locator("#option-num_outputs")).to_have_count(0)
+    await expect(page.locator("#option-negative_prompt")).to_have_count(0)
+
+
+async def test_several_images_of_the_asked_size_are_all_shown(visit, urls, user_id, http, tmp_path, request):
+    page = await _open(visit, urls.api, _token(user_id))
+    await page.fill("#option-width", "512")
+    await page.fill("#option-height", "768")
+    await page.fill("#option-num_outputs", "2")
+    await page.fill("#option-seed", "7")
+    await page.get_by_label("Output format").select_option(label="jpeg")
+    await page.fill("#option-negative_prompt", "fog")
+
+    generation_id = await _generate(page, "two harbours at dusk")
+
+    await page.wait_for_function(ALL_IMAGES_SHOWN, arg=[generation_id, 2], timeout=30_000)
+    done = await _final_state(http, urls, user_id, generation_id)
+    assert done["input"] == {
+        "negative_prompt": "fog", "width": 512, "height": 768, "num_outputs": 2, "seed": 7, "output_format": "jpeg",
+    }  # fmt: skip
+    card = page.locator(f'.card[data-id="{generation_id}"]')
+    assert [await image.get_attribute("src") for image in await card.locator("img").all()] == done["outputUrls"]
+    sizes = await card.locator("img").evaluate_all("(images) => images.map((i) => [i.naturalWidth, i.naturalHeight])")
+    assert sizes == [[512, 768], [512, 768]]
+    await expect(card.get_by_role("link", name=re.compile("Open image 2 of 2"))).to_have_attribute(
+        "href", done["outputUrls"][1]
+    )
+    asked = set((await card.locator(".asked").inner_text()).split(" · "))  # in the order the database keeps
+    assert asked == {
+        'negative_prompt "fog"',
+        "width 512",
+        "height 768",
+        "num_outputs 2",
+        "seed 7",
+        'output_format "jpeg"',
+    }
+    path = tmp_path / "page-inputs.png"
+    await page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 10_000
+
+
+async def test_a_reference_image_is_attached_through_an_upload(visit, urls, user_id, http):
+    page = await _open(visit, urls.api, _token(user_id))
+    buffer = io.BytesIO()
+    Image.new("RGB", (48, 48), (30, 90, 200)).save(buffer, "PNG")
+    reference = buffer.getvalue()
+    await page.get_by_label("Model").select_option("truefusion-2.0")
+    await page.locator("#option-image").set_input_files(
+        {"name": "reference.png", "mimeType": "image/png", "buffer": reference}
+    )
+
+    generation_id = await _generate(page, "like my sketch")
+
+    await page.wait_for_function(IMAGE_SHOWN, arg=generation_id, timeout=30_000)
+    done = await _final_state(http, urls, user_id, generation_id)
+    assert done["input"]["image"].startswith("upload:") and done["input"]["image_strength"] == 0.6
+    card = page.locator(f'.card[data-id="{generation_id}"]')
+    asked = (await card.locator(".asked").inner_text()).split(" · ")
+    assert "image: uploaded image" in asked and "image_strength 0.6" in asked
+    (record,) = [
+        r
+        for r in (await http.get(f"{urls.simulator}/_sim/predictions")).json()
+        if r["prompt"] == "like my sketch"
+        and r["input"].get("image_strength") == 0.6
+        and r["imageBytes"]
+        and base64.b64decode(r["imageBytes"]) == reference
+    ]  # noqa: E501
+    assert record["status"] == "succeeded"
+
+
+async def test_an_option_the_model_refuses_reads_as_a_sentence(visit, urls, user_id):
+    page = await _open(visit, urls.api, _token(user_id))
+    await page.get_by_label("Model").select_option("truefusion-2.0")
+    await page.locator("#option-image").set_input_files(
+        {"name": "notes.png", "mimeType": "image/png", "buffer": b"this is not an image"}
+    )
+    await page.fill("#prompt", "from a broken file")
+    await page.get_by_role("button", name="Generate").click()
+
+    await expect(page.locator("#notice")).to_have_text("The reference image must be a PNG, JPEG or WebP file.")
+    await expect(page.locator(".card")).to_have_count(0)

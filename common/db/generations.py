@@ -7,10 +7,13 @@ generation or regress one, whatever the interleaving.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime
+from decimal import Decimal
+from typing import Any
 
 import asyncpg
 
@@ -36,6 +39,9 @@ class Generation:
     completed_at: datetime | None
     submit_timed_out_at: datetime | None
     checked_at: datetime | None
+    input: dict[str, Any] = field(default_factory=dict)
+    predict_time: float | None = None
+    credits_used: float | None = None
 
     @property
     def terminal(self) -> bool:
@@ -46,6 +52,10 @@ class Generation:
         values = {name: record[name] for name in _FIELDS}
         values["output_keys"] = tuple(values["output_keys"] or ())
         values["status"] = Status(values["status"])
+        if isinstance(values["input"], str):  # read without the pool's JSON codec
+            values["input"] = json.loads(values["input"])
+        if values["credits_used"] is not None:  # numeric (exact sums in usage) arrives as a Decimal
+            values["credits_used"] = float(values["credits_used"])
         return cls(**values)
 
 
@@ -59,13 +69,24 @@ def _one(record: asyncpg.Record | None) -> Generation | None:
 
 LOCK_USER = "SELECT pg_advisory_xact_lock(hashtextextended('studio.quota:' || $1, 0))"
 
-# Runs after LOCK_USER in the same transaction, so the count sees every committed row of this user.
-INSERT_WITHIN_QUOTA = """
-INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id)
-SELECT $1, $2, $3, $4, $5, $6, $7
-WHERE (SELECT count(*) FROM generations
-       WHERE user_id = $2 AND status IN ('queued', 'processing')) < $8
-RETURNING *
+# The current UTC month of `usage_months`.
+_MONTH = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
+
+# Runs after LOCK_USER in the same transaction, so the count sees every committed row of this user. The month's
+# usage counts the generation in the same statement.
+INSERT_WITHIN_QUOTA = f"""
+WITH created AS (
+    INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id, input)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $9::text::jsonb
+    WHERE (SELECT count(*) FROM generations
+           WHERE user_id = $2 AND status IN ('queued', 'processing')) < $8
+    RETURNING *
+), counted AS (
+    INSERT INTO usage_months AS u (user_id, month, generations)
+    SELECT user_id, {_MONTH}, 1 FROM created
+    ON CONFLICT (user_id, month) DO UPDATE SET generations = u.generations + 1
+)
+SELECT * FROM created
 """
 
 # A generation still without a prediction id this long after it was written lost its API request (a crash
@@ -136,20 +157,48 @@ WHERE id = $1 AND status = 'queued'
 RETURNING *
 """
 
-MARK_SUCCEEDED = """
-UPDATE generations
-SET status = 'succeeded', output_key = $2, output_keys = $3, error = NULL,
-    completed_at = now(), updated_at = now()
+# Skytells' metrics ($4, $5) when this event carried them, else those an earlier event recorded; the month's
+# usage counts the success, its images and its credits in the same statement.
+MARK_SUCCEEDED = f"""
+WITH done AS (
+    UPDATE generations
+    SET status = 'succeeded', output_key = $2, output_keys = $3, error = NULL,
+        predict_time = COALESCE($4, predict_time), credits_used = COALESCE($5, credits_used),
+        completed_at = now(), updated_at = now()
+    WHERE id = $1 AND status IN ('queued', 'processing')
+    RETURNING *
+), counted AS (
+    INSERT INTO usage_months AS u (user_id, month, succeeded, images, credits_used)
+    SELECT user_id, {_MONTH}, 1, cardinality(output_keys), COALESCE(credits_used, 0) FROM done
+    ON CONFLICT (user_id, month) DO UPDATE
+    SET succeeded = u.succeeded + 1, images = u.images + EXCLUDED.images,
+        credits_used = u.credits_used + EXCLUDED.credits_used
+)
+SELECT * FROM done
+"""
+
+# What Skytells reported of a prediction whose outputs went to the spool: kept until they are stored.
+SET_METRICS = """
+UPDATE generations SET predict_time = COALESCE($2, predict_time), credits_used = COALESCE($3, credits_used)
 WHERE id = $1 AND status IN ('queued', 'processing')
-RETURNING *
 """
 
 # Outputs Skytells reported for a generation that had already ended without any (Studio failed it, or it was
 # canceled while Skytells finished): kept with the row, whose terminal status never changes.
-ATTACH_LATE_OUTPUTS = """
-UPDATE generations SET output_key = $2, output_keys = $3, updated_at = now()
-WHERE id = $1 AND status IN ('failed', 'canceled') AND output_key IS NULL
-RETURNING *
+# Paid images all the same: the month's usage counts them and their credits (not as a success).
+ATTACH_LATE_OUTPUTS = f"""
+WITH attached AS (
+    UPDATE generations SET output_key = $2, output_keys = $3,
+        predict_time = COALESCE($4, predict_time), credits_used = COALESCE($5, credits_used), updated_at = now()
+    WHERE id = $1 AND status IN ('failed', 'canceled') AND output_key IS NULL
+    RETURNING *
+), counted AS (
+    INSERT INTO usage_months AS u (user_id, month, images, credits_used)
+    SELECT user_id, {_MONTH}, cardinality(output_keys), COALESCE(credits_used, 0) FROM attached
+    ON CONFLICT (user_id, month) DO UPDATE
+    SET images = u.images + EXCLUDED.images, credits_used = u.credits_used + EXCLUDED.credits_used
+)
+SELECT * FROM attached
 """
 
 MARK_ENDED = """
@@ -215,6 +264,7 @@ async def insert_within_quota(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     request_id: str | None = None,
+    model_input: dict[str, Any] | None = None,
 ) -> Generation | None:
     """Insert a queued generation unless the user already has `max_active` unfinished ones (then None).
 
@@ -232,6 +282,7 @@ async def insert_within_quota(
         request_hash,
         request_id,
         max_active,
+        json.dumps(model_input or {}),  # as text: whichever codecs the connection has, it is the same JSON
     )
     return _one(record)
 
@@ -272,19 +323,45 @@ async def mark_processing(conn: asyncpg.Connection, generation_id: uuid.UUID) ->
     return _one(await conn.fetchrow(MARK_PROCESSING, generation_id))
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """What Skytells reported of a prediction: `metrics.predict_time`, `metadata.billing.credits_used`."""
+
+    predict_time: float | None = None
+    credits_used: float | None = None
+
+
+NO_METRICS = Metrics()
+
+
 async def mark_succeeded(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str]
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str], metrics: Metrics = NO_METRICS
 ) -> Generation | None:
-    """Terminal success in one statement; None when the generation had already ended."""
+    """Terminal success in one statement, counted in the month's usage; None when it had already ended."""
     first = output_keys[0] if output_keys else None
-    return _one(await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_keys))
+    return _one(
+        await conn.fetchrow(MARK_SUCCEEDED, generation_id, first, output_keys, metrics.predict_time, _credits(metrics))
+    )
+
+
+async def set_metrics(conn: asyncpg.Connection, generation_id: uuid.UUID, metrics: Metrics) -> None:
+    await conn.execute(SET_METRICS, generation_id, metrics.predict_time, _credits(metrics))
 
 
 async def attach_late_outputs(
-    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str]
+    conn: asyncpg.Connection, generation_id: uuid.UUID, output_keys: list[str], metrics: Metrics = NO_METRICS
 ) -> Generation | None:
     """Record outputs stored after the generation ended; None when it has some already (or never ended)."""
-    return _one(await conn.fetchrow(ATTACH_LATE_OUTPUTS, generation_id, output_keys[0], output_keys))
+    return _one(
+        await conn.fetchrow(
+            ATTACH_LATE_OUTPUTS, generation_id, output_keys[0], output_keys, metrics.predict_time, _credits(metrics)
+        )
+    )
+
+
+def _credits(metrics: Metrics) -> Decimal | None:
+    # Through its shortest decimal spelling, so 0.03 is summed as 0.03, not as the binary float nearest to it.
+    return None if metrics.credits_used is None else Decimal(repr(metrics.credits_used))
 
 
 async def mark_ended(

@@ -3,9 +3,10 @@
 - `GET /_sim/predictions`: a JSON list with one object per prediction the simulator created (dropped-callback
   ones included), oldest first: `id`, `status` (Skytells' spelling), `createdAt`, `webhook` (the callback URL
   as given, query included), `outputs` (`url`, `sha256`, `bytes` of each output it made), `canceled` (whether
-  a cancel call ended it), and for tests `prompt`, `callbacks` (what was sent and the answers; a 5xx answer
-  other than 503 with `Retry-After` is listed again in the callback's `unexpected`), `cdnRequests` and
-  `getRequests`.
+  a cancel call ended it), and for tests `model`, `input` (as the create call gave it), `imageBytes` (the
+  reference image it downloaded for an `image` input, base64; else null), `prompt`, `callbacks` (what was
+  sent and the answers; a 5xx answer other than 503 with `Retry-After` is listed again in the callback's
+  `unexpected`), `cdnRequests` and `getRequests`.
 - `DELETE /_sim/predictions`: forget every prediction (their pending callbacks are dropped); 204.
 
 No key is asked for, so both answer only to loopback peers (404 to anyone else, as an unknown path would).
@@ -14,6 +15,7 @@ No key is asked for, so both answer only to loopback peers (404 to anyone else, 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 from typing import Any
 
@@ -42,6 +44,9 @@ def _record(prediction: SimPrediction, base: str) -> dict[str, Any]:
         ],
         "canceled": prediction.canceled,
         "prompt": prediction.input.get("prompt"),
+        "model": prediction.model,
+        "input": prediction.input,
+        "imageBytes": None if prediction.image is None else base64.b64encode(prediction.image).decode(),
         "callbacks": prediction.callbacks,
         "cdnRequests": prediction.cdn_requests,
         "getRequests": prediction.get_requests,

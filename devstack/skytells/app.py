@@ -14,14 +14,18 @@ with that status and a page that is not JSON, or its connection closed unanswere
 call with `"await": true` (the official SDK's `run()`) is answered once the prediction has ended, as Skytells
 does.
 
-Outputs are real PNGs made once per size and varied per prediction (`png.py`) and served by `cdn.py`, so the
-simulator is never what limits a measurement. What it created, with each output's digest, is listed at
-`/_sim/predictions` (`admin.py`).
+Its models and their input schemas (`catalog.py`) are served at `/v1/models` and enforced on every create call
+(a 422 `VALIDATION_ERROR` naming the field); a reference image (`image`) is downloaded before the create call is
+answered (a URL it cannot read is a 422). Outputs are real PNG, JPEG or WebP images of the asked size, made once
+per size and format and varied per prediction (`png.py`, `encoded.py`), the same bytes for the same model,
+prompt, input and `seed`, served by `cdn.py`, so the simulator is never what limits a measurement. What it
+created, with each output's digest and the input it received, is listed at `/_sim/predictions` (`admin.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import os
@@ -34,11 +38,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from PIL import Image
 
 from common import log as logs
 from common.predictions import SkytellsEvent, SkytellsStatus, from_skytells
 from common.signing import SIGNATURE_HEADER, sign
-from devstack.skytells import admin, cdn
+from devstack.skytells import admin, catalog, cdn
+from devstack.skytells.answers import ERROR_IDS, authorised, envelope_error, unauthorised
 from devstack.skytells.model import (
     HTTP,
     OUTPUTS,
@@ -54,47 +60,32 @@ logger = logging.getLogger(__name__)
 
 DIRECTIVE = re.compile(r"#sim:([a-z][a-z0-9]*)(?:=([^\s#]+))?")
 CALLBACK_ATTEMPTS = 8
-# Skytells' own error ids (the official SDK's `ApiErrorId`), by the HTTP status it sends them with.
-ERROR_IDS = {
-    400: "INVALID_PARAMETER",
-    401: "UNAUTHORIZED",
-    402: "INSUFFICIENT_CREDITS",
-    403: "ACCOUNT_SUSPENDED",
-    404: "MODEL_NOT_FOUND",
-    422: "INVALID_INPUT",
-    429: "RATE_LIMIT_EXCEEDED",
-}
-
-
-def envelope_error(status: int, message: str, error_id: str, headers: dict[str, str] | None = None) -> web.Response:
-    body = {
-        "status": False,
-        "response": message,
-        "error": {"message": message, "error_id": error_id, "http_status": status},
-    }
-    return web.json_response(body, status=status, headers=headers)
-
-
-def _authorised(request: web.Request) -> bool:
-    return request.headers.get("x-api-key") == request.app[SIM_SETTINGS].api_key
-
-
-def _unauthorised() -> web.Response:
-    return envelope_error(401, "Invalid or missing API key", "UNAUTHORIZED")
+MAX_REFERENCE_BYTES = 32 * 1024 * 1024
 
 
 async def create(request: web.Request) -> web.Response:
-    if not _authorised(request):
-        return _unauthorised()
+    if not authorised(request):
+        return unauthorised()
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         return envelope_error(400, "Request body must be JSON", "INVALID_PARAMETER")
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
         return envelope_error(422, "The model field is required", "INVALID_INPUT")
+    if body["model"] not in catalog.SCHEMAS:
+        return envelope_error(404, f"Model {body['model']} not found", "MODEL_NOT_FOUND")
     model_input = body.get("input")
     if not isinstance(model_input, dict) or not isinstance(model_input.get("prompt"), str):
         return envelope_error(422, "input.prompt is required", "INVALID_INPUT")
+    wrong = catalog.problem(body["model"], model_input)
+    if wrong is not None:
+        return envelope_error(422, f"Invalid input: {wrong}", "VALIDATION_ERROR")
+    image: bytes | None = None
+    if isinstance(model_input.get("image"), str):
+        try:
+            image = await _reference_image(request.app, model_input["image"])
+        except ValueError as exc:
+            return envelope_error(422, f"Invalid input: image: {exc}", "VALIDATION_ERROR")
     directives = {m.group(1): m.group(2) or "" for m in DIRECTIVE.finditer(model_input["prompt"])}
     if "slow" in directives:  # answer the create call late, as a loaded Skytells does (races, timeouts)
         await asyncio.sleep(_float(directives["slow"], 1.0))
@@ -114,6 +105,7 @@ async def create(request: web.Request) -> web.Response:
         webhook_url=webhook.get("url") if isinstance(webhook.get("url"), str) else None,
         events=tuple(str(e) for e in events),
         directives=directives,
+        image=image,
     )
     request.app[PREDICTIONS][prediction.id] = prediction
     _spawn(request.app, _run(request.app, prediction))
@@ -122,6 +114,25 @@ async def create(request: web.Request) -> web.Response:
     if body.get("await") is True:  # the SDK's `run()`: answer once the prediction has ended
         await prediction.settled.wait()
     return web.json_response(prediction.view(request.app[SIM_SETTINGS].public_url), status=201)
+
+
+async def _reference_image(app: web.Application, url: str) -> bytes:
+    """The image behind `url`, as a model reads its reference image; ValueError when it cannot be read."""
+    try:
+        async with app[HTTP].get(url) as response:
+            if response.status != 200:
+                raise ValueError(f"the URL answered HTTP {response.status}")
+            data = await response.content.read(MAX_REFERENCE_BYTES + 1)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ValueError(f"the URL could not be read ({exc.__class__.__name__})") from None
+    if len(data) > MAX_REFERENCE_BYTES:
+        raise ValueError("the image is too large")
+    try:
+        with Image.open(io.BytesIO(data)) as picture:
+            picture.verify()
+    except (OSError, SyntaxError, ValueError):  # what Pillow raises for bytes that are not an image it knows
+        raise ValueError("the URL does not hold an image") from None
+    return data
 
 
 def _lost_answer(request: web.Request, how: str) -> web.Response:
@@ -139,8 +150,8 @@ def _lost_answer(request: web.Request, how: str) -> web.Response:
 
 async def list_predictions(request: web.Request) -> web.Response:
     """Skytells' list: newest first, `page` from 1, `per_page` 1 to 50, `from`/`to` days (inclusive)."""
-    if not _authorised(request):
-        return _unauthorised()
+    if not authorised(request):
+        return unauthorised()
     query = request.query
     try:
         page, per_page = int(query.get("page", "1")), int(query.get("per_page", "50"))
@@ -247,8 +258,8 @@ async def _callback(app: web.Application, prediction: SimPrediction, event: str,
 
 
 async def get(request: web.Request) -> web.Response:
-    if not _authorised(request):
-        return _unauthorised()
+    if not authorised(request):
+        return unauthorised()
     prediction = request.app[PREDICTIONS].get(request.match_info["id"])
     if prediction is None:
         # What Skytells does for an id it does not know: a 502 carrying an error_id.
@@ -260,8 +271,8 @@ async def get(request: web.Request) -> web.Response:
 
 
 async def cancel(request: web.Request) -> web.Response:
-    if not _authorised(request):
-        return _unauthorised()
+    if not authorised(request):
+        return unauthorised()
     app = request.app
     prediction = app[PREDICTIONS].get(request.match_info["id"])
     if prediction is None:
@@ -299,7 +310,8 @@ def create_app(settings: SimSettings) -> web.Application:
     app.router.add_get("/v1/predictions", list_predictions)
     app.router.add_get("/v1/predictions/{id}", get)
     app.router.add_post("/v1/predictions/{id}/cancel", cancel)
-    app.router.add_get(r"/cdn/{id}/{n:\d+}.png", cdn.serve)
+    app.router.add_get(r"/cdn/{id}/{n:\d+}.{ext:png|jpg|webp}", cdn.serve)
+    catalog.add_routes(app)
     admin.add_routes(app)
     app.router.add_get("/healthz", healthz)
     return app

@@ -13,7 +13,10 @@ import aiohttp
 from aiohttp import web
 
 from common.predictions import SkytellsStatus
-from devstack.skytells.png import Output, Outputs
+from devstack.skytells.output import Output
+from devstack.skytells.png import Outputs
+
+CREDITS_PER_IMAGE = 0.03  # what a completed prediction's `metadata.billing.credits_used` counts per image
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class SimPrediction:
     webhook_url: str | None
     events: tuple[str, ...]
     directives: dict[str, str]
+    image: bytes | None = None  # the reference image it downloaded (its `image` input)
     status: str = SkytellsStatus.PENDING
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     started_at: datetime | None = None
@@ -69,12 +73,19 @@ class SimPrediction:
         self.settled.set()
 
     def output_urls(self, base: str) -> list[str]:
-        return [f"{base}/cdn/{self.id}/{n}.png" for n in range(len(self.outputs))]
+        return [f"{base}/cdn/{self.id}/{n}.{output.extension}" for n, output in enumerate(self.outputs)]
 
     def view(self, base: str) -> dict[str, Any]:
         """The prediction as Skytells' API shows it."""
         # A failed prediction also carries its message in `response`, where the SDK's `run()` reads it.
-        extra = {"response": self.error} if self.error else {}
+        extra: dict[str, Any] = {"response": self.error} if self.error else {}
+        if self.status == SkytellsStatus.SUCCEEDED and self.started_at and self.completed_at:
+            extra["metrics"] = {
+                "predict_time": round((self.completed_at - self.started_at).total_seconds(), 3),
+                "total_time": round((self.completed_at - self.created_at).total_seconds(), 3),
+                "image_count": len(self.outputs),
+            }
+            extra["metadata"] = {"billing": {"credits_used": round(CREDITS_PER_IMAGE * len(self.outputs), 4)}}
         return {
             "id": self.id,
             "status": self.status,

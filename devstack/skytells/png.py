@@ -1,10 +1,14 @@
-"""Real PNG outputs, made once per size and varied cheaply per prediction (no imaging library).
+"""Real image outputs, made once per size and format and varied cheaply per prediction.
 
 Drawing pixels in Python per prediction made the simulator the bottleneck of every measurement. Instead the
-bulk of an image (signature, header, pixel data) is built once and shared; what makes each output distinct is a
-few hundred bytes built per prediction:
-- the default image is a 256x256 gradient in indexed colour: the shared pixel data holds palette indices, and
-  each output gets its own palette (`PLTE`, derived from its seed) and a `tEXt` chunk naming it;
+bulk of an image is built once per size and format and shared; what makes each output distinct is a few hundred
+bytes built per prediction:
+- a PNG (the default format) is a gradient in indexed colour of the asked size: the shared pixel data holds
+  palette indices, and each output gets its own palette (`PLTE`, derived from its label) and a `tEXt` chunk
+  naming it;
+- a JPEG or WebP is encoded by Pillow once per size, format and one of a few tints, with a fixed-length
+  placeholder in its comment (JPEG `COM` segment, WebP `XMP` chunk), which each output replaces by its own
+  label of the same length: no length or checksum changes, so the bytes stay a valid image (`encoded.py`);
 - a `#sim:size=BYTES` image is RGB noise (stored, not compressed, so its size is what was asked) followed by a
   `tEXt` chunk naming the output, padded so the file has exactly the requested length. Noise templates are
   quantised to eighth-octave buckets and kept in a bounded LRU, so random sizes cost little and memory stays
@@ -22,18 +26,20 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from devstack.skytells.encoded import TINTS, Encoded
+from devstack.skytells.output import Output, digest_of
+
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
-GRADIENT_SIDE = 256
 TEXT_KEYWORD = b"Comment\x00"
 _IEND = struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 _CHUNK_OVERHEAD = 12  # length, type, CRC
 _CACHE_BYTES = 256 * 1024 * 1024  # noise templates kept beyond the one in use
 _PAD = b" " * (8 * 1024 * 1024)  # padding of a tEXt chunk is sliced from here, never built per output
 _BUCKETS_PER_OCTAVE = 8
+_PICTURES_KEPT = 48  # size, format and tint templates kept (a 2048 x 2048 one holds a few hundred KiB)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -44,25 +50,6 @@ def _header(width: int, height: int, colour_type: int) -> bytes:
     return SIGNATURE + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
 
 
-@dataclass(frozen=True)
-class Output:
-    """One output's bytes as parts (shared ones included), with its length and SHA-256."""
-
-    parts: tuple[bytes | memoryview, ...]
-    size: int
-    sha256: str
-
-    def chunks(self, step: int = 256 * 1024) -> Iterator[memoryview]:
-        for part in self.parts:
-            view = memoryview(part)
-            for start in range(0, len(view), step):
-                yield view[start : start + step]
-
-    def read(self) -> bytes:
-        """All bytes at once: for tests and small outputs only."""
-        return b"".join(bytes(part) for part in self.parts)
-
-
 def _text_chunk(label: bytes, pad: int) -> tuple[bytes | memoryview, ...]:
     """A `tEXt` chunk carrying `label` then `pad` spaces, its CRC computed over the shared padding slice."""
     padding = memoryview(_PAD)[:pad] if pad <= len(_PAD) else memoryview(b" " * pad)
@@ -71,31 +58,22 @@ def _text_chunk(label: bytes, pad: int) -> tuple[bytes | memoryview, ...]:
     return (struct.pack(">I", len(data_head) + pad) + b"tEXt" + data_head, padding, struct.pack(">I", crc))
 
 
-def _digest(state: Any, parts: tuple[bytes | memoryview, ...]) -> str:
-    hasher = state.copy()
-    for part in parts:
-        hasher.update(part)
-    return str(hasher.hexdigest())
-
-
 class _Gradient:
-    """The default image: shared palette indices, a palette and a label per output."""
+    """A PNG of one size: shared palette indices, a palette and a label per output."""
 
-    def __init__(self) -> None:
-        side = GRADIENT_SIDE
-        rows = bytearray()
-        for y in range(side):  # once per process, not per prediction
-            rows.append(0)
-            rows += bytes(((x + y) // 2) & 255 for x in range(side))
-        self.head = _header(side, side, 3)
-        self.body = _chunk(b"IDAT", zlib.compress(bytes(rows), 6))
+    def __init__(self, width: int, height: int) -> None:
+        # A diagonal gradient: each row is the one above shifted by a pixel, sliced from one line of indices.
+        line = bytes((i // 2) & 255 for i in range(width + height))
+        rows = b"".join(b"\x00" + line[y : y + width] for y in range(height))
+        self.head = _header(width, height, 3)
+        self.body = _chunk(b"IDAT", zlib.compress(rows, 6))
 
-    def make(self, seed: str) -> Output:
-        key = hashlib.sha256(seed.encode()).digest()
+    def make(self, label: str) -> Output:
+        key = hashlib.sha256(label.encode()).digest()
         r0, g0, b0 = key[0], key[1], key[2]
         palette = bytes(value & 255 for i in range(256) for value in (r0 + i, g0 + i // 2, b0 + 255 - i))
-        parts = (self.head, _chunk(b"PLTE", palette), self.body, *_text_chunk(seed.encode()[:512], 0), _IEND)
-        return Output(parts, sum(len(p) for p in parts), _digest(hashlib.sha256(), parts))
+        parts = (self.head, _chunk(b"PLTE", palette), self.body, *_text_chunk(label.encode()[:512], 0), _IEND)
+        return Output(parts, sum(len(p) for p in parts), digest_of(hashlib.sha256(), parts))
 
 
 @dataclass(frozen=True)
@@ -121,13 +99,31 @@ class Outputs:
     """Makes outputs; thread-safe, so large templates can be built off the event loop."""
 
     def __init__(self, cache_bytes: int = _CACHE_BYTES) -> None:
-        self.gradient = _Gradient()
         self.cache_bytes = cache_bytes
         self._noise: OrderedDict[int, _Noise] = OrderedDict()
+        self._pictures: OrderedDict[tuple[int, int, str, int], _Gradient | Encoded] = OrderedDict()
         self._lock = threading.Lock()
 
-    def gradient_of(self, seed: str) -> Output:
-        return self.gradient.make(seed)
+    def picture(self, width: int, height: int, fmt: str, label: str) -> Output:
+        """An image of exactly this size and format (`png`, `jpeg` or `webp`), distinct per label and the same
+        for the same label."""
+        tint = hashlib.sha256(label.encode()).digest()[0] % TINTS if fmt != "png" else 0
+        key = (width, height, fmt, tint)
+        with self._lock:
+            template = self._pictures.get(key)
+            if template is not None:
+                self._pictures.move_to_end(key)
+        if template is None:
+            template = _Gradient(width, height) if fmt == "png" else Encoded(width, height, fmt, tint)
+            with self._lock:
+                template = self._pictures.setdefault(key, template)
+                while len(self._pictures) > _PICTURES_KEPT:
+                    self._pictures.popitem(last=False)
+        return template.make(label)
+
+    def is_built(self, width: int, height: int, fmt: str) -> bool:
+        with self._lock:
+            return any(key[:3] == (width, height, fmt) for key in self._pictures)
 
     def noise_of(self, size: int, label: str) -> Output:
         """An output of exactly `size` bytes when `size` is above a few hundred bytes (else the smallest)."""
@@ -140,7 +136,7 @@ class Outputs:
             template = self._template(bucket)
         pad = max(0, size - len(template.prefix) - tail)
         parts = (template.prefix, *_text_chunk(tag, pad), _IEND)
-        return Output(parts, len(template.prefix) + tail + pad, _digest(template.state, parts[1:]))
+        return Output(parts, len(template.prefix) + tail + pad, digest_of(template.state, parts[1:]))
 
     def is_cached(self, size: int) -> bool:
         with self._lock:

@@ -8,7 +8,7 @@ import httpx
 from aiohttp import web
 
 from common import resources
-from common.keys import SETTINGS
+from common.keys import SETTINGS, SKYTELLS
 from common.presign import OutputLinks
 from common.probes import add_probes
 from common.process import boot, run
@@ -18,9 +18,10 @@ from services.api import cors, views
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
 from services.api.jwks import Jwks
-from services.api.keys import AUTH, LINKS
+from services.api.keys import AUTH, LINKS, MODELS
 from services.api.live import streams
 from services.api.live.feed import live_updates
+from services.api.models import ModelCatalog
 from services.api.page import add_page
 
 # The identity provider's keys are fetched while a request waits for them: a bounded wait.
@@ -38,6 +39,13 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _catalog(app: web.Application) -> AsyncIterator[None]:
+    """The process's model catalog; its reads under way are cancelled at the end."""
+    catalog = app[MODELS] = ModelCatalog(app[SKYTELLS], app[SETTINGS].models_cache_s)
+    yield
+    await catalog.aclose()
+
+
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[error_middleware, cors.preflight_middleware], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
@@ -46,7 +54,9 @@ def create_app(settings: Settings) -> web.Application:
         [
             resources.database(migrate=True, stateless=True),  # the API also migrates at start
             resources.skytells,
-            # Storage serves deletions only: the API answers everything else without it, so it is no readiness probe.
+            _catalog,
+            # Storage serves uploads and deletions only: the API answers everything else without it, so it is no
+            # readiness probe.
             resources.storage,
             _auth,
             # RabbitMQ carries live updates only: the API answers without it (streams then fall back on re-reading).
@@ -65,6 +75,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)
+    app.router.add_get("/api/models", views.list_models, expect_handler=expect_handler)
+    app.router.add_post("/api/uploads", views.upload, expect_handler=expect_handler)
     app.router.add_get("/api/openapi.json", views.openapi_document, expect_handler=expect_handler)
     add_page(app, settings, app[LINKS].origin)
     add_fallback(app)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
@@ -30,12 +30,53 @@ MAX_PREFER = 1000  # a Prefer header longer than this is not a preference list b
 class GenerateRequest:
     prompt: str
     model: str
+    input: dict[str, Any] = field(default_factory=dict)
 
     @property
     def fingerprint(self) -> str:
         """Equal for requests that ask for the same thing; tells a replay from a reused Idempotency-Key."""
-        canonical = json.dumps({"model": self.model, "prompt": self.prompt}, sort_keys=True)
+        asked: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
+        if self.input:  # only then: a request without one keeps the fingerprint it had before inputs existed
+            asked["input"] = self.input
+        canonical = json.dumps(asked, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _unstorable(value: Any, path: str = "") -> str | None:
+    """The path of the first string (key or value) PostgreSQL cannot hold, or None."""
+    if isinstance(value, str):
+        return None if storable(value) else path or "input"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not storable(key):
+                return path or "input"
+            found = _unstorable(item, where)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable(item, f"{path}.{index}" if path else str(index))
+            if found is not None:
+                return found
+    return None
+
+
+def _parse_input(raw: Any) -> dict[str, Any]:
+    """The request's `input`: an object of the model's own options (checked against its schema later)."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ApiError(400, "Invalid input: input: must be an object")
+    if "prompt" in raw:
+        raise ApiError(400, "Invalid input: prompt: give the prompt in its own field, not in input")
+    try:
+        where = _unstorable(raw)
+    except RecursionError:
+        raise ApiError(400, "Invalid input: input: nested too deeply") from None
+    if where is not None:
+        raise ApiError(400, f"Invalid input: {where}: text with characters that cannot be stored")
+    return raw
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -65,7 +106,7 @@ def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_i
             raise ApiError(400, "Invalid userId")
         if body["userId"] != user_id:
             raise ApiError(403, "userId does not match the authenticated user")
-    return GenerateRequest(prompt=prompt.strip(), model=model)
+    return GenerateRequest(prompt=prompt.strip(), model=model, input=_parse_input(body.get("input")))
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -7,7 +7,9 @@ from aiohttp import web
 from common.presign import OutputLinks
 from services.api.auth import Authenticator
 from services.api.live.hub import Hub
+from services.api.models import ModelCatalog
 
 AUTH = web.AppKey("auth", Authenticator)
 HUB = web.AppKey("hub", Hub)
 LINKS = web.AppKey("links", OutputLinks)
+MODELS = web.AppKey("models", ModelCatalog)

@@ -10,6 +10,7 @@ from typing import Any
 
 from common.predictions import Status
 from services.api.bodies import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY, MAX_PROMPT
+from services.api.openapi_inputs import add_inputs
 from services.api.openapi_live import add_live
 from services.api.paging import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -50,7 +51,8 @@ _ID_PARAMETER = {
 
 
 def document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
-    return _answers_of_every_route(add_live(_document(allowed_models), _ID_PARAMETER))
+    live = add_live(_document(allowed_models), _ID_PARAMETER)
+    return _answers_of_every_route(add_inputs(live, allowed_models))
 
 
 _UNAVAILABLE = (

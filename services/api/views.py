@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from common import log as logs
-from common.db import changes, generations
+from common.db import changes, generations, usage
 from common.db.generations import Generation
 from common.errors import ApiError, SkytellsError, SkytellsUndecided, StorageUnavailable
 from common.keys import POOL, S3, SETTINGS, SKYTELLS, UPDATES
@@ -18,10 +18,10 @@ from common.references import callback_url
 from common.representation import dumps, generation_json
 from common.storage import delete_generation_objects
 from common.web import REQUEST_ID
-from services.api import openapi
+from services.api import openapi, uploads
 from services.api.access import current_user, own_generation
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
-from services.api.keys import LINKS
+from services.api.keys import LINKS, MODELS
 from services.api.live.waiting import wait_for_end, wait_for_news
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
@@ -83,6 +83,7 @@ async def _reserve(
                     idempotency_key=key,
                     request_hash=wanted.fingerprint if key else None,
                     request_id=request.get(REQUEST_ID),
+                    model_input=wanted.input,
                 )
                 if created is None:
                     raise ApiError(429, "Quota exceeded")
@@ -116,6 +117,12 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
     settings = request.app[SETTINGS]
     key = idempotency_key(request)
     wanted = parse_generate(await read_json_object(request), settings.allowed_models, user_id)
+    # Checked against the model's schema before any quota is taken or Skytells is called.
+    wrong = (await request.app[MODELS].schema(wanted.model)).problem(wanted.prompt, wanted.input)
+    if wrong is not None:
+        raise ApiError(400, f"Invalid input: {wrong}")
+    # Upload references resolved before any quota is taken: an unknown one is the client's 400.
+    sent_input = await uploads.resolve(request, user_id, wanted.input)
     generation, replay = await _reserve(request, user_id, wanted, key)
     if replay:
         return generation, 200
@@ -125,7 +132,7 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
         try:
             prediction = await request.app[SKYTELLS].create_prediction(
                 wanted.model,
-                wanted.prompt,
+                {"prompt": wanted.prompt, **sent_input},
                 callback_url(settings.public_webhook_url, generation.id, settings.skytells_webhook_secrets[0]),
             )
         except SkytellsUndecided as exc:
@@ -235,7 +242,38 @@ async def me(request: web.Request) -> web.Response:
     user_id = await current_user(request)
     async with request.app[POOL].acquire() as conn:
         active = await changes.count_active(conn, user_id)
-    return _json({"userId": user_id, "activeGenerations": active, "quota": request.app[SETTINGS].quota_max_active})
+        used = await usage.current_month(conn, user_id)
+    return _json(
+        {
+            "userId": user_id,
+            "activeGenerations": active,
+            "quota": request.app[SETTINGS].quota_max_active,
+            "usage": {
+                "month": used.month,
+                "generations": used.generations,
+                "succeeded": used.succeeded,
+                "images": used.images,
+                "creditsUsed": used.credits_used,
+            },
+        }
+    )
+
+
+async def upload(request: web.Request) -> web.Response:
+    user_id = await current_user(request)
+    return _json(await uploads.store(request, user_id), 201)
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """The allowed models, the first the default, each with its input schema as Skytells publishes it."""
+    await current_user(request)
+    allowed = request.app[SETTINGS].allowed_models
+    schemas = await asyncio.gather(*(request.app[MODELS].schema(model) for model in allowed))
+    items = [
+        {"id": model, "default": index == 0, "inputSchema": read.schema}
+        for index, (model, read) in enumerate(zip(allowed, schemas, strict=True))
+    ]
+    return _json({"items": items})
 
 
 async def openapi_document(request: web.Request) -> web.Response:

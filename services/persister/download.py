@@ -21,23 +21,10 @@ import httpx
 
 from common.addresses import IpAddress, forbidden, host_allowed, valid_hostname
 from common.errors import OutputRejected, UpstreamUnavailable
+from common.images import SNIFF_BYTES, sniff
 
 CHUNK = 128 * 1024
 MAX_REDIRECTS = 5
-SNIFF_BYTES = 16
-
-
-def sniff(head: bytes) -> tuple[str, str] | None:
-    """(extension, content type) from an image's first bytes, or None when it is none of ours."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png", "image/png"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "jpg", "image/jpeg"
-    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "webp", "image/webp"
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif", "image/gif"
-    return None
 
 
 def check_url(url: str, allowed_hosts: Sequence[str]) -> httpx.URL:

@@ -19,7 +19,7 @@ import httpx
 
 from common import log as logs
 from common.db import generations
-from common.db.generations import Generation
+from common.db.generations import Generation, Metrics
 from common.errors import GenerationNotYetKnown, PermanentError, StorageUnavailable, UpstreamUnavailable
 from common.events import PredictionEvent
 from common.predictions import Status
@@ -41,6 +41,10 @@ def object_key(generation_id: Any, index: int, extension: str) -> str:
 # The error of a generation whose reported output was refused (too large, not an image...): a later report of
 # the same outcome would be refused again, so it is not a late outcome to store.
 REJECTED = "Could not store the output:"
+
+
+def _metrics(event: PredictionEvent) -> Metrics:
+    return Metrics(predict_time=event.predict_time, credits_used=event.credits_used)
 
 
 def _ended_without_outputs(generation: Generation) -> bool:
@@ -73,7 +77,7 @@ class Processor:
         logs.annotate(generation_id=str(generation.id))
         if generation.terminal:
             if event.status is Status.SUCCEEDED and event.output and _ended_without_outputs(generation):
-                return await self._late(generation, event.output)
+                return await self._late(generation, event.output, _metrics(event))
             return Outcome.DUPLICATE
         if event.status is Status.SUCCEEDED:
             return await self._succeeded(generation, event)
@@ -123,10 +127,13 @@ class Processor:
             logger.warning("output rejected: %s", exc)
             ended = await self._end(generation, Status.FAILED, f"{REJECTED} {exc}")
             return Outcome.REJECTED if ended is Outcome.FAILED else ended
-        if keys is None:
+        metrics = _metrics(event)
+        if keys is None:  # the spool's drainer ends it: what Skytells reported waits with the row meanwhile
+            async with self.pool.acquire() as conn:
+                await generations.set_metrics(conn, generation.id, metrics)
             return Outcome.SPOOLED
         async with self.pool.acquire() as conn:
-            done = await generations.mark_succeeded(conn, generation.id, keys)
+            done = await generations.mark_succeeded(conn, generation.id, keys, metrics)
         self.notify(done)
         if done is None:
             return Outcome.DUPLICATE
@@ -135,7 +142,7 @@ class Processor:
         logger.info("generation succeeded", extra={"outputs": len(keys), "seconds": round(seconds, 3)})
         return Outcome.SUCCEEDED
 
-    async def _late(self, generation: Generation, output: Sequence[str]) -> Outcome:
+    async def _late(self, generation: Generation, output: Sequence[str], metrics: Metrics) -> Outcome:
         """Skytells made the image of a generation that already ended: a paid image is stored, never thrown away,
         while the generation keeps its status (its owner was told it ended)."""
         try:
@@ -146,7 +153,7 @@ class Processor:
         if keys is None:
             return Outcome.SPOOLED
         async with self.pool.acquire() as conn:
-            attached = await generations.attach_late_outputs(conn, generation.id, keys)
+            attached = await generations.attach_late_outputs(conn, generation.id, keys, metrics)
         self.notify(attached)
         if attached is None:
             await self._discard_if_deleted(generation.id, keys)

@@ -18,6 +18,8 @@ const when = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle
 const state = {
   token: null,
   config: { models: [], defaultModel: "", maxPromptLength: 500 },
+  schemas: new Map(), // model -> its input schema, from GET /api/models
+  uploads: new Map(), // File -> its `upload:<id>` reference: a retry does not upload the same file again
   cursor: null,
   quota: null,
   cards: new Map(), // generation id -> { element, status }
@@ -36,13 +38,16 @@ class ApiError extends Error {
   }
 }
 
-async function api(path, { method = "GET", body, headers = {}, auth = true } = {}) {
+// `raw`: a body sent as it is (a file), with its own type, instead of JSON.
+async function api(path, { method = "GET", body, raw, headers = {}, auth = true } = {}) {
   const sent = { ...headers };
   if (auth) sent.Authorization = `Bearer ${state.token}`;
   if (body !== undefined) sent["Content-Type"] = "application/json";
+  if (raw !== undefined) sent["Content-Type"] = raw.type || "application/octet-stream";
   let response;
   try {
-    response = await fetch(path, { method, headers: sent, cache: "no-store", body: body && JSON.stringify(body) });
+    const payload = raw ?? (body && JSON.stringify(body));
+    response = await fetch(path, { method, headers: sent, cache: "no-store", body: payload });
   } catch {
     throw new ApiError(0, "");
   }
@@ -83,6 +88,11 @@ function sentence(error, action) {
   if (status === 409 && action === "delete") return "That image is still in progress: cancel it first, then delete it.";
   if (status === 503) return `Studio is busy right now: the image service asked it to slow down. Try again in ${seconds(error.retryAfter)}.`;
   if (status === 502) return detail ? `The image service refused this request: ${clause(detail)}.` : "The image service refused this request. Try again later.";
+  if (action === "upload" && status === 400) return "The reference image must be a PNG, JPEG or WebP file.";
+  if (action === "upload" && status === 413) return "The reference image is too large; pick a smaller file.";
+  if (status === 400 && /^Invalid input/.test(detail)) {
+    return `The model does not accept these options: ${clause(detail.replace(/^Invalid input:\s*/, ""))}.`;
+  }
   if (status === 400 && /prompt/i.test(detail)) return `Write a prompt of 1 to ${state.config.maxPromptLength} characters.`;
   if (status === 400 && /model/i.test(detail)) return "That model is not available; pick one from the list.";
   if (status === 413) return "That request is too large; shorten the prompt.";
@@ -135,6 +145,11 @@ function newCard(generation) {
   element.querySelector(".cancel").setAttribute("aria-label", `Cancel “${named}”`);
   element.querySelector(".open").setAttribute("aria-label", `Open the image of “${named}”`);
   element.querySelector(".delete").setAttribute("aria-label", `Delete “${named}”`);
+  const asked = Object.entries(generation.input || {}).map(([name, value]) =>
+    typeof value === "string" && value.startsWith("upload:") ? `${name}: uploaded image` : `${name} ${JSON.stringify(value)}`,
+  );
+  element.querySelector(".asked").textContent = asked.join(" · ");
+  element.querySelector(".asked").hidden = asked.length === 0;
   element.querySelector(".cancel").addEventListener("click", () => cancel(generation.id, element));
   element.querySelector(".delete").addEventListener("click", () => remove(generation, element));
   return { element, status: null, createdAt: Date.parse(generation.createdAt) };
@@ -153,14 +168,7 @@ function render(card, generation) {
   error.textContent = generation.error || "";
   error.hidden = !generation.error;
   if (generation.status === "succeeded" && generation.outputUrl) {
-    const frame = element.querySelector(".frame");
-    const image = document.createElement("img");
-    image.alt = generation.prompt;
-    image.decoding = "async";
-    image.width = 1024;
-    image.height = 1024;
-    image.src = generation.outputUrl;
-    frame.replaceChildren(image);
+    showImages(element, generation);
     const open = element.querySelector(".open");
     open.href = generation.outputUrl;
     open.hidden = false;
@@ -178,6 +186,33 @@ function render(card, generation) {
     };
     if (news[generation.status]) announce(news[generation.status]);
   }
+}
+
+// Every image of a generation; several share the card's square, each a link to itself.
+function showImages(element, generation) {
+  const urls = generation.outputUrls?.length ? generation.outputUrls : [generation.outputUrl];
+  const input = generation.input || {};
+  const named = generation.prompt.length > 60 ? `${generation.prompt.slice(0, 60)}…` : generation.prompt;
+  const frame = element.querySelector(".frame");
+  frame.classList.toggle("multi", urls.length > 1);
+  frame.replaceChildren(
+    ...urls.map((url, index) => {
+      const image = document.createElement("img");
+      image.alt = urls.length > 1 ? `${generation.prompt} (image ${index + 1} of ${urls.length})` : generation.prompt;
+      image.decoding = "async";
+      image.width = Number.isInteger(input.width) ? input.width : 1024;
+      image.height = Number.isInteger(input.height) ? input.height : 1024;
+      image.src = url;
+      if (urls.length === 1) return image;
+      const link = document.createElement("a");
+      link.href = url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.setAttribute("aria-label", `Open image ${index + 1} of ${urls.length} of “${named}”`);
+      link.append(image);
+      return link;
+    }),
+  );
 }
 
 // Shows a generation, newest first. Terminal states never change and a status only moves forward,
@@ -399,6 +434,134 @@ async function watch(stop) {
   }
 }
 
+// ---- the model's options, from its input schema ----
+
+const typeOf = (spec) => (Array.isArray(spec.type) ? spec.type.find((type) => type !== "null") : spec.type);
+// A string the model reads as a URL is where a reference image goes: it is uploaded, then named by its reference.
+const takesImage = (spec) => typeOf(spec) === "string" && (spec.format === "uri" || spec.format === "uri-reference");
+
+async function loadModels() {
+  try {
+    const { items } = await api("/api/models");
+    state.schemas = new Map(items.map((item) => [item.id, item.inputSchema]));
+  } catch (error) {
+    if (error.status === 401) throw error;
+    state.schemas = new Map(); // no options offered: the model's defaults apply
+    $("options").hidden = true;
+    return;
+  }
+  buildOptions();
+}
+
+function buildOptions() {
+  const model = $("model").value;
+  if (state.token && state.schemas.size === 0) {
+    loadModels().catch(() => {}); // they could not be read at sign-in: try again (it rebuilds when read)
+    return;
+  }
+  const properties = Object.entries(state.schemas.get(model)?.properties ?? {}).filter(([name]) => name !== "prompt");
+  $("options-model").textContent = model;
+  const fields = properties.filter(([, spec]) => spec && typeof spec === "object");
+  $("option-fields").replaceChildren(...fields.map(([name, spec]) => optionField(name, spec)));
+  $("options").hidden = properties.length === 0;
+}
+
+function optionField(name, spec) {
+  const field = document.createElement("div");
+  field.className = "field";
+  const id = `option-${name}`;
+  const label = document.createElement("label");
+  label.htmlFor = id;
+  label.textContent = spec.title || name.replace(/_/g, " ");
+  const type = typeOf(spec);
+  let control;
+  if (Array.isArray(spec.enum)) {
+    control = document.createElement("select");
+    control.dataset.kind = "enum";
+    if (spec.default === undefined) control.append(new Option("Default", ""));
+    for (const value of spec.enum) {
+      const option = new Option(String(value), JSON.stringify(value));
+      option.selected = value === spec.default;
+      control.append(option);
+    }
+  } else if (type === "integer" || type === "number") {
+    control = document.createElement("input");
+    control.type = "number";
+    control.dataset.kind = "number";
+    control.inputMode = type === "integer" ? "numeric" : "decimal";
+    if (typeof spec.minimum === "number") control.min = String(spec.minimum);
+    if (typeof spec.maximum === "number") control.max = String(spec.maximum);
+    control.step = typeof spec.multipleOf === "number" ? String(spec.multipleOf) : type === "integer" ? "1" : "any";
+    if (typeof spec.default === "number") control.value = String(spec.default);
+    if (!control.value) control.placeholder = type === "integer" ? "Random" : "";
+  } else if (type === "boolean") {
+    control = document.createElement("input");
+    control.type = "checkbox";
+    control.dataset.kind = "boolean";
+    control.checked = spec.default === true;
+  } else if (takesImage(spec)) {
+    control = document.createElement("input");
+    control.type = "file";
+    control.accept = "image/png,image/jpeg,image/webp";
+    control.dataset.kind = "image";
+    field.classList.add("wide");
+  } else {
+    control = document.createElement("input");
+    control.type = "text";
+    control.dataset.kind = "text";
+    if (typeof spec.maxLength === "number") control.maxLength = spec.maxLength;
+    if (typeof spec.default === "string") control.value = spec.default;
+    if (typeof spec.maxLength === "number" && spec.maxLength > 100) field.classList.add("wide");
+  }
+  control.id = id;
+  control.name = name;
+  field.append(label, control);
+  if (spec.description) {
+    const hint = document.createElement("p");
+    hint.className = "hint";
+    hint.id = `${id}-hint`;
+    hint.textContent = spec.description;
+    control.setAttribute("aria-describedby", hint.id);
+    field.append(hint);
+  }
+  return field;
+}
+
+// The options as the model's input names them; a field left empty is left out, so the model's default applies.
+async function chosenInput() {
+  const input = {};
+  for (const control of $("option-fields").querySelectorAll("[name]")) {
+    const { kind } = control.dataset;
+    if (kind === "image") {
+      const file = control.files[0];
+      if (file) input[control.name] = await uploaded(file);
+    } else if (kind === "boolean") {
+      input[control.name] = control.checked;
+    } else if (control.value === "") {
+      continue;
+    } else if (kind === "enum") {
+      input[control.name] = JSON.parse(control.value);
+    } else if (kind === "number") {
+      input[control.name] = Number(control.value);
+    } else {
+      input[control.name] = control.value;
+    }
+  }
+  return input;
+}
+
+async function uploaded(file) {
+  if (!state.uploads.has(file)) {
+    try {
+      state.uploads.set(file, (await api("/api/uploads", { method: "POST", raw: file })).ref);
+    } catch (error) {
+      error.action = "upload";
+      throw error;
+    }
+  }
+  return state.uploads.get(file);
+}
+
 // ---- generating ----
 
 function randomKey() {
@@ -414,14 +577,16 @@ async function generate(event) {
     $("prompt").focus();
     return;
   }
-  const body = { prompt, model: $("model").value };
-  const same = state.pending && JSON.stringify(state.pending.body) === JSON.stringify(body);
-  const key = same ? state.pending.key : randomKey();
-  state.pending = { body, key };
   const button = $("generate");
   button.disabled = true;
   button.textContent = "Generating…";
   try {
+    const body = { prompt, model: $("model").value };
+    const input = await chosenInput();
+    if (Object.keys(input).length) body.input = input;
+    const same = state.pending && JSON.stringify(state.pending.body) === JSON.stringify(body);
+    const key = same ? state.pending.key : randomKey();
+    state.pending = { body, key };
     const generation = await api("/api/generate", { method: "POST", body, headers: { "Idempotency-Key": key } });
     state.pending = null;
     upsert(generation);
@@ -433,7 +598,7 @@ async function generate(event) {
     refreshQuota();
   } catch (error) {
     if (error.status !== 0 && error.status !== 503) state.pending = null;
-    failed(error, "generate");
+    failed(error, error.action || "generate");
     refreshQuota();
   } finally {
     button.disabled = false;
@@ -460,6 +625,7 @@ function signOut(reason = "") {
   state.token = null;
   state.cursor = null;
   state.cards.clear();
+  state.uploads.clear();
   sessionStorage.removeItem(TOKEN_KEY);
   $("grid").replaceChildren();
   $("quota").hidden = true;
@@ -489,6 +655,7 @@ async function start(token) {
   state.token = token;
   try {
     await loadConfig();
+    await loadModels();
     await loadPage();
   } catch (error) {
     if (error.status === 401) {
@@ -528,6 +695,7 @@ document.addEventListener("DOMContentLoaded", () => {
   });
   $("sign-out").addEventListener("click", () => signOut("You are signed out."));
   $("generate-form").addEventListener("submit", generate);
+  $("model").addEventListener("change", buildOptions);
   $("prompt").addEventListener("input", updateCount);
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("generate-form").requestSubmit();
