@@ -30,7 +30,9 @@ def unlinked_json(generation: Generation) -> dict[str, Any]:
         "status": generation.status,
         "model": generation.model,
         "prompt": generation.prompt,
+        "input": generation.input,
         "error": generation.error,
+        "metrics": {"predictTime": generation.predict_time, "creditsUsed": generation.credits_used},
         "createdAt": _iso(generation.created_at),
         "completedAt": _iso(generation.completed_at),
     }
