@@ -74,7 +74,7 @@ def test_dependencies_wait_for_health_or_completion():
     expected = {
         "minio-init": {"minio": "service_healthy"},
         "migrate": {"postgres": "service_healthy"},
-        "api": {"migrate": "service_completed_successfully"},
+        "api": {"migrate": "service_completed_successfully", "minio-init": "service_completed_successfully"},
         "api-proxy": {"api": "service_healthy"},
         "webhook": {"rabbitmq": "service_healthy"},
         "webhook-proxy": {"webhook": "service_healthy"},
