@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from common.errors import ApiError
 from common.skytells import SkytellsClient
-from common.web import ApiError
 from devstack.processes import free_port
 from services.api.bodies import GenerateRequest
 from services.api.models import PROMPT_ONLY, ModelCatalog

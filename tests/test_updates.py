@@ -16,8 +16,9 @@ import pytest
 from common.db.generations import Generation
 from common.predictions import Status
 from common.presign import OutputLinks
+from common.representation import generation_json
 from common.settings import Settings
-from common.updates import Update, UpdatePublisher, generation_json
+from common.updates import Update, UpdatePublisher
 
 
 def _generation() -> Generation:
