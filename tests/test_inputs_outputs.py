@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from urllib.parse import urlsplit
 
 from PIL import Image
 
@@ -37,7 +38,10 @@ async def test_two_512_by_768_jpegs_are_stored_and_the_same_seed_gives_the_same_
         gid = generation["id"]
         objects = await stored_objects(settings, uuid.UUID(gid))
         assert sorted(objects) == [f"generations/{gid}-1.jpg", f"generations/{gid}.jpg"]
-        assert [url.rsplit("/", 1)[1] for url in generation["outputUrls"]] == [f"{gid}.jpg", f"{gid}-1.jpg"]
+        assert [urlsplit(url).path.rsplit("/", 1)[1] for url in generation["outputUrls"]] == [
+            f"{gid}.jpg",
+            f"{gid}-1.jpg",
+        ]
         images = [objects[f"generations/{gid}.jpg"], objects[f"generations/{gid}-1.jpg"]]
         for data, content_type in images:
             assert content_type == "image/jpeg"
