@@ -54,6 +54,16 @@ def test_every_long_running_service_has_a_healthcheck(name):
     assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
 
 
+@pytest.mark.parametrize("name", sorted(set(SERVICES) - ONE_SHOT))
+def test_no_exec_form_healthcheck_argument_holds_a_space(name):
+    """Podman's Docker API (what `make compose-check` runs on) splits every argument of a `CMD` test at its
+    spaces: `python -c "import x; ..."` became `import`, `x;`... and the check never passed. One `CMD-SHELL`
+    string reaches both engines whole."""
+    test = SERVICES[name]["healthcheck"]["test"]
+    if test[0] == "CMD":
+        assert not any(" " in argument for argument in test[1:]), test
+
+
 @pytest.mark.parametrize("name", sorted(OURS - ONE_SHOT))
 def test_our_healthchecks_ask_our_own_probe_on_our_own_port(name):
     service = SERVICES[name]
