@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -211,3 +212,18 @@ def test_entry_modules_need_only_the_runtime_dependencies_the_image_installs():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_make_down_without_env_has_nothing_to_stop(tmp_path):
+    """Compose reads the secrets even to stop: `make down` on a fresh clone failed on the missing .env."""
+    done = subprocess.run(
+        ["make", "-f", str(ROOT / "Makefile"), "down"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ["PATH"]},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no .env: make up started nothing" in done.stdout
