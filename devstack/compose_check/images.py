@@ -114,7 +114,8 @@ def build_all(compose_file: Path, dockerfile: Path) -> None:
         (context / "ca").mkdir()
         for authority in LOCAL_CAS.glob("**/*.crt"):
             shutil.copy(authority, context / "ca" / authority.name)
-        build(qualified(dockerfile_base(dockerfile)), context / "Containerfile", context, BASE=root)
+        python = qualified(dockerfile_base(dockerfile))
+        build(python, context / "Containerfile", context, BASE=root)
     studio = ""
     for name in sorted(compose_images(compose_file)):
         kind = repository(qualified(name))
@@ -133,4 +134,4 @@ def build_all(compose_file: Path, dockerfile: Path) -> None:
         raise StartError(f"{compose_file} names no studio image")
     # The repository's own Dockerfile, as it is, on the stand-in of its base.
     build(studio, dockerfile, dockerfile.parent)
-    build(S3, HERE / "images/s3/Containerfile", ROOT, STUDIO=studio)
+    build(S3, HERE / "images/s3/Containerfile", ROOT, BASE=python)

@@ -227,7 +227,7 @@ def requests_reach_every_api_replica(count: int = 40) -> str:
     """Concurrent requests with known X-Request-Ids through api-proxy; each replica's log must hold some."""
     bearer = token()
     tag = uuid.uuid4().hex[:12]
-    ids = [f"compose-check-{tag}-{n}" for n in range(count)]
+    ids = [f"compose-check-{tag}-{n:04d}" for n in range(count)]  # none a prefix of another
 
     def one(request_id: str) -> int:
         return request("GET", f"{API}/api/generations?limit=1", bearer, headers={"X-Request-Id": request_id})[0]
@@ -244,11 +244,13 @@ def requests_reach_every_api_replica(count: int = 40) -> str:
 
 
 def killed_persister_restarts_and_loses_nothing(count: int = 4) -> str:
+    """Generations created just before and while one persister is down all succeed with their images."""
     bearer = token()
-    generations = [create(bearer, f"compose check, persister killed, #{n}", wait=False) for n in range(count)]
+    generations = [create(bearer, f"compose check, before the kill, #{n}", wait=False) for n in range(count)]
     victim = next(c for c in containers(all_states=False) if c.service == "persister")
     pid = inspect(victim.id)["State"]["Pid"]  # type: ignore[index]
     os.kill(int(pid), signal.SIGKILL)  # as a crash would: not `stop`, which the restart policy respects
+    generations += [create(bearer, f"compose check, after the kill, #{n}", wait=False) for n in range(count)]
 
     def restarted() -> Container | None:
         now = next((c for c in containers() if c.id == victim.id), None)
@@ -260,7 +262,8 @@ def killed_persister_restarts_and_loses_nothing(count: int = 4) -> str:
     sizes = [fetch_output(succeeded(bearer, generation["id"])) for generation in generations]
     return (
         f"persister {victim.id[:12]} killed (SIGKILL), restarted by its policy (restarts {victim.restarts} -> "
-        f"{back.restarts}); all {len(sizes)} generations created around it succeeded with their images"
+        f"{back.restarts}); all {len(sizes)} generations created just before and after the kill succeeded, "
+        "each image read back"
     )
 
 
