@@ -160,8 +160,11 @@ def request(
     if body is not None:
         data = json.dumps(body).encode()
         sent["Content-Type"] = "application/json"
-    loopback_url = url.replace("//localhost:", "//127.0.0.1:", 1)
-    req = urllib.request.Request(loopback_url, data=data, headers=sent, method=method)
+    parts = urlsplit(url)
+    if parts.hostname == "localhost":  # 127.0.0.1 only (not ::1), the Host header as given: a presigned URL signs it
+        sent["Host"] = parts.netloc
+        url = parts._replace(netloc=parts.netloc.replace("localhost", "127.0.0.1", 1)).geturl()
+    req = urllib.request.Request(url, data=data, headers=sent, method=method)
     try:
         with urllib.request.urlopen(req, timeout=90) as answer:
             return answer.status, dict(answer.headers), answer.read()
