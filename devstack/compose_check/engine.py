@@ -11,9 +11,9 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from devstack import apt
 from devstack.processes import StartError
@@ -87,15 +87,16 @@ class Service:
         SOCKET.unlink(missing_ok=True)
 
 
-def project_containers(project: str, *, all_states: bool = False) -> list[dict[str, object]]:
+def project_containers(project: str, *, all_states: bool = False) -> list[dict[str, Any]]:
     """`podman ps` of the compose project's containers, as podman's JSON."""
     args = ["ps", "--format", "json", "--filter", f"label=com.docker.compose.project={project}"]
-    rows: list[dict[str, object]] = json.loads(podman(*args, *(["--all"] if all_states else [])).stdout or "[]")
+    rows: list[dict[str, Any]] = json.loads(podman(*args, *(["--all"] if all_states else [])).stdout or "[]")
     return rows
 
 
-def inspect(container: str) -> dict[str, object]:
-    rows: list[dict[str, object]] = json.loads(podman("container", "inspect", container).stdout)
+def inspect(container: str) -> dict[str, Any]:
+    """`podman container inspect`, as podman's JSON."""
+    rows: list[dict[str, Any]] = json.loads(podman("container", "inspect", container).stdout)
     return rows[0]
 
 
@@ -124,34 +125,34 @@ class Healthchecks:
     def _interval(self, container: str) -> float | None:
         if container not in self._intervals:
             try:
-                config = inspect(container).get("Config")
+                config = inspect(container)["Config"]
             except StartError:  # gone meanwhile
                 return None
-            check = config.get("Healthcheck") if isinstance(config, Mapping) else None
-            test = check.get("Test") if isinstance(check, Mapping) else None
-            if not test or test == ["NONE"]:
+            check = config.get("Healthcheck") or {}
+            if not check.get("Test") or check["Test"] == ["NONE"]:
                 self._intervals[container] = None
-            else:
-                interval_ns = check.get("Interval") if isinstance(check, Mapping) else None
-                self._intervals[container] = (interval_ns / 1e9) if isinstance(interval_ns, int) and interval_ns else 30
+            else:  # nanoseconds; Docker's default when unset
+                self._intervals[container] = (check.get("Interval") or 30_000_000_000) / 1e9
         return self._intervals[container]
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):
             try:
-                running = [str(row["Id"]) for row in project_containers(self.project)]
-            except (StartError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
-                logger.warning("listing containers for healthchecks failed: %s", exc)
+                self._round()
+            except (StartError, subprocess.SubprocessError, ValueError, KeyError) as exc:  # the next round retries
+                logger.warning("healthchecks: %s", exc)
+
+    def _round(self) -> None:
+        now = time.monotonic()
+        for row in project_containers(self.project):
+            container = str(row["Id"])
+            interval = self._interval(container)
+            if interval is None or now < self._due.get(container, 0):
                 continue
-            now = time.monotonic()
-            for container in running:
-                interval = self._interval(container)
-                if interval is None or now < self._due.get(container, 0):
-                    continue
-                busy = self._running.get(container)
-                if busy is not None and not busy.done():
-                    continue
-                self._due[container] = now + interval
-                self._running[container] = self._pool.submit(
-                    podman, "healthcheck", "run", container, check=False, timeout=60
-                )
+            busy = self._running.get(container)
+            if busy is not None and not busy.done():
+                continue
+            self._due[container] = now + interval
+            self._running[container] = self._pool.submit(
+                podman, "healthcheck", "run", container, check=False, timeout=60
+            )

@@ -92,17 +92,16 @@ def containers(*, all_states: bool = True) -> list[Container]:
     found = []
     for row in project_containers(PROJECT, all_states=all_states):
         details = inspect(str(row["Id"]))
-        state: Mapping[str, Any] = details["State"]  # type: ignore[assignment]
-        labels: Mapping[str, str] = details["Config"]["Labels"]  # type: ignore[index]
+        state = details["State"]
         health = state.get("Health") or state.get("Healthcheck") or {}
         found.append(
             Container(
                 id=str(details["Id"]),
-                service=labels.get("com.docker.compose.service", "?"),
+                service=str(details["Config"]["Labels"].get("com.docker.compose.service", "?")),
                 state=str(state.get("Status", "")),
-                health=str(health.get("Status", "")) if details["Config"].get("Healthcheck") else "",  # type: ignore[attr-defined]
+                health=str(health.get("Status", "")) if details["Config"].get("Healthcheck") else "",
                 exit_code=int(state.get("ExitCode", 0)),
-                restarts=int(details.get("RestartCount", 0)),  # type: ignore[call-overload]
+                restarts=int(details.get("RestartCount", 0)),
             )
         )
     return found
@@ -138,7 +137,7 @@ def diagnosis() -> str:
     for container in containers():
         lines.append(f"  {container.service} {container.id[:12]}: {container.state} {container.health}")
         if container.health not in ("", "healthy"):
-            state: Mapping[str, Any] = inspect(container.id)["State"]  # type: ignore[assignment]
+            state = inspect(container.id)["State"]
             runs = (state.get("Health") or state.get("Healthcheck") or {}).get("Log") or []
             if runs:
                 lines.append(f"    last healthcheck: {str(runs[-1].get('Output', '')).strip()[-500:]}")
@@ -251,7 +250,7 @@ def killed_persister_restarts_and_loses_nothing(count: int = 4) -> str:
     bearer = token()
     generations = [create(bearer, f"compose check, before the kill, #{n}", wait=False) for n in range(count)]
     victim = next(c for c in containers(all_states=False) if c.service == "persister")
-    pid = inspect(victim.id)["State"]["Pid"]  # type: ignore[index]
+    pid = inspect(victim.id)["State"]["Pid"]
     os.kill(int(pid), signal.SIGKILL)  # as a crash would: not `stop`, which the restart policy respects
     generations += [create(bearer, f"compose check, after the kill, #{n}", wait=False) for n in range(count)]
 
