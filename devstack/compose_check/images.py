@@ -66,11 +66,14 @@ def base() -> str:
         with tempfile.TemporaryDirectory(dir=CACHE) as work:
             rootfs = Path(work) / "rootfs"
             logger.info("  debootstrap --variant=minbase bookworm (about a minute)")
-            subprocess.run(
+            done = subprocess.run(
                 ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), MIRROR],
-                check=True,
                 capture_output=True,
+                text=True,
+                check=False,
             )
+            if done.returncode != 0:
+                raise StartError(f"debootstrap failed ({done.returncode}): {(done.stdout + done.stderr)[-3000:]}")
             # Services a package installs must not start while an image is built.
             policy = rootfs / "usr/sbin/policy-rc.d"
             policy.write_text("#!/bin/sh\nexit 101\n")
@@ -80,7 +83,8 @@ def base() -> str:
             for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
                 deb.unlink()
             partial = tarball.with_suffix(".partial")
-            subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
+            if subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=False).returncode != 0:
+                raise StartError(f"tar of {rootfs} failed")
             partial.rename(tarball)
     podman("import", str(tarball), BASE)
     logger.info("  base %s imported from %s", BASE, tarball)

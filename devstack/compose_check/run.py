@@ -60,10 +60,14 @@ def _down() -> str:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     steps = Steps()
-    steps(
-        "install podman, runc, netavark, aardvark-dns, iptables, debootstrap, docker-compose (apt, when missing)",
-        engine.install,
-    )
+    try:
+        steps(
+            "install podman, runc, netavark, aardvark-dns, iptables, debootstrap, docker-compose (apt, when missing)",
+            engine.install,
+        )
+    except StartError as exc:  # not root, or apt failed: nothing was started
+        logger.error("FAILED: %s", exc)
+        sys.exit(1)
     service = engine.Service()
     healthchecks = engine.Healthchecks(stack.PROJECT)
     failed = True
