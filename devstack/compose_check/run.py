@@ -35,7 +35,8 @@ def _up() -> str:
     except stack.CheckFailed as exc:
         raise stack.CheckFailed(f"{exc}\n{stack.diagnosis()}") from None
     found = stack.wait_healthy()
-    return f"{len(found)} containers: " + ", ".join(sorted(f"{c.service}:{c.health or c.state}" for c in found))
+    healthy = ", ".join(sorted(f"{c.service}:{c.health or c.state}" for c in found))
+    return f"{len(found)} containers: {healthy}; {stack.migrations_gate_the_services()}"
 
 
 def _scale() -> str:

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -129,6 +130,24 @@ def wait_healthy(timeout: float = 300) -> list[Container]:
     except CheckFailed as exc:
         late = ", ".join(f"{c.service} {c.id[:12]} {c.state} {c.health}" for c in pending)
         raise CheckFailed(f"{exc}; still: {late}") from None
+
+
+def _instant(text: str) -> datetime:
+    """An engine's RFC 3339 time (nanoseconds, `Z` or an offset) as a datetime, to the microsecond."""
+    return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00"))
+
+
+def migrations_gate_the_services() -> str:
+    """Every container that waits for `migrate` started after it had finished."""
+    jobs = [c for c in containers() if c.service == "migrate"]
+    if len(jobs) != 1 or jobs[0].exit_code != 0 or jobs[0].state != "exited":
+        raise CheckFailed(f"migrate: {jobs}")
+    finished = _instant(inspect(jobs[0].id)["State"]["FinishedAt"])
+    gated = [c for c in containers() if c.service in ("api", "persister")]
+    early = [c.service for c in gated if _instant(inspect(c.id)["State"]["StartedAt"]) < finished]
+    if early or not gated:
+        raise CheckFailed(f"started before migrate finished: {early or 'no api or persister'}")
+    return f"migrate finished before {len(gated)} api and persister containers started"
 
 
 def diagnosis() -> str:
