@@ -1,6 +1,6 @@
 # Thin targets over `python -m ...`; every target installs what it needs first.
 .DEFAULT_GOAL := help
-.PHONY: help install lock run test lint bench chaos up down migrate redrive clean
+.PHONY: help install lock run test lint bench chaos up down compose-check migrate redrive clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,7 +13,8 @@ help:
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
 	@echo "make chaos   the fault soak: 1,000 generations under faults, then the balance (GENERATIONS=, SEED=)"
-	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down"
+	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down (ARGS=-v drops the data)"
+	@echo "make compose-check  docker-compose.yml run for real on podman: up, a generation, scaled, a persister killed, down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
 	@echo "make lock    refresh requirements*.lock from pyproject.toml (ARGS=--upgrade moves every pin)"
 	@echo "make redrive the dead-letter queue at AMQP_URL: REDRIVE=list (default), REDRIVE='move --all', REDRIVE='discard ID...'"
@@ -81,15 +82,24 @@ REDRIVE ?= list
 redrive: install
 	$(PY) -m services.persister redrive $(REDRIVE)
 
+# The Docker CLI's compose plugin where it is there, else Debian's docker-compose (the one the tests render with).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
 # .env decides what compose runs (.env.example: the simulator's profile); made once, with random secrets.
 up: .env
-	docker compose up -d --build
+	$(COMPOSE) up -d --build
 
 .env:
 	$(PYTHON) -m devstack.compose_env
 
+# make down ARGS=-v drops the volumes (database, broker, bucket) too. Compose reads the secrets even to stop, and
+# refuses without them: with no .env, `make up` has started nothing.
 down:
-	docker compose --profile sim down
+	@if [ -f .env ]; then set -x; $(COMPOSE) --profile sim down $(ARGS); else echo "no .env: make up started nothing"; fi
+
+# Its own time: CI runs it after `make test`. Root on Debian; it installs podman and the rest with apt.
+compose-check: install
+	$(PY) -m devstack.compose_check
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

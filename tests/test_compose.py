@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
@@ -25,7 +26,6 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 # A release (16.4, 2.8.4, with a variant such as -management) or MinIO's dated RELEASE tags; never latest or a bare
 # major, which move under a deployment.
 PINNED = re.compile(r"\d+\.\d+(\.\d+)?(-[a-z]+)?|RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ")
-CADDYFILE = "./deploy/caddy/Caddyfile"  # run by a real Caddy in tests/test_compose_proxies.py
 
 OURS = {"migrate", "api", "webhook", "persister", "skytells-sim"}
 
@@ -38,8 +38,10 @@ IMAGE_PREFIXES = {
     "rabbitmq": "RABBITMQ_",
     "minio": "MINIO_",
     "skytells-sim": "SIM_",
-    **dict.fromkeys(PROXIES, "PROXY_"),  # deploy/caddy/Caddyfile's own
+    "api-proxy": "PROXY_",  # read by deploy/compose/Caddyfile
+    "webhook-proxy": "PROXY_",
 }
+CADDYFILE = (ROOT / "deploy/compose/Caddyfile").read_text()
 ENTRY_MODULES = {"services.api", "services.webhook", "services.persister", "common.migrate", "devstack.skytells"}
 
 
@@ -63,6 +65,16 @@ def test_every_service_is_there():
 def test_every_long_running_service_has_a_healthcheck(name):
     test = SERVICES[name]["healthcheck"]["test"]
     assert test[0] in ("CMD", "CMD-SHELL") and len(test) > 1
+
+
+@pytest.mark.parametrize("name", sorted(set(SERVICES) - ONE_SHOT))
+def test_no_exec_form_healthcheck_argument_holds_a_space(name):
+    """Podman's Docker API (what `make compose-check` runs on) splits every argument of a `CMD` test at its
+    spaces: `python -c "import x; ..."` became `import`, `x;`... and the check never passed. One `CMD-SHELL`
+    string reaches both engines whole."""
+    test = SERVICES[name]["healthcheck"]["test"]
+    if test[0] == "CMD":
+        assert not any(" " in argument for argument in test[1:]), test
 
 
 @pytest.mark.parametrize("name", sorted(OURS - ONE_SHOT))
@@ -123,11 +135,13 @@ def test_scaled_services_have_no_fixed_name_or_host_port(name):
 def test_each_scaled_http_service_is_reached_through_one_proxy(proxy):
     target, port = PROXIES[proxy]
     service = SERVICES[proxy]
-    assert service["environment"] == {"PROXY_PORT": str(port), "PROXY_UPSTREAM": f"{target}:{port}"}
-    # The repository's Caddyfile, which keeps /metrics and /readyz inside the network.
-    assert service["volumes"] == [f"{CADDYFILE}:/etc/caddy/Caddyfile:ro"]
-    assert (ROOT / CADDYFILE).is_file()
-    assert _command(service) == ["caddy", "run", "--config", "/etc/caddy/Caddyfile", "--adapter", "caddyfile"]
+    assert "command" not in service  # the image's own: caddy run --config /etc/caddy/Caddyfile
+    assert service["volumes"] == ["./deploy/compose/Caddyfile:/etc/caddy/Caddyfile:ro"]
+    assert service["environment"] == {
+        "PROXY_PORT": str(port),
+        "PROXY_UPSTREAM_HOST": target,
+        "PROXY_UPSTREAM_PORT": str(port),
+    }
     assert service["ports"] == [f"{port}:{port}"]
     assert SERVICES[target]["expose"] == [str(port)]
     assert service["depends_on"] == {target: {"condition": "service_healthy"}}
@@ -148,6 +162,16 @@ def test_every_image_is_pinned_to_a_version(name):
     assert PINNED.fullmatch(tag), SERVICES[name]["image"]
     if name in OURS:
         assert tag == VERSION, "Studio's image carries the project's version"
+
+
+def test_the_proxies_take_every_replica_in_turn_and_keep_probes_inside():
+    """One upstream name dialled per connection sent every request to the first replica the resolver listed
+    (`make compose-check` saw 40 of 40 on one of two API replicas); the proxies resolve all of them instead."""
+    assert "dynamic a {$PROXY_UPSTREAM_HOST} {$PROXY_UPSTREAM_PORT}" in CADDYFILE
+    assert "lb_policy round_robin" in CADDYFILE
+    assert ":{$PROXY_PORT} {" in CADDYFILE
+    assert "@internal path /metrics /metrics/* /readyz /readyz/*" in CADDYFILE
+    assert 'respond `\\{"error": "Not Found"\\}` 404' in CADDYFILE
 
 
 def test_the_simulator_is_a_profile_of_its_own():
@@ -209,3 +233,18 @@ def test_entry_modules_need_only_the_runtime_dependencies_the_image_installs():
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_make_down_without_env_has_nothing_to_stop(tmp_path):
+    """Compose reads the secrets even to stop: `make down` on a fresh clone failed on the missing .env."""
+    done = subprocess.run(
+        ["make", "-f", str(ROOT / "Makefile"), "down"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ["PATH"]},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no .env: make up started nothing" in done.stdout

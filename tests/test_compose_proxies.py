@@ -15,7 +15,7 @@ from devstack.processes import ManagedProcess, free_port, port_open, wait_until
 from tests.wire import exchange, request
 
 ROOT = Path(__file__).resolve().parent.parent
-CADDYFILE = ROOT / "deploy" / "caddy" / "Caddyfile"
+CADDYFILE = ROOT / "deploy" / "compose" / "Caddyfile"
 
 # Spellings a client might try, each of which Caddy or aiohttp resolves to the service's /metrics or /readyz.
 INTERNAL = (
@@ -52,7 +52,8 @@ def proxy(upstream_port: int, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "PATH": "/usr/bin:/bin",
         "HOME": str(home),
         "PROXY_PORT": str(port),
-        "PROXY_UPSTREAM": f"127.0.0.1:{upstream_port}",
+        "PROXY_UPSTREAM_HOST": "localhost",
+        "PROXY_UPSTREAM_PORT": str(upstream_port),
     }
     argv = [str(binary), "run", "--config", str(CADDYFILE), "--adapter", "caddyfile"]
     caddy = ManagedProcess("caddy", argv, env=env, log_path=home / "caddy.log", cwd=home).start()

@@ -1,0 +1,3 @@
+from devstack.compose_check.run import main
+
+main()
