@@ -7,7 +7,8 @@ StudioError
 │   ├── StorageUnavailable    the S3 server failed or could not be reached
 │   └── GenerationNotYetKnown a callback raced the API's write of the prediction id
 └── PermanentError            retrying cannot help: end the generation `failed`
-    └── OutputRejected        disallowed host, too large, 4xx from the CDN, not an image
+    ├── OutputRejected        disallowed host, too large, 4xx from the CDN, not an image
+    └── DestinationRefused    a URL's host resolves to an internal address nobody allowed
 """
 
 from __future__ import annotations
@@ -42,4 +43,8 @@ class PermanentError(StudioError):
 
 
 class OutputRejected(PermanentError):
+    pass
+
+
+class DestinationRefused(PermanentError):
     pass

@@ -58,6 +58,8 @@ def generation_json(generation: Generation) -> dict[str, Any]:
         "outputUrl": generation.output_url,
         "outputUrls": list(generation.output_urls),
         "error": generation.error,
+        "webhook": generation.webhook,
+        "webhookEventsFilter": list(generation.webhook_events),
         "createdAt": _iso(generation.created_at),
         "completedAt": _iso(generation.completed_at),
     }

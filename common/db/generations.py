@@ -2,7 +2,9 @@
 
 Functions never commit: the caller owns the transaction. Every state change is a conditional UPDATE whose
 WHERE clause encodes the state machine, so concurrent or repeated deliveries cannot move a terminal
-generation or regress one, whatever the interleaving.
+generation or regress one, whatever the interleaving. Each change a client may have asked to be told of
+(`processing`, terminal) records its webhook deliveries in the same statement (`outbox.recorded`); a create
+that Skytells refused (`FAIL_SUBMISSION`) was never accepted, so it tells no one.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from datetime import datetime
 
 import asyncpg
 
+from common.db.outbox import recorded
 from common.predictions import Status
 
 
@@ -36,6 +39,8 @@ class Generation:
     completed_at: datetime | None
     submit_timed_out_at: datetime | None
     checked_at: datetime | None
+    webhook: str | None
+    webhook_events: tuple[str, ...]
 
     @property
     def terminal(self) -> bool:
@@ -45,6 +50,7 @@ class Generation:
     def from_record(cls, record: asyncpg.Record) -> Generation:
         values = {name: record[name] for name in _FIELDS}
         values["output_urls"] = tuple(values["output_urls"] or ())
+        values["webhook_events"] = tuple(values["webhook_events"] or ())
         values["status"] = Status(values["status"])
         return cls(**values)
 
@@ -61,8 +67,9 @@ LOCK_USER = "SELECT pg_advisory_xact_lock(hashtextextended('studio.quota:' || $1
 
 # Runs after LOCK_USER in the same transaction, so the count sees every committed row of this user.
 INSERT_WITHIN_QUOTA = """
-INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id)
-SELECT $1, $2, $3, $4, $5, $6, $7
+INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id, webhook,
+                         webhook_events)
+SELECT $1, $2, $3, $4, $5, $6, $7, $9, $10
 WHERE (SELECT count(*) FROM generations
        WHERE user_id = $2 AND status IN ('queued', 'processing')) < $8
 RETURNING *
@@ -76,7 +83,8 @@ RETURNING *
 # A generation with no prediction id that Skytells' list of predictions did not show within
 # RECONCILE_UNKNOWN_AFTER_S: its create call never reached Skytells (or was lost with it), so it frees its quota
 # and Idempotency-Key. (Found in time, the reconciler binds it instead.)
-EXPIRE_UNSUBMITTED = """
+EXPIRE_UNSUBMITTED = recorded(
+    """
 UPDATE generations
 SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
 WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
@@ -85,6 +93,7 @@ WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
   AND ($4::text IS NULL OR user_id = $4::text)
 RETURNING *
 """
+)
 UNANSWERED_ERROR = "Skytells never confirmed the prediction and it was not found there"
 
 # The create call timed out at Studio's end: the generation stays `queued`, holding its Idempotency-Key, so a
@@ -111,7 +120,8 @@ GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM generations WHERE user_id = $1 AND idemp
 GET_BY_PREDICTION_ID = "SELECT * FROM generations WHERE prediction_id = $1"
 
 # The callback may have bound the same prediction first (found by Studio's id); another one never replaces it.
-SET_PREDICTION = """
+SET_PREDICTION = recorded(
+    """
 UPDATE generations
 SET prediction_id = $2,
     status = CASE WHEN $3::text = 'processing' AND status = 'queued' THEN 'processing' ELSE status END,
@@ -119,6 +129,7 @@ SET prediction_id = $2,
 WHERE id = $1 AND (prediction_id IS NULL OR prediction_id = $2)
 RETURNING *
 """
+)
 
 # A callback for a prediction no generation has, carrying Studio's generation id: bind it to that generation
 # only if it has no prediction yet (whatever its status: a prediction belongs to exactly one generation).
@@ -129,19 +140,23 @@ WHERE id = $1 AND prediction_id IS NULL
 RETURNING *
 """
 
-MARK_PROCESSING = """
+MARK_PROCESSING = recorded(
+    """
 UPDATE generations SET status = 'processing', updated_at = now()
 WHERE id = $1 AND status = 'queued'
 RETURNING *
 """
+)
 
-MARK_SUCCEEDED = """
+MARK_SUCCEEDED = recorded(
+    """
 UPDATE generations
 SET status = 'succeeded', output_url = $2, output_urls = $3, error = NULL,
     completed_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
 """
+)
 
 # Outputs Skytells reported for a generation that had already ended without any (Studio failed it, or it was
 # canceled while Skytells finished): kept with the row, whose terminal status never changes.
@@ -151,12 +166,14 @@ WHERE id = $1 AND status IN ('failed', 'canceled') AND output_url IS NULL
 RETURNING *
 """
 
-MARK_ENDED = """
+MARK_ENDED = recorded(
+    """
 UPDATE generations
 SET status = $2, error = $3, completed_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
 """
+)
 
 LIST_FOR_USER = """
 SELECT * FROM generations
@@ -206,6 +223,8 @@ async def insert_within_quota(
     idempotency_key: str | None = None,
     request_hash: str | None = None,
     request_id: str | None = None,
+    webhook: str | None = None,
+    webhook_events: Collection[str] = (),
 ) -> Generation | None:
     """Insert a queued generation unless the user already has `max_active` unfinished ones (then None).
 
@@ -223,6 +242,8 @@ async def insert_within_quota(
         request_hash,
         request_id,
         max_active,
+        webhook,
+        list(webhook_events),
     )
     return _one(record)
 

@@ -1,0 +1,73 @@
+"""The notifier process: an aiohttp app (health, metrics) whose clean-up contexts own the dispatcher.
+
+`web.run_app` owns the lifecycle, so SIGTERM unwinds the contexts in reverse: the dispatcher stops claiming,
+lets the attempts in flight finish and frees what it held but never attempted; then the HTTP client and the
+pool close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import httpx
+from aiohttp import web
+
+from common import resources
+from common.settings import NOTIFIER_REQUIRED, Settings
+from common.web import add_fallback, add_probes, boot, error_middleware, run
+from services.notifier.dispatcher import MAX_IN_FLIGHT, Dispatcher
+from services.notifier.keys import DISPATCHER, HTTP, POOL, SETTINGS
+from services.notifier.sender import Sender
+
+logger = logging.getLogger(__name__)
+
+
+async def _http(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    # trust_env=False: no proxy from the environment may sit between the address checks and the receiver.
+    app[HTTP] = httpx.AsyncClient(
+        timeout=settings.notify_timeout_s, limits=httpx.Limits(max_connections=MAX_IN_FLIGHT), trust_env=False
+    )
+    yield
+    await app[HTTP].aclose()
+
+
+async def _dispatcher(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    sender = Sender(
+        app[HTTP],
+        settings.notify_allow_hosts,
+        settings.notify_timeout_s,
+        settings.notify_rotation_overlap_s,
+        settings.notify_retry_max_s,
+    )
+    dispatcher = app[DISPATCHER] = Dispatcher(settings, app[POOL], sender)
+    task = asyncio.get_running_loop().create_task(dispatcher.run(), name="notifier-dispatch")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await dispatcher.stop()
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    for context in (resources.database(SETTINGS, POOL, stateless=True), _http, _dispatcher):
+        app.cleanup_ctx.append(context)
+
+    async def dispatching() -> None:
+        if not app[DISPATCHER].running:
+            raise RuntimeError("not dispatching")
+
+    add_probes(app, {"database": resources.database_probe(app, POOL), "dispatcher": dispatching})
+    add_fallback(app)
+    return app
+
+
+def main() -> None:
+    settings = boot("notifier", NOTIFIER_REQUIRED)
+    run(create_app(settings), settings.bind_host, settings.notifier_port, use_uvloop=settings.uvloop)

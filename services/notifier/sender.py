@@ -1,0 +1,141 @@
+"""One attempt at one delivery: the signed request, sent to the checked address, and what its answer means.
+
+The request is what the Standard Webhooks specification describes: `webhook-id` (the delivery's id, the same on
+every attempt), `webhook-timestamp` (this attempt's Unix seconds) and `webhook-signature`, signed by the
+`standardwebhooks` package under the user's key, and under the previous key too within the rotation overlap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+
+import httpx
+from standardwebhooks import Webhook
+
+from common import destinations
+from common.addresses import host_allowed
+from common.db.deliveries import Delivery, SigningKeys
+from common.errors import DestinationRefused, UpstreamUnavailable
+from common.events import dumps
+from common.updates import generation_json
+
+USER_AGENT = "Studio-Webhooks/1"
+MAX_ERROR = 500
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one attempt came to. `delivered`, `gone` (410) and `refused` (a destination it may not reach) are
+    final; anything else is worth another attempt, after `retry_after` seconds when the receiver said so."""
+
+    status_code: int | None = None
+    error: str | None = None
+    delivered: bool = False
+    gone: bool = False
+    refused: bool = False
+    retry_after: float | None = None
+
+
+@lru_cache(maxsize=4096)
+def _signer(key: str) -> Webhook:
+    return Webhook(key)
+
+
+def body_of(delivery: Delivery) -> bytes:
+    """`{"type", "timestamp", "data"}`: the generation as of the change, stamped with the change's moment."""
+    generation = delivery.generation_as_of_change()
+    return dumps(
+        {
+            "type": f"generation.{delivery.event}",
+            "timestamp": generation.updated_at.isoformat(),
+            "data": generation_json(generation),
+        }
+    )
+
+
+def signature(keys: SigningKeys, msg_id: str, moment: datetime, body: bytes, overlap_s: float) -> str:
+    """`v1,<base64>` under the user's key; within `overlap_s` of a rotation, the old key's signature after it."""
+    signatures = [_signer(keys.key).sign(msg_id, moment, body)]
+    if keys.previous_key and keys.rotated_at is not None and moment - keys.rotated_at < timedelta(seconds=overlap_s):
+        signatures.append(_signer(keys.previous_key).sign(msg_id, moment, body))
+    return " ".join(signatures)
+
+
+def retry_after(value: str | None, now: float, longest: float) -> float | None:
+    """Seconds a `Retry-After` asks for (delay or HTTP date), at most `longest`; None when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), longest)
+    try:
+        moment = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        return None
+    return min(max(0.0, moment.timestamp() - now), longest)
+
+
+class Sender:
+    def __init__(
+        self, http: httpx.AsyncClient, allow_hosts: Sequence[str], timeout_s: float, overlap_s: float, longest_s: float
+    ) -> None:
+        self.http = http
+        self.allow_hosts = tuple(allow_hosts)
+        self.timeout_s = timeout_s
+        self.overlap_s = overlap_s
+        self.longest_s = longest_s
+
+    async def attempt(self, delivery: Delivery, keys: SigningKeys) -> Answer:
+        try:
+            target = httpx.URL(delivery.url)
+            host = target.host
+        except (httpx.InvalidURL, ValueError) as exc:
+            return Answer(error=f"webhook URL cannot be parsed: {exc}"[:MAX_ERROR], refused=True)
+        listed = host_allowed(host, self.allow_hosts)
+        if not (target.scheme == "https" or (target.scheme == "http" and listed)):
+            return Answer(error="webhook URL must be https (http only for NOTIFY_ALLOW_HOSTS)", refused=True)
+        body = body_of(delivery)
+        moment = datetime.fromtimestamp(math.floor(time.time()), UTC)
+        msg_id = str(delivery.id)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": USER_AGENT,
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(int(moment.timestamp())),
+            "webhook-signature": signature(keys, msg_id, moment, body, self.overlap_s),
+        }
+        # A host of NOTIFY_ALLOW_HOSTS (by wildcard too) may resolve to internal addresses; any other may not.
+        allowed = (host,) if listed else ()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                request = await destinations.pinned_request(self.http, "POST", target, allowed, headers, body)
+                response = await self.http.send(request, stream=True, follow_redirects=False)
+                await response.aclose()  # the receiver's body says nothing we need
+        except DestinationRefused as exc:
+            return Answer(error=str(exc)[:MAX_ERROR], refused=True)
+        except UpstreamUnavailable as exc:
+            return Answer(error=str(exc)[:MAX_ERROR])
+        except TimeoutError:
+            return Answer(error=f"no answer within {self.timeout_s:g} s")
+        except httpx.HTTPError as exc:  # refused, reset, TLS: worth another attempt
+            return Answer(error=f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR])
+        status = response.status_code
+        if 200 <= status < 300:
+            return Answer(status, delivered=True)
+        if status == 410:
+            return Answer(status, "receiver answered 410 Gone", gone=True)
+        if 300 <= status < 400:
+            return Answer(status, f"redirects are not followed (HTTP {status})")
+        wait = None
+        if status in (429, 503):
+            wait = retry_after(response.headers.get("Retry-After"), time.time(), self.longest_s)
+        return Answer(status, f"receiver answered HTTP {status}", retry_after=wait)
