@@ -11,6 +11,7 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from devstack.processes import free_port
 from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET
 from tests.helpers import eventually, metric, metrics_of, wait_for_status
@@ -349,3 +350,36 @@ async def test_the_notifier_counts_its_outcomes(http, urls, auth, receiver, serv
     assert metric(text, "studio_notifier_deliveries_total", outcome="delivered") >= 1
     assert "studio_notifier_attempt_duration_seconds_bucket" in text
     assert "studio_notifier_pending" in text and "studio_notifier_oldest_pending_seconds" in text
+
+
+async def test_a_notifier_killed_mid_delivery_loses_nothing(http, urls, auth, receiver, services):
+    key = await _key(http, urls, auth)
+    receiver.script("held", [Reply(200, delay_s=1.5)])  # the first attempt is still in flight when it dies
+    created = await _create(http, urls, auth, "survives a crash", webhook=receiver.url("held"))
+    try:
+        await eventually("the first attempt", lambda: receiver.to("held"))
+        await asyncio.to_thread(services.processes["notifier"].kill)  # SIGKILL, mid-request
+    finally:
+        await asyncio.to_thread(services.start_service, "notifier")
+    [delivery] = await _settled(http, urls, auth, created["id"])
+
+    calls = receiver.to("held")
+    assert delivery["status"] == "delivered"
+    assert len(calls) >= 2 and {call.id for call in calls} == {delivery["id"]}  # at least once, same id
+    assert all(call.verified(key)["data"]["id"] == created["id"] for call in calls)
+
+
+async def test_two_replicas_share_the_work_and_each_delivery_goes_out_once(http, urls, auth, receiver, services):
+    port = str(free_port())
+    await asyncio.to_thread(services.start_service, "notifier", {"NOTIFIER_PORT": port}, "notifier-2")
+    try:
+        before = metric(await metrics_of(http, port), "studio_notifier_deliveries_total", outcome="delivered")
+        created = [await _create(http, urls, auth, f"shared {n}", webhook=receiver.url("pair")) for n in range(8)]
+        settled = [(await _settled(http, urls, auth, c["id"]))[0] for c in created]
+        after = metric(await metrics_of(http, port), "studio_notifier_deliveries_total", outcome="delivered")
+    finally:
+        await asyncio.to_thread(services.processes["notifier-2"].stop)
+    calls = receiver.to("pair")
+    assert all(d["status"] == "delivered" and d["attempts"] == 1 for d in settled)
+    assert sorted(call.id for call in calls) == sorted(d["id"] for d in settled)  # each exactly once
+    assert after - before <= len(created)
