@@ -44,7 +44,8 @@ def base_env() -> dict[str, str]:
             "RETRY_BASE_S": "0.5",
             "RETRY_MAX_S": "4",
             # Webhook receivers of the tests listen on loopback; retries and leases short enough to watch.
-            "NOTIFY_ALLOW_HOSTS": "127.0.0.1",
+            "NOTIFY_ALLOW_HOSTS": "127.0.0.1,127.0.0.2",
+            "NOTIFY_MAX_AGE_S": "60",  # leftovers of earlier tests stop retrying
             "NOTIFY_TIMEOUT_S": "2",
             "NOTIFY_RETRY_BASE_S": "0.3",
             "NOTIFY_RETRY_MAX_S": "2",

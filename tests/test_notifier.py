@@ -383,3 +383,42 @@ async def test_two_replicas_share_the_work_and_each_delivery_goes_out_once(http,
     assert all(d["status"] == "delivered" and d["attempts"] == 1 for d in settled)
     assert sorted(call.id for call in calls) == sorted(d["id"] for d in settled)  # each exactly once
     assert after - before <= len(created)
+
+
+async def test_a_create_skytells_refuses_is_told_to_no_one(http, urls, auth, user_id, receiver, db):
+    body = {"prompt": "refused #sim:reject=422", "webhook": receiver.url("refused")}
+    response = await http.post(f"{urls.api}/api/generate", json=body, headers=auth)
+    assert response.status_code == 400
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries WHERE user_id = $1", user_id) == 0
+    assert await db.fetchval("SELECT count(*) FROM generations WHERE user_id = $1", user_id) == 1
+
+
+async def test_past_max_age_a_failing_delivery_ends_failed(http, urls, auth, receiver, db):
+    receiver.script("down", lambda call: Reply(503))  # no Retry-After: plain backoff
+    created = await _create(http, urls, auth, "never heard", webhook=receiver.url("down"))
+    await eventually("a failed attempt", lambda: receiver.to("down"))
+    # As if the change were older than NOTIFY_MAX_AGE_S: the next failure is the last.
+    await db.execute(
+        "UPDATE webhook_deliveries SET changed_at = now() - interval '1 day' WHERE generation_id = $1::uuid",
+        created["id"],
+    )
+    [delivery] = await _settled(http, urls, auth, created["id"])
+    assert delivery["status"] == "failed" and delivery["lastStatusCode"] == 503
+    assert "given up" in delivery["lastError"] and delivery["nextAttemptAt"] is None
+
+
+async def test_a_slow_receiver_delays_only_its_own_deliveries(http, urls, auth):
+    async with receiving("127.0.0.1") as slow, receiving("127.0.0.2") as quick:
+        slow.script("stuck", lambda call: Reply(500, delay_s=1.5))
+        stuck = [
+            await _create(http, urls, auth, f"stuck {n} #sim:delay=0", webhook=slow.url("stuck")) for n in range(8)
+        ]
+        await eventually("the slow receiver busy", lambda: slow.in_flight >= 4)
+        created = await _create(http, urls, auth, "quick #sim:delay=0", webhook=quick.url("quick"))
+        await wait_for_status(http, urls.api, created["id"], auth)
+        started = asyncio.get_running_loop().time()
+        await eventually("the quick delivery", lambda: quick.to("quick"), timeout=10)
+        waited = asyncio.get_running_loop().time() - started
+        assert waited < 1.0, waited  # not behind the slow receiver's queue
+        assert slow.most_in_flight <= 4  # one replica, one host: at most 4 at once
+        assert len(stuck) == 8

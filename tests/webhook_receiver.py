@@ -47,13 +47,16 @@ class Call:
 
 
 class Receiver:
-    def __init__(self) -> None:
+    def __init__(self, host: str) -> None:
+        self.host = host
         self.port = free_port()
         self.calls: list[Call] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
         self.scripts: dict[str, list[Reply] | Callable[[Call], Reply]] = {}
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"
+        return f"http://{self.host}:{self.port}/{path}"
 
     def script(self, path: str, replies: list[Reply] | Callable[[Call], Reply]) -> None:
         self.scripts[path] = replies
@@ -71,19 +74,24 @@ class Receiver:
             reply = script.pop(0)
         else:
             reply = Reply()
-        if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
-        return web.Response(status=reply.status, headers=reply.headers)
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            if reply.delay_s:
+                await asyncio.sleep(reply.delay_s)
+            return web.Response(status=reply.status, headers=reply.headers)
+        finally:
+            self.in_flight -= 1
 
 
 @asynccontextmanager
-async def receiving() -> AsyncIterator[Receiver]:
-    receiver = Receiver()
+async def receiving(host: str = "127.0.0.1") -> AsyncIterator[Receiver]:
+    receiver = Receiver(host)
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", receiver._handle)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", receiver.port).start()
+    await web.TCPSite(runner, host, receiver.port).start()
     try:
         yield receiver
     finally:

@@ -74,12 +74,17 @@ class Dispatcher:
         ]
         try:
             while True:
-                claimed = await self._claim_once()
-                if claimed:
-                    continue  # there may be more due: claim again before sleeping
-                self.wake.clear()
+                try:
+                    if await self._claim_once():
+                        continue  # there may be more due: claim again before sleeping
+                    self.wake.clear()
+                    pause = await self._pause()
+                except Exception as exc:
+                    # The database away (or anything else): the process stays up, and readiness says why.
+                    logger.warning("claiming failed, again shortly: %r", exc)
+                    pause = POLL_S
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), await self._pause())
+                    await asyncio.wait_for(self.wake.wait(), pause)
         finally:
             self.running = False
             for chore in chores:
@@ -103,17 +108,10 @@ class Dispatcher:
         if room <= 0:
             return 0
         busy = [host for host, count in self.per_host.items() if count >= PER_HOST]
-        try:
-            async with self.pool.acquire() as conn, conn.transaction():
-                claimed = await deliveries.claim_due(
-                    conn, self.replica, self.settings.notify_lease_s, busy, min(room, CLAIM_BATCH)
-                )
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            logger.warning("database unavailable, claiming again shortly: %r", exc)
-            await asyncio.sleep(POLL_S)
-            return 0
+        async with self.pool.acquire() as conn, conn.transaction():
+            claimed = await deliveries.claim_due(
+                conn, self.replica, self.settings.notify_lease_s, busy, min(room, CLAIM_BATCH)
+            )
         for delivery, keys in claimed:
             self.held.add(delivery.id)
             self.per_host[delivery.host] += 1
@@ -123,17 +121,14 @@ class Dispatcher:
         return len(claimed)
 
     async def _pause(self) -> float:
-        """Until the next retry falls due, at most POLL_S."""
-        try:
-            async with self.pool.acquire() as conn:
-                due = await deliveries.next_due(conn)
-        except Exception as exc:
-            if not unavailable(exc):
-                raise
-            return POLL_S
+        """Until the next retry falls due, at most POLL_S. Deliveries already due but not claimed wait for a
+        host of theirs to have room: the attempt that makes room wakes the loop."""
+        async with self.pool.acquire() as conn:
+            due = await deliveries.next_due(conn)
         if due is None:
             return POLL_S
-        return min(POLL_S, max(0.01, (due - datetime.now(UTC)).total_seconds()))
+        wait = (due - datetime.now(UTC)).total_seconds()
+        return POLL_S if wait <= 0 else min(POLL_S, wait)
 
     async def _deliver(self, delivery: Delivery, keys: SigningKeys) -> None:
         turn = self.turns.setdefault(delivery.host, asyncio.Semaphore(PER_HOST))
