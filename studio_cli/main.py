@@ -46,6 +46,8 @@ def _line(generation: dict[str, Any]) -> str:
 
 async def generate(api: Api, args: argparse.Namespace) -> int:
     body = {"prompt": args.prompt} | ({"model": args.model} if args.model else {})
+    if args.webhook:
+        body["webhook"] = args.webhook
     created = await api.call("POST", "/api/generate", json=body)
     State.generation_id = created["id"]
     if args.no_wait:
@@ -144,6 +146,9 @@ def parser() -> argparse.ArgumentParser:
     each["generate"].add_argument("--model", default=None, help="one of the API's models (default: its default)")
     each["generate"].add_argument("--output", type=Path, help="where to save the image (default: <id>.<ext>)")
     each["generate"].add_argument("--no-wait", action="store_true", help="print the new generation and exit")
+    each["generate"].add_argument(
+        "--webhook", metavar="URL", help="also tell this URL when the generation completes (a signed webhook)"
+    )
     each["list"].add_argument("--limit", type=int, default=20)
     for name in ("show", "cancel"):
         each[name].add_argument("id")

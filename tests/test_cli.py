@@ -165,3 +165,13 @@ async def test_watch_prints_one_line_per_change_of_the_users_generations(http, u
 
 async def _watchers_above(http, api: str, count: float) -> bool:
     return metric(await metrics_of(http, api), "studio_api_live_watchers") > count
+
+
+async def test_generate_with_a_webhook_asks_for_it(http, urls, auth, cli_env, tmp_path):
+    hook = "https://hooks.example.com/studio"
+    code, out, err = await studio(cli_env, "generate", "told #sim:delay=30", "--webhook", hook, "--no-wait", "--json")
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["webhook"] == hook and created["webhookEventsFilter"] == ["completed"]
+    code, _, err = await studio(cli_env, "generate", "told", "--webhook", "ftp://nowhere", "--no-wait")
+    assert code == 2 and "webhook" in err.lower()
