@@ -6,6 +6,7 @@ Findings fall in three columns:
 - wrong: a terminal status other than the simulator's, an object whose bytes differ, a user still charged for
   an unfinished generation, a dead letter, an answer 5xx other than 503 with Retry-After;
 - extra: an object under `generations/` no generation points at, a prediction id the simulator never made.
+Webhooks have their own part (`chaos/deliveries.py`), in the same three columns.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import aio_pika
 import asyncpg
 import httpx
 
+from chaos import deliveries
 from chaos.driver import Record
+from chaos.receivers import Receivers
 from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name
 from common.predictions import TERMINAL, Status, from_skytells
 from common.settings import Settings
@@ -39,13 +42,16 @@ class Balance:
     lost: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    webhooks: dict[str, int] = field(default_factory=dict)  # deliveries by event and status, requests by answer
 
 
 async def unsettled(settings: Settings) -> int:
-    """Generations still unfinished plus events still queued or waiting for a retry: 0 once the soak has drained."""
+    """Generations still unfinished, events still queued or waiting for a retry, and webhook deliveries still
+    pending: 0 once the soak has drained."""
     conn = await asyncpg.connect(settings.database_url)
     try:
         count: int = await conn.fetchval("SELECT count(*) FROM generations WHERE status IN ('queued', 'processing')")
+        count += await deliveries.pending(conn)
     finally:
         await conn.close()
     queues = [QUEUE, *(delay_queue_name(d) for d in RetrySchedule.from_settings(settings).all)]
@@ -83,7 +89,12 @@ async def _objects(settings: Settings) -> dict[str, str]:
 
 
 async def check(
-    settings: Settings, public_base_url: str, client: httpx.AsyncClient, simulator: str, record: Record
+    settings: Settings,
+    public_base_url: str,
+    client: httpx.AsyncClient,
+    simulator: str,
+    record: Record,
+    receivers: Receivers,
 ) -> Balance:
     """`settings` reach the servers directly; `public_base_url` is the one outputs were stored under."""
     balance = Balance()
@@ -92,6 +103,7 @@ async def check(
     try:
         rows = await conn.fetch(ROWS)
         charged = await conn.fetch(CHARGED)
+        delivery_rows = await conn.fetch(deliveries.ROWS)
     finally:
         await conn.close()
     objects = await _objects(settings)
@@ -145,6 +157,9 @@ async def check(
     dead = (await _depths(settings.amqp_url, [DEAD_QUEUE]))[DEAD_QUEUE]
     balance.wrong += [f"dead letter #{n + 1} in {DEAD_QUEUE}" for n in range(dead)]
     balance.wrong += [f"API answered {line}" for line in record.bad]
+    balance.webhooks = dict(
+        deliveries.check(delivery_rows, receivers, record, balance.lost, balance.wrong, balance.extra)
+    )
     for prediction in truth.values():
         for callback in prediction["callbacks"]:
             for status in callback.get("unexpected", []):
