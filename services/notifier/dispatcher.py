@@ -61,7 +61,6 @@ class Dispatcher:
         self.turns: dict[str, asyncio.Semaphore] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.wake = asyncio.Event()
-        self.listening = False
         self.running = False
 
     async def run(self) -> None:
@@ -222,7 +221,6 @@ class Dispatcher:
                 closed = asyncio.Event()
                 conn.add_termination_listener(lambda _, closed=closed: closed.set())
                 await conn.add_listener(CHANNEL, lambda *_: self.wake.set())
-                self.listening = True
                 self.wake.set()  # anything recorded while not listening is claimed now
                 await closed.wait()
             except asyncio.CancelledError:
@@ -230,7 +228,6 @@ class Dispatcher:
             except Exception as exc:
                 logger.warning("cannot LISTEN for deliveries, polling meanwhile: %r", exc)
             finally:
-                self.listening = False
                 if conn is not None and not conn.is_closed():
                     with contextlib.suppress(Exception):
                         await conn.close(timeout=2)
