@@ -55,7 +55,7 @@ RETURNING *
 )
 INSERT = """
 INSERT INTO generations (id, user_id, model, prompt, webhook, webhook_events)
-SELECT gen_random_uuid(), $1, 'truefusion-pro', 'bench', $2::text[] [1 + n % cardinality($2::text[])], '{completed}'
+SELECT gen_random_uuid(), $1, 'truefusion-pro', 'bench', ($2::text[])[1 + n % cardinality($2::text[])], '{completed}'
 FROM generate_series(0, $3 - 1) AS n
 RETURNING id
 """

@@ -170,24 +170,28 @@ WHERE status = 'pending'
 
 # The outcome of one attempt, applied only while this replica still holds the lease (another replica that
 # took over an expired lease decides instead). A `start` skipped meanwhile stays skipped unless it got through.
+# When the receiver answered 410 ($7), every other pending delivery of this user to this URL ends too, in the
+# same statement.
 FINISH = """
-UPDATE webhook_deliveries
-SET status = CASE WHEN $3::text = 'delivered' OR status = 'pending' THEN $3::text ELSE status END,
-    attempts = attempts + 1,
-    last_status_code = $4,
-    last_error = $5,
-    next_attempt_at = CASE WHEN $3::text = 'pending' AND status = 'pending' THEN $6::timestamptz END,
-    delivered_at = CASE WHEN $3::text = 'delivered' THEN now() END,
-    leased_by = NULL, leased_until = NULL
-WHERE id = $1 AND leased_by = $2 AND status IN ('pending', 'skipped')
-RETURNING *
-"""
-
-# A 410: the receiver is gone. Every other pending delivery of this user to this URL ends too.
-END_RECEIVER = """
-UPDATE webhook_deliveries
-SET status = 'failed', last_error = $3, next_attempt_at = NULL, leased_by = NULL, leased_until = NULL
-WHERE user_id = $1 AND url = $2 AND status = 'pending'
+WITH done AS (
+    UPDATE webhook_deliveries
+    SET status = CASE WHEN $3::text = 'delivered' OR status = 'pending' THEN $3::text ELSE status END,
+        attempts = attempts + 1,
+        last_status_code = $4,
+        last_error = $5,
+        next_attempt_at = CASE WHEN $3::text = 'pending' AND status = 'pending' THEN $6::timestamptz END,
+        delivered_at = CASE WHEN $3::text = 'delivered' THEN now() END,
+        leased_by = NULL, leased_until = NULL
+    WHERE id = $1 AND leased_by = $2 AND status IN ('pending', 'skipped')
+    RETURNING *
+), ended AS (
+    UPDATE webhook_deliveries o
+    SET status = 'failed', last_error = $5, next_attempt_at = NULL, leased_by = NULL, leased_until = NULL
+    FROM done
+    WHERE $7::bool AND o.user_id = done.user_id AND o.url = done.url AND o.status = 'pending' AND o.id <> done.id
+    RETURNING o.id
+)
+SELECT done.*, (SELECT count(*) FROM ended) AS ended_with_it FROM done
 """
 
 PENDING_STATS = """
@@ -233,16 +237,13 @@ async def finish(
     status_code: int | None,
     error: str | None,
     next_attempt_at: datetime | None = None,
-) -> Delivery | None:
-    """Record an attempt; None when this replica no longer held the delivery."""
-    record = await conn.fetchrow(FINISH, delivery_id, replica, status, status_code, error, next_attempt_at)
-    return None if record is None else Delivery.from_record(record)
-
-
-async def end_receiver(conn: asyncpg.Connection, user_id: str, url: str, error: str) -> int:
-    """Fail every pending delivery of `user_id` to `url`; how many there were."""
-    result = await conn.execute(END_RECEIVER, user_id, url, error)
-    return int(result.split()[-1])
+    *,
+    gone: bool = False,
+) -> tuple[Delivery, int] | None:
+    """Record an attempt (and, for a 410, end the receiver's other pending deliveries): the delivery and how many
+    others ended with it; None when this replica no longer held it. One statement: no transaction needed."""
+    record = await conn.fetchrow(FINISH, delivery_id, replica, status, status_code, error, next_attempt_at, gone)
+    return None if record is None else (Delivery.from_record(record), int(record["ended_with_it"]))
 
 
 async def pending_stats(conn: asyncpg.Connection) -> tuple[int, float]:

@@ -73,10 +73,11 @@ class Dispatcher:
         ]
         try:
             while True:
+                # Cleared before claiming: a notification that comes during the claim wakes the next wait.
+                self.wake.clear()
                 try:
                     if await self._claim_once():
                         continue  # there may be more due: claim again before sleeping
-                    self.wake.clear()
                     pause = await self._pause()
                 except Exception as exc:
                     # The database away (or anything else): the process stays up, and readiness says why.
@@ -107,7 +108,7 @@ class Dispatcher:
         if room <= 0:
             return 0
         busy = [host for host, count in self.per_host.items() if count >= PER_HOST]
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.pool.acquire() as conn:
             claimed = await deliveries.claim_due(
                 conn, self.replica, self.settings.notify_lease_s, busy, min(room, CLAIM_BATCH)
             )
@@ -170,13 +171,10 @@ class Dispatcher:
             error = f"{error}; given up {self.settings.notify_max_age_s:g} s after the change"
         for attempt in range(1, RECORD_TRIES + 1):
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
+                async with self.pool.acquire() as conn:
                     done = await deliveries.finish(
-                        conn, delivery.id, self.replica, status, answer.status_code, error, next_at
+                        conn, delivery.id, self.replica, status, answer.status_code, error, next_at, gone=answer.gone
                     )
-                    ended = 0
-                    if done is not None and answer.gone:
-                        ended = await deliveries.end_receiver(conn, delivery.user_id, delivery.url, error or "")
                 break
             except Exception as exc:
                 if not unavailable(exc) or attempt == RECORD_TRIES:
@@ -184,8 +182,11 @@ class Dispatcher:
                     logger.warning("could not record an attempt: %r", exc, extra={"event": delivery.event})
                     return
                 await asyncio.sleep(1)
+        ended = 0
         if done is None:
             outcome = Outcome.LOST_LEASE
+        else:
+            ended = done[1]
         DELIVERIES.labels(outcome).inc()
         logger.info(
             "webhook %s",

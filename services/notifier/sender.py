@@ -28,6 +28,7 @@ from common.updates import generation_json
 
 USER_AGENT = "Studio-Webhooks/1"
 MAX_ERROR = 500
+MAX_BODY_READ = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,22 @@ def retry_after(value: str | None, now: float, longest: float) -> float | None:
     return min(max(0.0, moment.timestamp() - now), longest)
 
 
+async def _discard(response: httpx.Response, timeout_s: float) -> None:
+    """Read a short body to its end, so the connection is kept for the next delivery; a long, slow or broken one
+    is not worth it (its connection is closed instead). The answer's status is what counts, whatever follows."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            seen = 0
+            async for chunk in response.aiter_raw():
+                seen += len(chunk)
+                if seen > MAX_BODY_READ:
+                    break
+    except (TimeoutError, httpx.HTTPError):
+        pass
+    finally:
+        await response.aclose()
+
+
 class Sender:
     def __init__(
         self, http: httpx.AsyncClient, allow_hosts: Sequence[str], timeout_s: float, overlap_s: float, longest_s: float
@@ -119,7 +136,6 @@ class Sender:
             async with asyncio.timeout(self.timeout_s):
                 request = await destinations.pinned_request(self.http, "POST", target, allowed, headers, body)
                 response = await self.http.send(request, stream=True, follow_redirects=False)
-                await response.aclose()  # the receiver's body says nothing we need
         except DestinationRefused as exc:
             return Answer(error=str(exc)[:MAX_ERROR], refused=True)
         except UpstreamUnavailable as exc:
@@ -128,6 +144,7 @@ class Sender:
             return Answer(error=f"no answer within {self.timeout_s:g} s")
         except httpx.HTTPError as exc:  # refused, reset, TLS: worth another attempt
             return Answer(error=f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR])
+        await _discard(response, min(self.timeout_s, 1.0))
         status = response.status_code
         if 200 <= status < 300:
             return Answer(status, delivered=True)
