@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 from aiohttp import web
 
 from common import resources
@@ -27,12 +27,17 @@ logger = logging.getLogger(__name__)
 
 async def _http(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    # trust_env=False: no proxy from the environment may sit between the address checks and the receiver.
-    app[HTTP] = httpx.AsyncClient(
-        timeout=settings.notify_timeout_s, limits=httpx.Limits(max_connections=MAX_IN_FLIGHT), trust_env=False
+    # trust_env=False: no proxy from the environment may sit between the address checks and the receiver. No
+    # cookies: each delivery stands alone, whatever a receiver sets.
+    session = app[HTTP] = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=MAX_IN_FLIGHT),
+        timeout=aiohttp.ClientTimeout(total=settings.notify_timeout_s),
+        trust_env=False,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     yield
-    await app[HTTP].aclose()
+    await session.close()
 
 
 async def _dispatcher(app: web.Application) -> AsyncIterator[None]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import aiohttp
 import asyncpg
-import httpx
 from aiohttp import web
 
 from common.settings import Settings
@@ -11,5 +11,5 @@ from services.notifier.dispatcher import Dispatcher
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
-HTTP = web.AppKey("http", httpx.AsyncClient)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
-import httpx
+import aiohttp
 from standardwebhooks import Webhook
+from yarl import URL
 
 from common import destinations
 from common.addresses import host_allowed
@@ -85,25 +86,37 @@ def retry_after(value: str | None, now: float, longest: float) -> float | None:
     return min(max(0.0, moment.timestamp() - now), longest)
 
 
-async def _discard(response: httpx.Response, timeout_s: float) -> None:
+async def _discard(response: aiohttp.ClientResponse, timeout_s: float) -> None:
     """Read a short body to its end, so the connection is kept for the next delivery; a long, slow or broken one
     is not worth it (its connection is closed instead). The answer's status is what counts, whatever follows."""
     try:
         async with asyncio.timeout(timeout_s):
             seen = 0
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_chunked(MAX_BODY_READ):
                 seen += len(chunk)
                 if seen > MAX_BODY_READ:
-                    break
-    except (TimeoutError, httpx.HTTPError):
-        pass
+                    response.close()
+                    return
+    except (TimeoutError, aiohttp.ClientError):
+        response.close()
     finally:
-        await response.aclose()
+        response.release()
 
 
 class Sender:
+    """aiohttp rather than httpx: its pool costs far less per request at the concurrency webhooks run at.
+
+    The request is pinned as the persister's downloads are: the host is resolved and checked here at every
+    attempt (`common.destinations.resolve_checked`), and the request goes to that address, the Host header and
+    TLS server name (hence certificate verification, and which pooled connection it may reuse) keeping the name."""
+
     def __init__(
-        self, http: httpx.AsyncClient, allow_hosts: Sequence[str], timeout_s: float, overlap_s: float, longest_s: float
+        self,
+        http: aiohttp.ClientSession,
+        allow_hosts: Sequence[str],
+        timeout_s: float,
+        overlap_s: float,
+        longest_s: float,
     ) -> None:
         self.http = http
         self.allow_hosts = tuple(allow_hosts)
@@ -113,10 +126,12 @@ class Sender:
 
     async def attempt(self, delivery: Delivery, keys: SigningKeys) -> Answer:
         try:
-            target = httpx.URL(delivery.url)
-            host = target.host
-        except (httpx.InvalidURL, ValueError) as exc:
+            target = URL(delivery.url)
+            host, port = target.raw_host, target.port
+        except ValueError as exc:
             return Answer(error=f"webhook URL cannot be parsed: {exc}"[:MAX_ERROR], refused=True)
+        if not host or port is None or not target.is_absolute():
+            return Answer(error="webhook URL has no host", refused=True)
         listed = host_allowed(host, self.allow_hosts)
         if not (target.scheme == "https" or (target.scheme == "http" and listed)):
             return Answer(error="webhook URL must be https (http only for NOTIFY_ALLOW_HOSTS)", refused=True)
@@ -124,6 +139,7 @@ class Sender:
         moment = datetime.fromtimestamp(math.floor(time.time()), UTC)
         msg_id = str(delivery.id)
         headers = {
+            "Host": target.host_port_subcomponent or host,
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             "webhook-id": msg_id,
@@ -134,18 +150,24 @@ class Sender:
         allowed = (host,) if listed else ()
         try:
             async with asyncio.timeout(self.timeout_s):
-                request = await destinations.pinned_request(self.http, "POST", target, allowed, headers, body)
-                response = await self.http.send(request, stream=True, follow_redirects=False)
+                address = await destinations.resolve_checked(host, port, allowed)
+                response = await self.http.post(
+                    target.with_host(str(address)),
+                    data=body,
+                    headers=headers,
+                    allow_redirects=False,
+                    server_hostname=host if target.scheme == "https" else None,
+                )
         except DestinationRefused as exc:
             return Answer(error=str(exc)[:MAX_ERROR], refused=True)
         except UpstreamUnavailable as exc:
             return Answer(error=str(exc)[:MAX_ERROR])
         except TimeoutError:
             return Answer(error=f"no answer within {self.timeout_s:g} s")
-        except httpx.HTTPError as exc:  # refused, reset, TLS: worth another attempt
+        except aiohttp.ClientError as exc:  # refused, reset, TLS: worth another attempt
             return Answer(error=f"{exc.__class__.__name__}: {exc}"[:MAX_ERROR])
         await _discard(response, min(self.timeout_s, 1.0))
-        status = response.status_code
+        status = response.status
         if 200 <= status < 300:
             return Answer(status, delivered=True)
         if status == 410:
