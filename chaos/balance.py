@@ -8,7 +8,8 @@ Findings fall in three columns:
 - extra: an object under `generations/` no generation points at (a deleted generation's included), a
   prediction id the simulator never made.
 A generation its user deleted must be gone with its objects (a row left is wrong); its prediction is then held
-by it through the generation reference Skytells lists with it.
+by it through the generation reference Skytells lists with it. Webhooks have their own part
+(`chaos/deliveries.py`), in the same three columns.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import aio_pika
 import asyncpg
 import httpx
 
+from chaos import deliveries
 from chaos.driver import Record
+from chaos.receivers import Receivers
 from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name
 from common.predictions import TERMINAL, Status, from_skytells
 from common.references import generation_of_webhook_url
@@ -43,13 +46,16 @@ class Balance:
     lost: list[str] = field(default_factory=list)
     wrong: list[str] = field(default_factory=list)
     extra: list[str] = field(default_factory=list)
+    webhooks: dict[str, int] = field(default_factory=dict)  # deliveries by event and status, requests by answer
 
 
 async def unsettled(settings: Settings) -> int:
-    """Generations still unfinished plus events still queued or waiting for a retry: 0 once the soak has drained."""
+    """Generations still unfinished, events still queued or waiting for a retry, and webhook deliveries still
+    pending: 0 once the soak has drained."""
     conn = await asyncpg.connect(settings.database_url)
     try:
         count: int = await conn.fetchval("SELECT count(*) FROM generations WHERE status IN ('queued', 'processing')")
+        count += await deliveries.pending(conn)
     finally:
         await conn.close()
     queues = [QUEUE, *(delay_queue_name(d) for d in RetrySchedule.from_settings(settings).all)]
@@ -86,7 +92,9 @@ async def _objects(settings: Settings) -> dict[str, str]:
     return found
 
 
-async def check(settings: Settings, client: httpx.AsyncClient, simulator: str, record: Record) -> Balance:
+async def check(
+    settings: Settings, client: httpx.AsyncClient, simulator: str, record: Record, receivers: Receivers
+) -> Balance:
     """`settings` reach the servers directly."""
     balance = Balance()
     truth = await simulator_truth(client, simulator)
@@ -94,6 +102,7 @@ async def check(settings: Settings, client: httpx.AsyncClient, simulator: str, r
     try:
         rows = await conn.fetch(ROWS)
         charged = await conn.fetch(CHARGED)
+        delivery_rows = await conn.fetch(deliveries.ROWS)
     finally:
         await conn.close()
     objects = await _objects(settings)
@@ -151,6 +160,9 @@ async def check(settings: Settings, client: httpx.AsyncClient, simulator: str, r
     dead = (await _depths(settings.amqp_url, [DEAD_QUEUE]))[DEAD_QUEUE]
     balance.wrong += [f"dead letter #{n + 1} in {DEAD_QUEUE}" for n in range(dead)]
     balance.wrong += [f"API answered {line}" for line in record.bad]
+    balance.webhooks = dict(
+        deliveries.check(delivery_rows, receivers, record, balance.lost, balance.wrong, balance.extra)
+    )
     for prediction in truth.values():
         for callback in prediction["callbacks"]:
             for status in callback.get("unexpected", []):

@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 
 REPLICAS = 2
 JWT_SECRET = "chaos-jwt-secret-0123456789abcdef0123"
-PORT_VARS = {"api": "API_PORT", "webhook": "WEBHOOK_PORT", "persister": "PERSISTER_PORT"}
+PORT_VARS = {"api": "API_PORT", "webhook": "WEBHOOK_PORT", "persister": "PERSISTER_PORT", "notifier": "NOTIFIER_PORT"}
+NOTIFY_TIMEOUT_S = 3.0
 
 
 def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
@@ -42,6 +43,12 @@ def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
         # callbacks held back by the faults came up to 150 s late at 1,000 generations, so not much less than
         # the CDN's retention (after which the image is gone anyway).
         RECONCILE_UNKNOWN_AFTER_S="300",
+        # Webhooks go to the soak's own receivers on loopback; retries quick enough to settle in the drain.
+        NOTIFY_ALLOW_HOSTS="127.0.0.1",
+        NOTIFY_TIMEOUT_S=str(NOTIFY_TIMEOUT_S),
+        NOTIFY_RETRY_BASE_S="1",
+        NOTIFY_RETRY_MAX_S="10",
+        NOTIFY_LEASE_S="10",
         LOG_LEVEL="INFO",
     )
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from chaos.receivers import Receivers
 from chaos.schedule import Plan
 from common.predictions import TERMINAL
 
@@ -33,6 +34,7 @@ class Record:
     """What the clients saw: accepted generations, every answer by kind, and the answers that break the rules."""
 
     accepted: dict[str, str] = field(default_factory=dict)  # generation id -> user
+    webhooks: dict[str, Plan] = field(default_factory=dict)  # accepted generation id -> its plan, if it has a webhook
     refused: Counter[int] = field(default_factory=Counter)  # final answers that settle a create without an id
     answers: Counter[str] = field(default_factory=Counter)
     bad: list[str] = field(default_factory=list)
@@ -66,12 +68,13 @@ def _retry_after(response: httpx.Response, default: float = 1.0) -> float:
 class Driver:
     """The users' side; `close` ends their connections."""
 
-    def __init__(self, api: str, tokens: dict[str, str]) -> None:
+    def __init__(self, api: str, tokens: dict[str, str], receivers: Receivers) -> None:
         # A client per user, as separate people would have: one shared pool with hundreds of waiting requests
         # spends the soak's CPU matching requests to connections.
         self.clients = {user: httpx.AsyncClient(timeout=30) for user in tokens}
         self.api = api
         self.tokens = tokens
+        self.receivers = receivers
         self.record = Record()
         self.creates_left = 0
         self.created_all = asyncio.Event()  # every create has been settled: the load is over
@@ -94,7 +97,9 @@ class Driver:
     async def create(self, user: str, plan: Plan) -> str | None:
         """The generation's id once the API accepted it, or None when it refused it for good."""
         key = uuid.uuid4().hex
-        body = {"prompt": plan.prompt, "model": "truefusion-pro"}
+        body: dict[str, Any] = {"prompt": plan.prompt, "model": "truefusion-pro"}
+        if plan.webhook is not None:
+            body |= {"webhook": self.receivers.url(plan.webhook, user), "webhookEventsFilter": list(plan.events)}
         while True:
             response = await self._call(
                 "create", "POST", "/api/generate", user, json=body, headers={"Idempotency-Key": key}
@@ -104,6 +109,8 @@ class Driver:
             elif response.status_code in (200, 201):
                 generation_id: str = response.json()["id"]
                 self.record.accepted[generation_id] = user
+                if plan.webhook is not None:
+                    self.record.webhooks[generation_id] = plan
                 return generation_id
             elif response.status_code == 429:
                 await asyncio.sleep(max(_retry_after(response), random.uniform(*QUOTA_BACKOFF_S)))

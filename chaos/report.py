@@ -42,6 +42,8 @@ def render(summary: Summary) -> str:
     rows += [(f"outcome {status}", str(n)) for status, n in sorted(b.outcomes.items())]
     rows.append(("cancels asked", str(r.cancels)))
     rows.append(("deleted after they ended", str(len(r.deleted))))
+    rows.append(("asked for a webhook", str(len(r.webhooks))))
+    rows += [(f"webhook {what}", str(n)) for what, n in sorted(b.webhooks.items())]
     rows += [(f"fault: {kind}", str(summary.faults[kind])) for kind in FaultKind]
     rows.append(("replicas restarted after exiting", str(summary.restarts)))
     rows += [(f"answers: {kind}", str(n)) for kind, n in sorted(r.answers.items())]

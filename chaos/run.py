@@ -17,10 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+from standardwebhooks import Webhook
 
 from chaos import balance
-from chaos.cluster import Cluster
+from chaos.cluster import NOTIFY_TIMEOUT_S, Cluster
 from chaos.driver import USERS, Driver, drive
+from chaos.receivers import Receivers
 from chaos.report import Summary, render
 from chaos.schedule import Fault, FaultKind, fault_schedule, workload
 from common import log as logs
@@ -28,7 +30,12 @@ from devstack.stack import Server
 
 logger = logging.getLogger("chaos")
 
-SERVICE_FAULTS = {FaultKind.API: "api", FaultKind.WEBHOOK: "webhook", FaultKind.PERSISTER: "persister"}
+SERVICE_FAULTS = {
+    FaultKind.API: "api",
+    FaultKind.WEBHOOK: "webhook",
+    FaultKind.PERSISTER: "persister",
+    FaultKind.NOTIFIER: "notifier",
+}
 SERVER_FAULTS: dict[FaultKind, Server] = {
     FaultKind.RABBITMQ: "rabbitmq",
     FaultKind.POSTGRES: "postgres",
@@ -63,6 +70,21 @@ async def _drain(cluster: Cluster, timeout_s: float) -> bool:
     return False
 
 
+async def _learn_keys(api: str, tokens: dict[str, str], receivers: Receivers) -> None:
+    """Each user's webhook key, as a client reads it before it trusts its first webhook."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        for user, token in tokens.items():
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    response = await client.get(
+                        f"{api}/api/webhooks/secret", headers={"Authorization": f"Bearer {token}"}
+                    )
+                    if response.status_code == 200:
+                        receivers.keys[user] = Webhook(response.json()["key"])
+                        break
+                await asyncio.sleep(1.0)
+
+
 async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work_dir: Path | None = None) -> Summary:
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="studio-chaos-"))
     logger.warning("chaos: %d generations, seed %d; the services' logs go to %s/logs", generations, seed, work_dir)
@@ -70,13 +92,18 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
     schedule = fault_schedule(seed, generations)
     plans = workload(seed, generations)
     window_s = schedule[-1].at_s + schedule[-1].down_s + SETTLE_S
+    receivers = Receivers(NOTIFY_TIMEOUT_S)
     try:
         await cluster.start()
+        await receivers.start()
         tokens = {f"chaos-user-{n:03d}": cluster.token(f"chaos-user-{n:03d}") for n in range(USERS)}
-        driver = Driver(cluster.api_url, tokens)
+        await _learn_keys(cluster.api_url, tokens, receivers)
+        driver = Driver(cluster.api_url, tokens, receivers)
         stop_following = asyncio.Event()
         done: Counter[FaultKind] = Counter()
         started = time.monotonic()
+        # The `gone` receivers answer 410 through the middle of the load, 200 before and after.
+        receivers.gone_between(started + window_s * 0.3, started + window_s * 0.6)
         try:
             load = asyncio.create_task(drive(driver, plans, generations / window_s, stop_following))
             await _faults(cluster, schedule, started, done)
@@ -96,10 +123,11 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
         finally:
             await driver.close()
         async with httpx.AsyncClient(timeout=60) as client:
-            found = await balance.check(cluster.stack.settings, client, cluster.simulator_url, driver.record)
+            found = await balance.check(cluster.stack.settings, client, cluster.simulator_url, driver.record, receivers)
         restarts = cluster.self_restarts
         return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained)
     finally:
+        await receivers.stop()
         await cluster.stop()
 
 

@@ -11,6 +11,8 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
+from chaos.receivers import Kind
+
 
 class FaultKind(StrEnum):
     RABBITMQ = "rabbitmq SIGKILL + restart"
@@ -19,6 +21,7 @@ class FaultKind(StrEnum):
     API = "api replica SIGKILL + restart"
     WEBHOOK = "webhook replica SIGKILL + restart"
     PERSISTER = "persister replica SIGKILL + restart"
+    NOTIFIER = "notifier replica SIGKILL + restart"
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,21 @@ class Fault:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one generation asks for: its prompt (directives included), whether, when, it is canceled, and whether
-    its user deletes it once it has ended."""
+    """What one generation asks for: its prompt (directives included), whether (when) it is canceled, whether
+    its user deletes it once it has ended, and the soak's receiver it is to be told of its changes (None: no
+    webhook) with which events."""
 
     prompt: str
     cancel_after_s: float | None
     expect_fail: bool
     delete: bool = False
+    webhook: Kind | None = None
+    events: tuple[str, ...] = ()
+
+
+# Most generations ask for a webhook; most receivers take it at once, the others misbehave first.
+WEBHOOK_SHARE = 0.85
+RECEIVER_WEIGHTS = {Kind.OK: 50, Kind.FLAKY: 15, Kind.THROTTLE: 10, Kind.SLOW: 8, Kind.RESET: 7, Kind.GONE: 10}
 
 
 def faults_per_kind(generations: int) -> int:
@@ -97,5 +108,10 @@ def workload(seed: int, generations: int) -> list[Plan]:
         cancel = round(rng.uniform(0, 3), 1) if rng.random() < 0.08 else None
         delete = rng.random() < 0.06
         prompt = " ".join([f"chaos image {n}", *directives])
-        plans.append(Plan(prompt, cancel, fail, delete))
+        webhook: Kind | None = None
+        events: tuple[str, ...] = ()
+        if rng.random() < WEBHOOK_SHARE:
+            webhook = rng.choices(list(RECEIVER_WEIGHTS), weights=list(RECEIVER_WEIGHTS.values()))[0]
+            events = ("start", "completed") if rng.random() < 0.3 else ("completed",)
+        plans.append(Plan(prompt, cancel, fail, delete, webhook, events))
     return plans

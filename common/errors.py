@@ -10,7 +10,8 @@ StudioError
 │   ├── GenerationNotYetKnown     a callback raced the API's write of the prediction id
 │   └── JwksUnavailable           the identity provider's keys could not be read, and none are cached
 ├── PermanentError                retrying cannot help: end the generation `failed`
-│   └── OutputRejected            disallowed host, too large, 4xx from the CDN, not an image
+│   ├── OutputRejected            disallowed host, too large, 4xx from the CDN, not an image
+│   └── DestinationRefused        a URL's host resolves to an internal address nobody allowed
 └── SkytellsError                 a call to Skytells gave no usable answer (`status`: its HTTP status, 0 for none)
     ├── SkytellsTransient         (a TransientError) asking again later may get another answer
     │   ├── SkytellsUnreachable   no connection: nothing was sent, nothing made
@@ -73,6 +74,10 @@ class PermanentError(StudioError):
 
 
 class OutputRejected(PermanentError):
+    pass
+
+
+class DestinationRefused(PermanentError):
     pass
 
 

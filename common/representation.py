@@ -33,6 +33,8 @@ def unlinked_json(generation: Generation) -> dict[str, Any]:
         "input": generation.input,
         "error": generation.error,
         "metrics": {"predictTime": generation.predict_time, "creditsUsed": generation.credits_used},
+        "webhook": generation.webhook,
+        "webhookEventsFilter": list(generation.webhook_events),
         "createdAt": _iso(generation.created_at),
         "completedAt": _iso(generation.completed_at),
     }

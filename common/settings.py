@@ -18,8 +18,8 @@ from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
-API, WEBHOOK, PERSISTER = "api", "webhook", "persister"
-ALL = frozenset({API, WEBHOOK, PERSISTER})
+API, WEBHOOK, PERSISTER, NOTIFIER = "api", "webhook", "persister", "notifier"
+ALL = frozenset({API, WEBHOOK, PERSISTER, NOTIFIER})
 
 
 class SettingsError(Exception):
@@ -198,18 +198,18 @@ def _setting(env: str, parse: Callable[[str], Any], default: str | None, readers
 @dataclass(frozen=True)
 class Settings:
     # fmt: off
-    database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER}, "PostgreSQL DSN")  # noqa: E501
-    database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER}, "most PostgreSQL connections one process opens")  # noqa: E501
-    amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", ALL, "RabbitMQ URL")  # noqa: E501
-    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {API, PERSISTER}, "S3 endpoint; empty means AWS")  # noqa: E501
-    s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER}, "bucket for outputs")
-    s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", _optional_url, "", {API, PERSISTER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501
-    s3_output_access: OutputAccess = _setting("S3_OUTPUT_ACCESS", _output_access, "signed", {API}, "`signed`: outputs private, every URL given out presigned for `OUTPUT_URL_TTL_S`; `public`: `S3_PUBLIC_BASE_URL/key` and a bucket policy that lets anyone read `generations/*`")  # noqa: E501
-    s3_public_endpoint_url: str = _setting("S3_PUBLIC_ENDPOINT_URL", _optional_url, "", {API}, "the S3 address clients reach, used to presign (in compose the services reach MinIO by another name); default `S3_ENDPOINT_URL`")  # noqa: E501
-    output_url_ttl_s: int = _setting("OUTPUT_URL_TTL_S", _integer(60, 604_800), "3600", {API}, "lifetime in seconds of a presigned output URL, 60 to 604800")  # noqa: E501
-    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {API, PERSISTER}, "S3 credentials")
-    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {API, PERSISTER}, "S3 credentials")  # noqa: E501
-    aws_region: str = _setting("AWS_REGION", _text, "us-east-1", {API, PERSISTER}, "S3 region")
+    database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER, NOTIFIER}, "PostgreSQL DSN")  # noqa: E501
+    database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER, NOTIFIER}, "most PostgreSQL connections one process opens")  # noqa: E501
+    amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", {API, WEBHOOK, PERSISTER}, "RabbitMQ URL")  # noqa: E501
+    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {API, PERSISTER, NOTIFIER}, "S3 endpoint; empty means AWS")  # noqa: E501
+    s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER, NOTIFIER}, "bucket for outputs")  # noqa: E501
+    s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", _optional_url, "", {API, PERSISTER, NOTIFIER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501
+    s3_output_access: OutputAccess = _setting("S3_OUTPUT_ACCESS", _output_access, "signed", {API, NOTIFIER}, "`signed`: outputs private, every URL given out presigned for `OUTPUT_URL_TTL_S`; `public`: `S3_PUBLIC_BASE_URL/key` and a bucket policy that lets anyone read `generations/*`")  # noqa: E501
+    s3_public_endpoint_url: str = _setting("S3_PUBLIC_ENDPOINT_URL", _optional_url, "", {API, NOTIFIER}, "the S3 address clients reach, used to presign (in compose the services reach MinIO by another name); default `S3_ENDPOINT_URL`")  # noqa: E501
+    output_url_ttl_s: int = _setting("OUTPUT_URL_TTL_S", _integer(60, 604_800), "3600", {API, NOTIFIER}, "lifetime in seconds of a presigned output URL, 60 to 604800")  # noqa: E501
+    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {API, PERSISTER, NOTIFIER}, "S3 credentials")  # noqa: E501
+    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {API, PERSISTER, NOTIFIER}, "S3 credentials")  # noqa: E501
+    aws_region: str = _setting("AWS_REGION", _text, "us-east-1", {API, PERSISTER, NOTIFIER}, "S3 region")
     skytells_base_url: str = _setting("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
     skytells_api_key: str = _setting("SKYTELLS_API_KEY", _text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
     skytells_timeout_s: float = _setting("SKYTELLS_TIMEOUT_S", _seconds(0.1, 300), "15", {API, PERSISTER}, "deadline of one call to Skytells")  # noqa: E501
@@ -236,6 +236,14 @@ class Settings:
     api_port: int = _setting("API_PORT", _PORT, "8080", {API}, "API port")
     webhook_port: int = _setting("WEBHOOK_PORT", _PORT, "8081", {WEBHOOK}, "webhook gateway port")
     persister_port: int = _setting("PERSISTER_PORT", _PORT, "8082", {PERSISTER}, "persister port (health and metrics)")  # noqa: E501
+    notifier_port: int = _setting("NOTIFIER_PORT", _PORT, "8083", {NOTIFIER}, "notifier port (health and metrics)")  # noqa: E501
+    notify_allow_hosts: tuple[str, ...] = _setting("NOTIFY_ALLOW_HOSTS", _optional_csv, "", {API, NOTIFIER}, "webhook destinations (comma-separated hosts, `*.x.com` allowed) that may use `http://` and resolve to loopback or private addresses; every other destination must be `https://` and public")  # noqa: E501
+    notify_timeout_s: float = _setting("NOTIFY_TIMEOUT_S", _seconds(0.1, 300), "15", {NOTIFIER}, "deadline of one webhook delivery attempt")  # noqa: E501
+    notify_max_age_s: float = _setting("NOTIFY_MAX_AGE_S", _seconds(1, 30 * _DAY), "86400", {NOTIFIER}, "how long a webhook delivery is retried after its change before it ends `failed`")  # noqa: E501
+    notify_rotation_overlap_s: float = _setting("NOTIFY_ROTATION_OVERLAP_S", _seconds(0, 30 * _DAY, zero=True), "86400", {NOTIFIER}, "after a webhook secret rotation, how long deliveries are signed with the old key too")  # noqa: E501
+    notify_retry_base_s: float = _setting("NOTIFY_RETRY_BASE_S", _seconds(0.01, _HOUR), "5", {NOTIFIER}, "first webhook retry delay, at most (full jitter); it doubles each attempt")  # noqa: E501
+    notify_retry_max_s: float = _setting("NOTIFY_RETRY_MAX_S", _seconds(0.01, _HOUR), "3600", {NOTIFIER}, "longest pause between two attempts at a webhook delivery (a `Retry-After` included)")  # noqa: E501
+    notify_lease_s: float = _setting("NOTIFY_LEASE_S", _seconds(1, 600), "30", {NOTIFIER}, "how long a notifier holds a delivery without renewing its claim: a replica that died lets go of its deliveries after this")  # noqa: E501
     persister_prefetch: int = _setting("PERSISTER_PREFETCH", _integer(1, 1000), "8", {PERSISTER}, "events one persister handles at once")  # noqa: E501
     persister_max_attempts: int = _setting("PERSISTER_MAX_ATTEMPTS", _integer(1, 100), "10", {WEBHOOK, PERSISTER}, "attempts at an event before it is dead-lettered")  # noqa: E501
     retry_base_s: float = _setting("RETRY_BASE_S", _seconds(0.01, _HOUR), "1", {WEBHOOK, PERSISTER}, "first retry delay; it doubles each attempt")  # noqa: E501
@@ -302,3 +310,4 @@ def env_names() -> dict[str, str]:
 API_REQUIRED = ("SKYTELLS_API_KEY", "AUTH_JWT_SECRET", "SKYTELLS_WEBHOOK_SECRET")
 WEBHOOK_REQUIRED = ("SKYTELLS_WEBHOOK_SECRET",)
 PERSISTER_REQUIRED: tuple[str, ...] = ()
+NOTIFIER_REQUIRED: tuple[str, ...] = ()

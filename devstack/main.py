@@ -24,7 +24,7 @@ from types import FrameType
 from common import log as logs
 from common.settings import Settings, SettingsError
 from devstack.processes import StartError
-from devstack.stack import Stack, simulator_env
+from devstack.stack import SERVICES, Stack, simulator_env
 from devstack.tokens import issue_token
 
 logger = logging.getLogger("devstack")
@@ -65,6 +65,7 @@ Studio is running.
   API                 {api}
   webhook gateway     http://{LOOPBACK}:{settings.webhook_port}/api/webhooks
   persister           http://{LOOPBACK}:{settings.persister_port}/metrics
+  notifier            http://{LOOPBACK}:{settings.notifier_port}/metrics
   {skytells}
   S3                  {settings.s3_endpoint_url}/{settings.s3_bucket}
 
@@ -118,7 +119,7 @@ def main() -> None:
         stack.start_infrastructure()
         if simulated:
             stack.start_simulator(supervise=True)
-        for name in ("api", "webhook", "persister"):
+        for name in SERVICES:
             stack.start_service(name, supervise=True)
         started.set()
         where = f"{data_dir} (kept across runs)" if data_dir else f"{work_dir} (temporary, removed at exit)"

@@ -1,4 +1,4 @@
-"""Bringing up Studio locally: infrastructure where nothing answers yet, the simulator, the three services.
+"""Bringing up Studio locally: infrastructure where nothing answers yet, the simulator, the four services.
 
 Used by `python -m devstack`, by the test session and by the fault soak, so all run the same real servers.
 Services can run supervised (restarted when they exit, `supervisor.py`), in several replicas each with its own
@@ -37,6 +37,7 @@ SERVICES = {  # name -> (module, settings field holding its port)
     "api": ("services.api", "api_port"),
     "webhook": ("services.webhook", "webhook_port"),
     "persister": ("services.persister", "persister_port"),
+    "notifier": ("services.notifier", "notifier_port"),
 }
 
 
@@ -82,6 +83,7 @@ def loopback_env(**settings: str) -> dict[str, str]:
         "API_PORT": str(free_port()),
         "WEBHOOK_PORT": str(webhook_port),
         "PERSISTER_PORT": str(free_port()),
+        "NOTIFIER_PORT": str(free_port()),
         "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
         "LOG_LEVEL": "WARNING",
         **settings,

@@ -75,6 +75,8 @@ async def _image_field(api: Api, model: str | None) -> str:
 
 async def generate(api: Api, args: argparse.Namespace) -> int:
     body: dict[str, Any] = {"prompt": args.prompt} | ({"model": args.model} if args.model else {})
+    if args.webhook:
+        body["webhook"] = args.webhook
     model_input = dict(args.input or ())
     if args.image is not None:
         field = await _image_field(api, args.model)
@@ -242,6 +244,9 @@ def parser() -> argparse.ArgumentParser:
     )
     each["generate"].add_argument(
         "--image", type=Path, metavar="FILE", help="a reference image (PNG, JPEG or WebP), for models that take one"
+    )
+    each["generate"].add_argument(
+        "--webhook", metavar="URL", help="also tell this URL when the generation completes (a signed webhook)"
     )
     each["list"].add_argument("--limit", type=int, default=20)
     for name in ("show", "cancel", "delete"):

@@ -1,5 +1,5 @@
 """Session fixtures: real PostgreSQL, RabbitMQ and S3 server (started here unless their URLs are given in the
-environment), the Skytells simulator, and the three services as real processes on free loopback ports."""
+environment), the Skytells simulator, and the four services as real processes on free loopback ports."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from common.broker import Broker
 from common.settings import Settings
 from devstack.processes import free_port
 from devstack.rabbitmq import RabbitMQ
-from devstack.stack import Stack, simulator_env
+from devstack.stack import SERVICES, Stack, simulator_env
 from tests.helpers import JWT_SECRET, bearer
 
 CORS_ORIGIN = "https://studio-app.example"
@@ -36,11 +36,19 @@ def base_env() -> dict[str, str]:
             "API_PORT": str(free_port()),
             "WEBHOOK_PORT": str(webhook_port),
             "PERSISTER_PORT": str(free_port()),
+            "NOTIFIER_PORT": str(free_port()),
             "PUBLIC_WEBHOOK_URL": f"http://127.0.0.1:{webhook_port}/api/webhooks",
             "AUTH_JWT_SECRET": JWT_SECRET,
             "CORS_ALLOWED_ORIGINS": CORS_ORIGIN,
             "RETRY_BASE_S": "0.5",
             "RETRY_MAX_S": "4",
+            # Webhook receivers of the tests listen on loopback; retries and leases short enough to watch.
+            "NOTIFY_ALLOW_HOSTS": "127.0.0.1,127.0.0.2",
+            "NOTIFY_MAX_AGE_S": "60",  # leftovers of earlier tests stop retrying
+            "NOTIFY_TIMEOUT_S": "2",
+            "NOTIFY_RETRY_BASE_S": "0.3",
+            "NOTIFY_RETRY_MAX_S": "2",
+            "NOTIFY_LEASE_S": "3",
             "LOG_LEVEL": "INFO",
         }
     )
@@ -62,7 +70,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def services(stack: Stack) -> Stack:
-    for name in ("api", "webhook", "persister"):
+    for name in SERVICES:
         if name not in stack.processes:
             stack.start_service(name)
     return stack

@@ -6,14 +6,18 @@ the one test that guards the whole promise, nothing lost under crashes and outag
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from chaos import deliveries
+from chaos.driver import Record
+from chaos.receivers import Kind, Received, Receivers
 from chaos.report import render
 from chaos.run import soak
-from chaos.schedule import FaultKind, fault_schedule, workload
+from chaos.schedule import FaultKind, Plan, fault_schedule, workload
 
 GENERATIONS = 200
 SEED = 11
@@ -47,3 +51,42 @@ def test_the_default_size_has_several_faults_of_each_kind_and_every_directive() 
         assert f"#sim:{directive}" in prompts
     assert any(plan.cancel_after_s is not None for plan in workload(1, 1000))
     assert any(plan.delete for plan in workload(1, 1000))
+    # Every kind of webhook receiver, start events too, and some generations without a webhook.
+    assert {plan.webhook for plan in workload(1, 1000)} == {*Kind, None}
+    assert any("start" in plan.events for plan in workload(1, 1000))
+
+
+def test_the_webhook_balance_counts_missing_badly_signed_and_unasked_deliveries() -> None:
+    receivers = Receivers(timeout_s=1)
+    record = Record()
+    plan = Plan("p", None, False, False, Kind.OK, ("completed",))
+    for gid in ("g-ok", "g-missing", "g-forged"):
+        record.accepted[gid] = "u"
+        record.webhooks[gid] = plan
+    rows = [
+        {
+            "delivery_id": f"d-{gid}",
+            "generation_id": gid,
+            "event": "completed",
+            "status": "delivered",
+            "final": "succeeded",
+        }
+        for gid in ("g-ok", "g-missing", "g-forged")
+    ]
+
+    def request(delivery_id: str, gid: str, verified: bool) -> Received:
+        body = json.dumps({"type": "generation.completed", "data": {"id": gid, "status": "succeeded"}}).encode()
+        return Received(Kind.OK, "u", delivery_id, {}, body, 0.0, 200, verified)
+
+    receivers.received += [
+        request("d-g-ok", "g-ok", True),
+        request("d-g-forged", "g-forged", False),
+        request("d-unknown", "g-ok", True),
+    ]
+    lost: list[str] = []
+    wrong: list[str] = []
+    extra: list[str] = []
+    deliveries.check(rows, receivers, record, lost, wrong, extra)
+    assert len(lost) == 1 and "g-missing" in lost[0]
+    assert any("d-g-forged" in finding for finding in wrong)
+    assert len(extra) == 1 and "d-unknown" in extra[0]

@@ -239,3 +239,13 @@ async def test_models_lists_each_model_and_its_options(http, urls, auth, cli_env
     assert "truefusion-pro  (default)" in out and "truefusion-2.0" in out
     assert "--input width=…  integer, 256..2048, multiple of 64, default 1024" in out
     assert "--input image=…  reference image (--image FILE)" in out
+
+
+async def test_generate_with_a_webhook_asks_for_it(http, urls, auth, cli_env, tmp_path):
+    hook = "https://hooks.example.com/studio"
+    code, out, err = await studio(cli_env, "generate", "told #sim:delay=30", "--webhook", hook, "--no-wait", "--json")
+    assert code == 0, err
+    created = json.loads(out)
+    assert created["webhook"] == hook and created["webhookEventsFilter"] == ["completed"]
+    code, _, err = await studio(cli_env, "generate", "told", "--webhook", "ftp://nowhere", "--no-wait")
+    assert code == 2 and "webhook" in err.lower()

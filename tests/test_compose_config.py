@@ -15,6 +15,8 @@ import yaml
 from common.settings import (
     API,
     API_REQUIRED,
+    NOTIFIER,
+    NOTIFIER_REQUIRED,
     PERSISTER,
     PERSISTER_REQUIRED,
     WEBHOOK,
@@ -34,6 +36,7 @@ STUDIO = {
         ("api", API, API_REQUIRED),
         ("webhook", WEBHOOK, WEBHOOK_REQUIRED),
         ("persister", PERSISTER, PERSISTER_REQUIRED),
+        ("notifier", NOTIFIER, NOTIFIER_REQUIRED),
     )
 }
 STUDIO["migrate"] = ({"DATABASE_URL", "LOG_LEVEL"}, ())  # it only migrates, and logs
@@ -47,6 +50,7 @@ WIRED = {
     "API_PORT",
     "WEBHOOK_PORT",
     "PERSISTER_PORT",
+    "NOTIFIER_PORT",
 }
 SECRETS = (
     "AUTH_JWT_SECRET",

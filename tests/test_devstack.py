@@ -81,7 +81,7 @@ def service_pid(root: int, module: str) -> int | None:
 
 
 async def test_local_stack_supervises_binds_loopback_and_stops_everything(stack, tmp_path):
-    ports = {name: free_port() for name in ("API_PORT", "WEBHOOK_PORT", "PERSISTER_PORT", "SIM_PORT")}
+    ports = {name: free_port() for name in ("API_PORT", "WEBHOOK_PORT", "PERSISTER_PORT", "NOTIFIER_PORT", "SIM_PORT")}
     s3_port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("AUTH_JWT_SECRET", "S3_PUBLIC_BASE_URL")}
     env |= {
@@ -123,6 +123,7 @@ async def test_local_stack_supervises_binds_loopback_and_stops_everything(stack,
         # A service killed, or stopped by someone else, is started again and becomes ready.
         for module, port_var, signum in (
             ("services.persister", "PERSISTER_PORT", signal.SIGKILL),
+            ("services.notifier", "NOTIFIER_PORT", signal.SIGKILL),
             ("services.api", "API_PORT", signal.SIGTERM),
         ):
             before = service_pid(devstack.pid, module)

@@ -67,6 +67,7 @@ async def test_every_exposed_studio_metric_follows_the_conventions_and_is_docume
         "api": f"{urls.api}/metrics",
         "webhook": f"{urls.webhook}/metrics",
         "persister": f"http://127.0.0.1:{services.env['PERSISTER_PORT']}/metrics",
+        "notifier": f"http://127.0.0.1:{services.env['NOTIFIER_PORT']}/metrics",
     }
     async with httpx.AsyncClient(timeout=10) as client:
         for service, url in endpoints.items():

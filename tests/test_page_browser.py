@@ -21,6 +21,7 @@ from common.predictions import Status
 from devstack.processes import free_port
 from devstack.tokens import issue_token
 from tests.helpers import JWT_SECRET, wait_for_status
+from tests.webhook_receiver import Reply, receiving
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -482,3 +483,20 @@ async def test_an_option_the_model_refuses_reads_as_a_sentence(visit, urls, user
 
     await expect(page.locator("#notice")).to_have_text("The reference image must be a PNG, JPEG or WebP file.")
     await expect(page.locator(".card")).to_have_count(0)
+
+
+async def test_a_generations_webhook_deliveries_show_on_its_card(visit, urls, user_id, http):
+    async with receiving() as receiver:
+        receiver.script("card", [Reply(503, {"Retry-After": "1"})])  # one failure first, then delivered
+        page = await _open(visit, urls.api, _token(user_id))
+        response = await http.post(
+            f"{urls.api}/api/generate",
+            json={"prompt": "told by webhook #sim:delay=0.5", "webhook": receiver.url("card")},
+            headers={"Authorization": f"Bearer {_token(user_id)}"},
+        )
+        assert response.status_code == 201
+        card = page.locator(f'.card[data-id="{response.json()["id"]}"]')
+        await expect(card).to_have_attribute("data-status", "succeeded")
+        await expect(card.locator(".deliveries li")).to_have_text("Completed: delivered · 2 attempts · HTTP 200")
+        await expect(card.locator(".deliveries")).to_be_visible()
+        assert len(receiver.to("card")) == 2

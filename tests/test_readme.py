@@ -66,7 +66,7 @@ def test_configuration_defaults_are_the_settings_defaults():
 
 def test_diagram_shows_every_part_and_the_real_queue_names():
     diagram = README.split("```mermaid\n", 1)[1].split("```", 1)[0]
-    for part in ("api", "webhook", "persister", "PostgreSQL", "RabbitMQ", "S3", "Skytells", "reconciler"):
+    for part in ("api", "webhook", "persister", "notifier", "PostgreSQL", "RabbitMQ", "S3", "Skytells", "reconciler"):
         assert part in diagram, part
     assert EXCHANGE in diagram and f"queue {QUEUE}" in diagram
 
@@ -84,9 +84,16 @@ def test_the_two_commands_and_compose_commands_are_there():
     assert "make run" in _section("Two commands") and "make test" in _section("Two commands")
     compose = _section("Running with Docker Compose")
     assert "make up" in compose and "make down" in compose
-    assert "docker compose up -d --scale api=2 --scale webhook=2 --scale persister=4" in compose
+    assert "docker compose up -d --scale api=2 --scale webhook=2 --scale persister=4 --scale notifier=2" in compose
     # The variables compose fixes, as the compose test knows them.
-    for name in WIRED - {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "API_PORT", "WEBHOOK_PORT", "PERSISTER_PORT"}:
+    for name in WIRED - {
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "API_PORT",
+        "WEBHOOK_PORT",
+        "PERSISTER_PORT",
+        "NOTIFIER_PORT",
+    }:
         assert f"`{name}`" in compose, name
     for secret in SECRETS:
         assert f"`{secret}`" in compose, secret

@@ -2,7 +2,9 @@
 
 Functions never commit: the caller owns the transaction. Every state change is a conditional UPDATE whose
 WHERE clause encodes the state machine, so concurrent or repeated deliveries cannot move a terminal
-generation or regress one, whatever the interleaving.
+generation or regress one, whatever the interleaving. Each change a client may have asked to be told of
+(`processing`, terminal) records its webhook deliveries in the same statement (`outbox.recorded`); a create
+that Skytells refused (`FAIL_SUBMISSION`) was never accepted, so it tells no one.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 import asyncpg
 
+from common.db.outbox import recorded
 from common.predictions import Status
 
 
@@ -42,6 +45,8 @@ class Generation:
     input: dict[str, Any] = field(default_factory=dict)
     predict_time: float | None = None
     credits_used: float | None = None
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -51,6 +56,7 @@ class Generation:
     def from_record(cls, record: asyncpg.Record) -> Generation:
         values = {name: record[name] for name in _FIELDS}
         values["output_keys"] = tuple(values["output_keys"] or ())
+        values["webhook_events"] = tuple(values["webhook_events"] or ())
         values["status"] = Status(values["status"])
         if isinstance(values["input"], str):  # read without the pool's JSON codec
             values["input"] = json.loads(values["input"])
@@ -76,8 +82,9 @@ _MONTH = "date_trunc('month', now() AT TIME ZONE 'UTC')::date"
 # usage counts the generation in the same statement.
 INSERT_WITHIN_QUOTA = f"""
 WITH created AS (
-    INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id, input)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $9::text::jsonb
+    INSERT INTO generations (id, user_id, model, prompt, idempotency_key, request_hash, request_id, input, webhook,
+                             webhook_events)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $9::text::jsonb, $10, $11
     WHERE (SELECT count(*) FROM generations
            WHERE user_id = $2 AND status IN ('queued', 'processing')) < $8
     RETURNING *
@@ -97,7 +104,8 @@ SELECT * FROM created
 # A generation with no prediction id that Skytells' list of predictions did not show within
 # RECONCILE_UNKNOWN_AFTER_S: its create call never reached Skytells (or was lost with it), so it frees its quota
 # and Idempotency-Key. (Found in time, the reconciler binds it instead.)
-EXPIRE_UNSUBMITTED = """
+EXPIRE_UNSUBMITTED = recorded(
+    """
 UPDATE generations
 SET status = 'failed', error = $2, idempotency_key = NULL, completed_at = now(), updated_at = now()
 WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
@@ -106,6 +114,7 @@ WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
   AND ($4::text IS NULL OR user_id = $4::text)
 RETURNING *
 """
+)
 UNANSWERED_ERROR = "Skytells never confirmed the prediction and it was not found there"
 
 # The create call timed out at Studio's end: the generation stays `queued`, holding its Idempotency-Key, so a
@@ -133,7 +142,8 @@ GET_BY_IDEMPOTENCY_KEY = "SELECT * FROM generations WHERE user_id = $1 AND idemp
 GET_BY_PREDICTION_ID = "SELECT * FROM generations WHERE prediction_id = $1"
 
 # The callback may have bound the same prediction first (found by Studio's id); another one never replaces it.
-SET_PREDICTION = """
+SET_PREDICTION = recorded(
+    """
 UPDATE generations
 SET prediction_id = $2,
     status = CASE WHEN $3::text = 'processing' AND status = 'queued' THEN 'processing' ELSE status END,
@@ -141,6 +151,7 @@ SET prediction_id = $2,
 WHERE id = $1 AND (prediction_id IS NULL OR prediction_id = $2)
 RETURNING *
 """
+)
 
 # A callback for a prediction no generation has, carrying Studio's generation id: bind it to that generation
 # only if it has no prediction yet (whatever its status: a prediction belongs to exactly one generation).
@@ -151,31 +162,34 @@ WHERE id = $1 AND prediction_id IS NULL
 RETURNING *
 """
 
-MARK_PROCESSING = """
+MARK_PROCESSING = recorded(
+    """
 UPDATE generations SET status = 'processing', updated_at = now()
 WHERE id = $1 AND status = 'queued'
 RETURNING *
 """
+)
 
 # Skytells' metrics ($4, $5) when this event carried them, else those an earlier event recorded; the month's
 # usage counts the success, its images and its credits in the same statement.
-MARK_SUCCEEDED = f"""
-WITH done AS (
-    UPDATE generations
-    SET status = 'succeeded', output_key = $2, output_keys = $3, error = NULL,
-        predict_time = COALESCE($4, predict_time), credits_used = COALESCE($5, credits_used),
-        completed_at = now(), updated_at = now()
-    WHERE id = $1 AND status IN ('queued', 'processing')
-    RETURNING *
-), counted AS (
+MARK_SUCCEEDED = recorded(
+    """
+UPDATE generations
+SET status = 'succeeded', output_key = $2, output_keys = $3, error = NULL,
+    predict_time = COALESCE($4, predict_time), credits_used = COALESCE($5, credits_used),
+    completed_at = now(), updated_at = now()
+WHERE id = $1 AND status IN ('queued', 'processing')
+RETURNING *
+""",
+    also=f"""
+counted AS (
     INSERT INTO usage_months AS u (user_id, month, succeeded, images, credits_used)
-    SELECT user_id, {_MONTH}, 1, cardinality(output_keys), COALESCE(credits_used, 0) FROM done
+    SELECT user_id, {_MONTH}, 1, cardinality(output_keys), COALESCE(credits_used, 0) FROM changed
     ON CONFLICT (user_id, month) DO UPDATE
     SET succeeded = u.succeeded + 1, images = u.images + EXCLUDED.images,
         credits_used = u.credits_used + EXCLUDED.credits_used
+)""",
 )
-SELECT * FROM done
-"""
 
 # What Skytells reported of a prediction whose outputs went to the spool: kept until they are stored.
 SET_METRICS = """
@@ -201,12 +215,14 @@ WITH attached AS (
 SELECT * FROM attached
 """
 
-MARK_ENDED = """
+MARK_ENDED = recorded(
+    """
 UPDATE generations
 SET status = $2, error = $3, completed_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'processing')
 RETURNING *
 """
+)
 
 # Only a finished generation is deleted: one still running would get its outcome written to nothing. Its pending
 # webhook deliveries go with it (their foreign key cascades).
@@ -265,6 +281,8 @@ async def insert_within_quota(
     request_hash: str | None = None,
     request_id: str | None = None,
     model_input: dict[str, Any] | None = None,
+    webhook: str | None = None,
+    webhook_events: Collection[str] = (),
 ) -> Generation | None:
     """Insert a queued generation unless the user already has `max_active` unfinished ones (then None).
 
@@ -283,6 +301,8 @@ async def insert_within_quota(
         request_id,
         max_active,
         json.dumps(model_input or {}),  # as text: whichever codecs the connection has, it is the same JSON
+        webhook,
+        list(webhook_events),
     )
     return _one(record)
 

@@ -10,6 +10,7 @@ import uuid
 import asyncpg
 
 from common.db.generations import Generation
+from common.db.outbox import recorded
 
 # A session-level lock on a dedicated key: one reconciler pass at a time across every persister replica. It is
 # released explicitly after the pass, and by PostgreSQL if the holder's connection dies.
@@ -32,12 +33,14 @@ WHERE id IN (
 RETURNING *
 """
 
-MARK_FAILED_IF_CREATED_BEFORE = """
+MARK_FAILED_IF_CREATED_BEFORE = recorded(
+    """
 UPDATE generations
 SET status = 'failed', error = $2, completed_at = now(), updated_at = now()
 WHERE id = $1 AND status IN ('queued', 'processing') AND created_at < now() - make_interval(secs => $3)
 RETURNING *
 """
+)
 
 
 async def try_reconciler_lock(conn: asyncpg.Connection) -> bool:

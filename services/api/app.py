@@ -72,6 +72,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_delete("/api/predictions/{id}", views.delete_prediction, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}/events", streams.generation_events, expect_handler=expect_handler)
     app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction, expect_handler=expect_handler)
+    app.router.add_get("/api/predictions/{id}/deliveries", views.list_deliveries, expect_handler=expect_handler)
+    app.router.add_post(
+        "/api/predictions/{id}/deliveries/{deliveryId}/redeliver", views.redeliver, expect_handler=expect_handler
+    )
+    app.router.add_get("/api/webhooks/secret", views.webhook_secret, expect_handler=expect_handler)
+    app.router.add_post("/api/webhooks/secret/rotate", views.rotate_webhook_secret, expect_handler=expect_handler)
     app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)

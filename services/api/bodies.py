@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from common.addresses import host_allowed, valid_hostname
+from common.db.deliveries import DEFAULT_EVENTS, EVENTS
 from common.db.text import storable
 from common.errors import ApiError
 from common.web import read_header
@@ -24,6 +28,7 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 PREFER_HEADER = "Prefer"
 MAX_WAIT_S = 60  # longest, and default, `Prefer: wait`
 MAX_PREFER = 1000  # a Prefer header longer than this is not a preference list but an attack
+MAX_WEBHOOK_URL = 2048
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class GenerateRequest:
     prompt: str
     model: str
     input: dict[str, Any] = field(default_factory=dict)
+    webhook: str | None = None
+    webhook_events: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -38,6 +45,8 @@ class GenerateRequest:
         asked: dict[str, Any] = {"model": self.model, "prompt": self.prompt}
         if self.input:  # only then: a request without one keeps the fingerprint it had before inputs existed
             asked["input"] = self.input
+        if self.webhook is not None:  # (absent, a request hashes as it did before webhooks existed)
+            asked |= {"webhook": self.webhook, "webhookEventsFilter": sorted(self.webhook_events)}
         canonical = json.dumps(asked, sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -94,7 +103,9 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_id: str) -> GenerateRequest:
+def parse_generate(
+    body: dict[str, Any], allowed_models: tuple[str, ...], user_id: str, notify_allow_hosts: Sequence[str] = ()
+) -> GenerateRequest:
     prompt = body.get("prompt")
     if not isinstance(prompt, str) or not storable(prompt) or not 1 <= len(prompt.strip()) <= MAX_PROMPT:
         raise ApiError(400, "Invalid prompt")
@@ -106,7 +117,49 @@ def parse_generate(body: dict[str, Any], allowed_models: tuple[str, ...], user_i
             raise ApiError(400, "Invalid userId")
         if body["userId"] != user_id:
             raise ApiError(403, "userId does not match the authenticated user")
-    return GenerateRequest(prompt=prompt.strip(), model=model, input=_parse_input(body.get("input")))
+    model_input = _parse_input(body.get("input"))
+    events = parse_events_filter(body.get("webhookEventsFilter"))
+    webhook = body.get("webhook")
+    if webhook is None:
+        return GenerateRequest(prompt=prompt.strip(), model=model, input=model_input)
+    return GenerateRequest(
+        prompt=prompt.strip(),
+        model=model,
+        input=model_input,
+        webhook=parse_webhook(webhook, notify_allow_hosts),
+        webhook_events=events,
+    )
+
+
+def parse_webhook(value: object, allow_hosts: Sequence[str]) -> str:
+    """An absolute URL a delivery may be posted to: https, or http for a host of `NOTIFY_ALLOW_HOSTS`.
+
+    Where it resolves to is checked at every attempt, not here: an answer given now may change by then."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_WEBHOOK_URL or not value.isascii():
+        raise ApiError(400, "Invalid webhook")
+    if not value.isprintable() or " " in value:
+        raise ApiError(400, "Invalid webhook")
+    try:
+        parts = urlsplit(value)
+        host, port = parts.hostname, parts.port  # `.port` raises on a port that is not a number in range
+    except ValueError:
+        raise ApiError(400, "Invalid webhook") from None
+    if not host or port == 0 or not valid_hostname(host):
+        raise ApiError(400, "Invalid webhook")
+    if parts.scheme == "https" or (parts.scheme == "http" and host_allowed(host, allow_hosts)):
+        return value
+    raise ApiError(400, "Invalid webhook")
+
+
+def parse_events_filter(value: object) -> tuple[str, ...]:
+    """A non-empty subset of the events, in their own order; absent: `completed` alone."""
+    if value is None:
+        return tuple(str(event) for event in DEFAULT_EVENTS)
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        raise ApiError(400, "Invalid webhookEventsFilter: a non-empty list of start, completed")
+    if not set(value) <= set(EVENTS):
+        raise ApiError(400, "Invalid webhookEventsFilter: a non-empty list of start, completed")
+    return tuple(str(event) for event in EVENTS if event in value)
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from common.db.deliveries import DEFAULT_EVENTS, EVENTS, DeliveryStatus
 from common.predictions import Status
-from services.api.bodies import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY, MAX_PROMPT
+from services.api.bodies import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY, MAX_PROMPT, MAX_WEBHOOK_URL
 from services.api.openapi_inputs import add_inputs
 from services.api.openapi_live import add_live
 from services.api.paging import DEFAULT_LIMIT, MAX_LIMIT
@@ -190,6 +191,67 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                     },
                 }
             },
+            "/api/predictions/{id}/deliveries": {
+                "get": {
+                    "operationId": "listDeliveries",
+                    "summary": "The generation's webhook deliveries, oldest first",
+                    "security": secured,
+                    "parameters": [_ID_PARAMETER],
+                    "responses": {
+                        "200": {
+                            "description": "Its deliveries (none unless it was created with a `webhook`)",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/DeliveryPage"}}},
+                        },
+                        "401": _ref("Unauthorized"),
+                        "404": _ref("NotFound"),
+                    },
+                }
+            },
+            "/api/predictions/{id}/deliveries/{deliveryId}/redeliver": {
+                "post": {
+                    "operationId": "redeliver",
+                    "summary": "Send a delivery again, with the same `webhook-id`",
+                    "security": secured,
+                    "parameters": [
+                        _ID_PARAMETER,
+                        {
+                            "name": "deliveryId",
+                            "in": "path",
+                            "required": True,
+                            "description": "The delivery's id (its `webhook-id`).",
+                            "schema": {"type": "string", "format": "uuid"},
+                        },
+                    ],
+                    "responses": {
+                        "202": {
+                            "description": "Pending again",
+                            "content": {JSON: {"schema": {"$ref": "#/components/schemas/Delivery"}}},
+                        },
+                        "401": _ref("Unauthorized"),
+                        "404": _error("No such generation for this user, or no such delivery of it"),
+                        "409": _error("The delivery is pending already"),
+                    },
+                }
+            },
+            "/api/webhooks/secret": {
+                "get": {
+                    "operationId": "webhookSecret",
+                    "summary": "The caller's webhook signing key (made on first use)",
+                    "security": secured,
+                    "responses": {
+                        "200": _secret("The key that signs the caller's webhooks"),
+                        "401": _ref("Unauthorized"),
+                    },
+                }
+            },
+            "/api/webhooks/secret/rotate": {
+                "post": {
+                    "operationId": "rotateWebhookSecret",
+                    "summary": "Replace the caller's signing key; the old one keeps signing too for a while",
+                    "security": secured,
+                    "responses": {"200": _secret("The new key"), "401": _ref("Unauthorized")},
+                }
+            },
             "/api/generations": {
                 "get": {
                     "operationId": "listGenerations",
@@ -304,6 +366,19 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         },
                         "model": {"type": "string", "enum": list(allowed_models), "default": allowed_models[0]},
                         "userId": {"type": "string", "description": "Optional; must equal the token's `sub` (403)."},
+                        "webhook": {
+                            "type": "string",
+                            "maxLength": MAX_WEBHOOK_URL,
+                            "description": "An absolute `https://` URL (or `http://` for a host in NOTIFY_ALLOW_HOSTS)"
+                            " told of the generation's changes, signed as Standard Webhooks; else 400.",
+                        },
+                        "webhookEventsFilter": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"enum": [str(event) for event in EVENTS]},
+                            "default": [str(event) for event in DEFAULT_EVENTS],
+                            "description": "Which changes are told: `start` (processing), `completed` (terminal).",
+                        },
                     },
                 },
                 "Generation": {
@@ -317,6 +392,8 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "outputUrl",
                         "outputUrls",
                         "error",
+                        "webhook",
+                        "webhookEventsFilter",
                         "createdAt",
                         "completedAt",
                     ],
@@ -334,9 +411,51 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         },
                         "outputUrls": {"type": "array", "items": {"type": "string"}, "description": "Every output"},
                         "error": {"type": ["string", "null"]},
+                        "webhook": {"type": ["string", "null"]},
+                        "webhookEventsFilter": {"type": "array", "items": {"enum": [str(e) for e in EVENTS]}},
                         "createdAt": {"type": "string", "format": "date-time"},
                         "completedAt": {"type": ["string", "null"], "format": "date-time"},
                     },
+                },
+                "Delivery": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": [
+                        "id",
+                        "event",
+                        "url",
+                        "status",
+                        "attempts",
+                        "lastStatusCode",
+                        "lastError",
+                        "nextAttemptAt",
+                        "deliveredAt",
+                        "createdAt",
+                    ],
+                    "properties": {
+                        "id": {"type": "string", "format": "uuid", "description": "The `webhook-id` it is sent with"},
+                        "event": {"enum": [str(e) for e in EVENTS]},
+                        "url": {"type": "string"},
+                        "status": {"enum": [str(status) for status in DeliveryStatus]},
+                        "attempts": {"type": "integer", "minimum": 0},
+                        "lastStatusCode": {"type": ["integer", "null"]},
+                        "lastError": {"type": ["string", "null"]},
+                        "nextAttemptAt": {"type": ["string", "null"], "format": "date-time"},
+                        "deliveredAt": {"type": ["string", "null"], "format": "date-time"},
+                        "createdAt": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "DeliveryPage": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["items"],
+                    "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Delivery"}}},
+                },
+                "WebhookSecret": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["key"],
+                    "properties": {"key": {"type": "string", "pattern": "^whsec_[A-Za-z0-9+/]{43}=$"}},
                 },
                 "GenerationPage": {
                     "type": "object",
@@ -374,6 +493,10 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
             },
         },
     }
+
+
+def _secret(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": "#/components/schemas/WebhookSecret"}}}}
 
 
 def _probe(description: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import logging
 from aiohttp import web
 
 from common import log as logs
-from common.db import changes, generations, usage
+from common.db import changes, deliveries, generations, usage
 from common.db.generations import Generation
 from common.errors import ApiError, SkytellsError, SkytellsUndecided, StorageUnavailable
 from common.keys import POOL, S3, SETTINGS, SKYTELLS, UPDATES
@@ -19,7 +19,7 @@ from common.representation import dumps, generation_json
 from common.storage import delete_generation_objects
 from common.web import REQUEST_ID
 from services.api import openapi, uploads
-from services.api.access import current_user, own_generation
+from services.api.access import current_user, own_generation, parse_id
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
 from services.api.keys import LINKS, MODELS
 from services.api.live.waiting import wait_for_end, wait_for_news
@@ -84,6 +84,8 @@ async def _reserve(
                     request_hash=wanted.fingerprint if key else None,
                     request_id=request.get(REQUEST_ID),
                     model_input=wanted.input,
+                    webhook=wanted.webhook,
+                    webhook_events=wanted.webhook_events,
                 )
                 if created is None:
                     raise ApiError(429, "Quota exceeded")
@@ -116,7 +118,9 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
     """The generation made (201) or, for a repeated Idempotency-Key, the one made first (200)."""
     settings = request.app[SETTINGS]
     key = idempotency_key(request)
-    wanted = parse_generate(await read_json_object(request), settings.allowed_models, user_id)
+    wanted = parse_generate(
+        await read_json_object(request), settings.allowed_models, user_id, settings.notify_allow_hosts
+    )
     # Checked against the model's schema before any quota is taken or Skytells is called.
     wrong = (await request.app[MODELS].schema(wanted.model)).problem(wanted.prompt, wanted.input)
     if wrong is not None:
@@ -236,6 +240,43 @@ async def cancel_prediction(request: web.Request) -> web.Response:
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
     return _json(generation_json(current or generation, _links(request)))
+
+
+async def list_deliveries(request: web.Request) -> web.Response:
+    generation = await own_generation(request, await current_user(request))
+    async with request.app[POOL].acquire() as conn:
+        items = await deliveries.list_for_generation(conn, generation.id)
+    return _json({"items": [delivery.to_json() for delivery in items]})
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    """The delivery pending again, with the same `webhook-id`, so a receiver that deduplicates sees one event."""
+    generation = await own_generation(request, await current_user(request))
+    delivery_id = parse_id(request.match_info["deliveryId"])
+    async with request.app[POOL].acquire() as conn:
+        again = await deliveries.redeliver(conn, generation.id, delivery_id)
+        if again is None:
+            if await deliveries.get(conn, generation.id, delivery_id) is None:
+                raise ApiError(404, "Not found")
+            raise ApiError(409, "Delivery already pending")
+    logger.info("redelivery asked", extra={"delivery_id": str(delivery_id), "event": again.event})
+    return _json(again.to_json(), 202)
+
+
+async def webhook_secret(request: web.Request) -> web.Response:
+    user_id = await current_user(request)
+    async with request.app[POOL].acquire() as conn:
+        key = await deliveries.ensure_key(conn, user_id)
+    return _json({"key": key})
+
+
+async def rotate_webhook_secret(request: web.Request) -> web.Response:
+    """A new key; deliveries carry a signature by the old one too for NOTIFY_ROTATION_OVERLAP_S."""
+    user_id = await current_user(request)
+    async with request.app[POOL].acquire() as conn:
+        key = await deliveries.rotate_key(conn, user_id)
+    logger.info("webhook secret rotated", extra={"user": user_id})
+    return _json({"key": key})
 
 
 async def me(request: web.Request) -> web.Response:

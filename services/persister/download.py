@@ -1,17 +1,14 @@
 """Fetching an output from Skytells' CDN: only from allowed hosts, size-capped, typed by its own bytes.
 
-SSRF guard: the URL must be http(s) on a host of `OUTPUT_ALLOWED_HOSTS`; the host is resolved here and every
+SSRF guard: the URL must be http(s) on a host of `OUTPUT_ALLOWED_HOSTS`; the host is resolved and every
 address it resolves to must be public unless the host (or that address) is listed explicitly, not through a
-wildcard. The connection then goes to the address that was checked (the Host header and TLS SNI keep the
-name), so a DNS answer that changes between the check and the connect cannot reach an internal address.
+wildcard. The connection then goes to the address that was checked (`common.destinations`, which the
+notifier's webhook posts share).
 Redirects are followed by hand, each hop checked the same way.
 """
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,8 +16,9 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
-from common.addresses import IpAddress, forbidden, host_allowed, valid_hostname
-from common.errors import OutputRejected, UpstreamUnavailable
+from common import destinations
+from common.addresses import IpAddress, host_allowed, valid_hostname
+from common.errors import DestinationRefused, OutputRejected, UpstreamUnavailable
 from common.images import SNIFF_BYTES, sniff
 
 CHUNK = 128 * 1024
@@ -55,36 +53,22 @@ def check_url(url: str, allowed_hosts: Sequence[str]) -> httpx.URL:
 async def resolve_checked(host: str, port: int, allowed_hosts: Sequence[str]) -> IpAddress:
     """The address to connect to for `host`; OutputRejected when it is internal and not listed explicitly."""
     try:
-        literal: IpAddress | None = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = [literal]
-    else:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise UpstreamUnavailable(f"CDN host {host} does not resolve: {exc.strerror}") from None
-        except UnicodeError as exc:  # the resolver's IDNA step refuses the name: it never will resolve
-            raise OutputRejected(f"output host {host[:100]} is not a valid name: {exc}") from None
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-        if not addresses:
-            raise UpstreamUnavailable(f"CDN host {host} does not resolve")
-    refused = forbidden(host, addresses, allowed_hosts)
-    if refused is not None:
-        raise OutputRejected(f"output host {host} resolves to a non-public address ({refused})")
-    return addresses[0]
+        return await destinations.resolve_checked(host, port, allowed_hosts)
+    except DestinationRefused as exc:
+        raise OutputRejected(f"output {exc}") from None
+    except UpstreamUnavailable as exc:
+        raise UpstreamUnavailable(f"CDN {exc}") from None
 
 
 async def _pinned_request(http: httpx.AsyncClient, url: str, allowed_hosts: Sequence[str]) -> httpx.Request:
     target = check_url(url, allowed_hosts)
-    port = target.port or (443 if target.scheme == "https" else 80)
-    address = await resolve_checked(target.host, port, allowed_hosts)
-    host_header = target.netloc.decode("ascii")
-    pinned = target.copy_with(host=str(address))
     # identity: the stored object must be the bytes the CDN holds, not a compressed transfer of them.
-    headers = {"Host": host_header, "Accept-Encoding": "identity"}
-    return http.build_request("GET", pinned, headers=headers, extensions={"sni_hostname": target.host})
+    try:
+        return await destinations.pinned_request(http, "GET", target, allowed_hosts, {"Accept-Encoding": "identity"})
+    except DestinationRefused as exc:
+        raise OutputRejected(f"output {exc}") from None
+    except UpstreamUnavailable as exc:
+        raise UpstreamUnavailable(f"CDN {exc}") from None
 
 
 def redirect_target(current: str, location: str) -> str:

@@ -176,6 +176,7 @@ function render(card, generation) {
     element.querySelector(".spinner")?.remove();
     element.querySelector(".state").textContent = LABELS[generation.status];
   }
+  if (generation.webhook && previous !== generation.status) refreshDeliveries(card, generation);
   if (previous && previous !== generation.status) {
     const what = `“${generation.prompt.slice(0, 60)}”`;
     const news = {
@@ -213,6 +214,51 @@ function showImages(element, generation) {
       return link;
     }),
   );
+}
+
+// ---- webhook deliveries ----
+
+const DELIVERY_POLL_MS = 2000;
+const EVENT_LABELS = { start: "Start", completed: "Completed" };
+
+function describeDelivery(delivery) {
+  const parts = [`${EVENT_LABELS[delivery.event] || delivery.event}: ${delivery.status}`];
+  parts.push(delivery.attempts === 1 ? "1 attempt" : `${delivery.attempts} attempts`);
+  if (delivery.lastStatusCode !== null) parts.push(`HTTP ${delivery.lastStatusCode}`);
+  else if (delivery.lastError) parts.push(delivery.lastError);
+  return parts.join(" · ");
+}
+
+// A generation's deliveries on its card (status, attempts, last answer), read again while one is pending
+// or the one that reports its end is still to be written.
+async function refreshDeliveries(card, generation) {
+  clearTimeout(card.deliveriesTimer);
+  let page;
+  try {
+    page = await api(`/api/predictions/${encodeURIComponent(generation.id)}/deliveries`);
+  } catch {
+    page = null; // shown again at the next read; the card itself is what matters
+  }
+  if (page) {
+    const box = card.element.querySelector(".deliveries");
+    box.querySelector("ul").replaceChildren(
+      ...page.items.map((delivery) => {
+        const item = document.createElement("li");
+        item.dataset.status = delivery.status;
+        item.textContent = describeDelivery(delivery);
+        return item;
+      }),
+    );
+    box.hidden = page.items.length === 0;
+  }
+  const settled =
+    page !== null &&
+    TERMINAL.has(card.status) &&
+    page.items.every((delivery) => delivery.status !== "pending") &&
+    (!generation.webhookEventsFilter.includes("completed") || page.items.some((d) => d.event === "completed"));
+  if (!settled && state.cards.get(generation.id) === card) {
+    card.deliveriesTimer = setTimeout(() => refreshDeliveries(card, generation), DELIVERY_POLL_MS);
+  }
 }
 
 // Shows a generation, newest first. Terminal states never change and a status only moves forward,

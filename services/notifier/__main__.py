@@ -1,0 +1,3 @@
+from services.notifier.app import main
+
+main()
