@@ -36,23 +36,6 @@ PROCESSES = {
     "studio-notifier": ("services.notifier", "notifier", "NOTIFIER_PORT", 8083),
 }
 REQUIRED = {API: API_REQUIRED, WEBHOOK: WEBHOOK_REQUIRED}
-# Until the notifier's settings are declared on this branch, its Deployment is held to the list it was written
-# with; once the declaration names the notifier as a reader, the declaration decides, as for every other process.
-NOTIFIER_UNTIL_DECLARED = {
-    "DATABASE_URL",
-    "DATABASE_POOL_SIZE",
-    "NOTIFIER_PORT",
-    "NOTIFY_ALLOW_HOSTS",
-    "NOTIFY_TIMEOUT_S",
-    "NOTIFY_MAX_AGE_S",
-    "NOTIFY_ROTATION_OVERLAP_S",
-    "NOTIFY_RETRY_BASE_S",
-    "NOTIFY_RETRY_MAX_S",
-    "NOTIFY_LEASE_S",
-    "BIND_HOST",
-    "LOG_LEVEL",
-    "UVLOOP",
-}
 SECRET = "studio-secrets"
 # Credentials, and URLs that carry them: from the Secret, never from the ConfigMap.
 SECRETS = {
@@ -108,8 +91,6 @@ def _container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
 def _reads(reader: str) -> set[str]:
     readers = {who for var in declared().values() for who in var.readers}
     if reader not in readers:
-        if reader == "notifier":
-            return NOTIFIER_UNTIL_DECLARED
         pytest.fail(f"no setting in common/settings.py names {reader!r} among its readers")
     return {var.env for var in declared().values() if reader in var.readers}
 
@@ -213,7 +194,7 @@ def test_each_container_gets_exactly_the_settings_its_process_reads(objects):
 
 def test_secrets_come_from_the_named_secret_and_the_rest_from_the_config_map(objects):
     (config,) = _of(objects, "ConfigMap").values()
-    declared_names = {var.env for var in declared().values()} | NOTIFIER_UNTIL_DECLARED
+    declared_names = {var.env for var in declared().values()}
     assert set(config["data"]) <= declared_names - SECRETS - set(FIXED), "the ConfigMap holds no secret"
     for name, _ in _pods(objects):
         for e in _container(objects, name)["env"]:
