@@ -24,10 +24,11 @@ JWT_SECRET = "chaos-jwt-secret-0123456789abcdef0123"
 PORT_VARS = {"api": "API_PORT", "webhook": "WEBHOOK_PORT", "persister": "PERSISTER_PORT"}
 
 
-def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
+def soak_env(public_api: int, public_webhook: int, output_ttl_s: float) -> dict[str, str]:
     return loopback_env(
         S3_BUCKET="studio-chaos",
         SIM_DELAY_S="1",
+        SIM_OUTPUT_TTL_S=f"{output_ttl_s:g}",
         API_PORT=str(public_api),
         WEBHOOK_PORT=str(public_webhook),
         PUBLIC_WEBHOOK_URL=f"http://127.0.0.1:{public_webhook}/api/webhooks",
@@ -38,18 +39,18 @@ def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
         RETRY_MAX_S="20",
         RECONCILE_AFTER_S="20",
         RECONCILE_INTERVAL_S="5",
-        # A create call that timed out ends `failed` after this long without a callback (an hour by default);
-        # callbacks held back by the faults came up to 150 s late at 1,000 generations, so not much less than
-        # the CDN's retention (after which the image is gone anyway).
-        RECONCILE_UNKNOWN_AFTER_S="300",
+        # A generation with no prediction id (its create's answer lost, or its API replica killed mid-call) is
+        # looked for in Skytells' list from RECONCILE_AFTER_S on, and ends `failed` if not found within this (600 s
+        # by default): the one whose create never reached Skytells must end within the soak's drain too.
+        RECONCILE_UNKNOWN_AFTER_S="90",
         LOG_LEVEL="INFO",
     )
 
 
 class Cluster:
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, output_ttl_s: float) -> None:
         self.api_port, self.webhook_port = free_port(), free_port()
-        self.env = soak_env(self.api_port, self.webhook_port)
+        self.env = soak_env(self.api_port, self.webhook_port, output_ttl_s)
         self.stack = Stack(self.env, work_dir)
         # Each replica's own port (the persister's serves only its probes and metrics).
         self.ports = {service: [free_port() for _ in range(REPLICAS)] for service in SERVICES}

@@ -22,7 +22,7 @@ from chaos import balance
 from chaos.cluster import Cluster
 from chaos.driver import USERS, Driver, drive
 from chaos.report import Summary, render
-from chaos.schedule import Fault, FaultKind, fault_schedule, workload
+from chaos.schedule import Fault, FaultKind, fault_schedule, output_ttl_s, workload
 from common import log as logs
 from common.settings import Settings
 from devstack.stack import Server
@@ -36,6 +36,17 @@ SERVER_FAULTS: dict[FaultKind, Server] = {
     FaultKind.S3: "s3",
 }
 SETTLE_S = 10.0  # the load goes on this long after the last fault's part is back
+# The loss paths the workload is built to reach, each by a line the services log when they take it: the table
+# shows the soak did reach them (a soak that never took a path proves nothing about it).
+REACHED = {
+    "create answered unclearly, waited": "no clear answer to the create call",
+    "prediction bound by its callback's reference": "prediction bound to its generation by the id in its callback",
+    "prediction found in Skytells' list": "found the prediction of a generation that had none recorded",
+    "outputs kept in the spool": "outputs kept in the local spool",
+    "spooled outputs stored": "spooled outputs stored",
+    "output found stored, not downloaded again": "already stored by an earlier attempt",
+    "late outcome stored": "late outcome stored",
+}
 
 
 async def _inflict(cluster: Cluster, fault: Fault) -> None:
@@ -63,10 +74,20 @@ async def _drain(cluster: Cluster, timeout_s: float) -> bool:
     return False
 
 
+def _reached(logs_dir: Path) -> dict[str, int]:
+    counts = dict.fromkeys(REACHED, 0)
+    for log in logs_dir.glob("*.log"):
+        with log.open(errors="replace") as lines:
+            for line in lines:
+                for path, marker in REACHED.items():
+                    counts[path] += marker in line
+    return counts
+
+
 async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work_dir: Path | None = None) -> Summary:
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="studio-chaos-"))
     logger.warning("chaos: %d generations, seed %d; the services' logs go to %s/logs", generations, seed, work_dir)
-    cluster = Cluster(work_dir)
+    cluster = Cluster(work_dir, output_ttl_s(generations))
     schedule = fault_schedule(seed, generations)
     plans = workload(seed, generations)
     window_s = schedule[-1].at_s + schedule[-1].down_s + SETTLE_S
@@ -101,7 +122,8 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
                 driver.record,
             )
         restarts = cluster.self_restarts
-        return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained)
+        reached = _reached(work_dir / "logs")
+        return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained, reached)
     finally:
         await cluster.stop()
 
