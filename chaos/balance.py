@@ -85,7 +85,7 @@ async def _objects(settings: Settings) -> dict[str, str]:
     return found
 
 
-def _one_prediction_each(balance: Balance, truth: dict[str, dict[str, Any]], holders: dict[str, str]) -> None:
+def one_prediction_each(balance: Balance, truth: dict[str, dict[str, Any]], holders: dict[str, str]) -> None:
     """Every prediction belongs to exactly one generation: the one its callback URL names, which holds it and no
     other. A create answered unclearly (a 504, a cut connection) and repeated with its Idempotency-Key must
     return the waiting generation, never make a second prediction."""
@@ -158,7 +158,7 @@ async def check(
                 balance.wrong.append(f"generation {gid}: object {key} does not hold the simulator's bytes")
     for prediction_id in truth.keys() - held:
         balance.lost.append(f"prediction {prediction_id} belongs to no generation ({truth[prediction_id]['webhook']})")
-    _one_prediction_each(balance, truth, {row["prediction_id"]: row["id"] for row in rows if row["prediction_id"]})
+    one_prediction_each(balance, truth, {row["prediction_id"]: row["id"] for row in rows if row["prediction_id"]})
     for gid in record.accepted.keys() - known:
         balance.lost.append(f"generation {gid} was accepted but is not in the database")
     for key in objects.keys() - expected_keys:

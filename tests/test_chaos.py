@@ -6,14 +6,17 @@ the one test that guards the whole promise, nothing lost under crashes and outag
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from chaos.balance import Balance, one_prediction_each
 from chaos.report import render
 from chaos.run import soak
 from chaos.schedule import LONG_S3_OUTAGE, FaultKind, fault_schedule, output_ttl_s, workload
+from common.references import callback_url
 
 GENERATIONS = 200
 SEED = 11
@@ -61,3 +64,20 @@ def test_the_short_run_loses_create_answers_and_outlasts_the_cdn() -> None:
     assert any("#sim:drop" not in prompt for prompt in unclear)
     (s3,) = [fault.down_s for fault in fault_schedule(SEED, GENERATIONS) if fault.kind is FaultKind.S3]
     assert s3 > output_ttl_s(GENERATIONS)
+
+
+def test_the_balance_counts_a_second_prediction_for_one_generation_and_a_prediction_held_by_another() -> None:
+    first, second = uuid.uuid4(), uuid.uuid4()
+    hook = "http://127.0.0.1:1/api/webhooks"
+    truth = {
+        "pred_a": {"webhook": callback_url(hook, first, "secret")},
+        "pred_b": {"webhook": callback_url(hook, first, "secret")},  # the create repeated: paid twice
+        "pred_c": {"webhook": callback_url(hook, second, "secret")},
+    }
+    balance = Balance()
+    one_prediction_each(balance, truth, {"pred_a": str(first), "pred_c": str(first)})
+    assert balance.extra == [f"generation {first} made 2 predictions: pred_a, pred_b"]
+    assert balance.wrong == [f"prediction pred_c of generation {second} is held by {first}"]
+    clean = Balance()
+    one_prediction_each(clean, {"pred_a": truth["pred_a"]}, {"pred_a": str(first)})
+    assert clean == Balance()
