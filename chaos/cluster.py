@@ -37,7 +37,9 @@ def soak_env(public_api: int, public_webhook: int, output_ttl_s: float) -> dict[
         # Faults last up to half a minute: the retry schedule must outlast them, as it does in production.
         RETRY_BASE_S="1",
         RETRY_MAX_S="20",
-        RECONCILE_AFTER_S="20",
+        # A dropped callback's outcome must reach the persister well within the simulator's shortened output
+        # retention (40 s and more), as 120 s + 15 s do within Skytells' 5 minutes.
+        RECONCILE_AFTER_S="10",
         RECONCILE_INTERVAL_S="5",
         # A generation with no prediction id (its create's answer lost, or its API replica killed mid-call) is
         # looked for in Skytells' list from RECONCILE_AFTER_S on, and ends `failed` if not found within this (600 s

@@ -47,11 +47,12 @@ def output_ttl_s(generations: int) -> float:
     """How long the simulator serves an output after its prediction completed (Skytells keeps it 5 minutes).
 
     Shortened so that one storage outage (`LONG_S3_OUTAGE` times this) outlasts it: outputs downloaded during
-    that outage then exist nowhere but in the persister's spool. Not much shorter than 30 s even in a short run:
-    every ordinary delay (a callback retried through a broker outage, an event waiting for its retry) must stay
-    well within it, or the soak would find losses no production setting would cause.
+    that outage then exist nowhere but in the persister's spool. Not shorter than 40 s even in a short run: every
+    ordinary delay (a callback retried through a broker outage, an event waiting for its retry, the reconciler
+    reaching a dropped callback's outcome) must stay well within it, or the soak would find losses no
+    production setting would cause.
     """
-    return min(60.0, max(30.0, generations * 0.06))
+    return min(60.0, max(40.0, generations * 0.06))
 
 
 LONG_S3_OUTAGE = 1.5  # the first S3 outage of every run lasts this many times the output retention
