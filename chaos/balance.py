@@ -4,9 +4,11 @@ Findings fall in three columns:
 - lost: a generation that never ended, a succeeded one whose object is missing, a prediction the simulator
   made that no generation holds (a paid image nobody will see), an accepted id the database does not know;
 - wrong: a terminal status other than the simulator's, an object whose bytes differ, a user still charged for
-  an unfinished generation, a dead letter, an answer 5xx other than 503 with Retry-After;
+  an unfinished generation, a dead letter, an answer 5xx other than 503 with Retry-After, a prediction held by
+  another generation than the one whose reference its callback URL carries;
 - extra: an object under `generations/` no generation points at (a deleted generation's included), a
-  prediction id the simulator never made.
+  prediction id the simulator never made, a second prediction made for one generation (a create repeated after
+  an unclear answer, paid twice).
 A generation its user deleted must be gone with its objects (a row left is wrong); its prediction is then held
 by it through the generation reference Skytells lists with it. Webhooks have their own part
 (`chaos/deliveries.py`), in the same three columns.
@@ -92,6 +94,25 @@ async def _objects(settings: Settings) -> dict[str, str]:
     return found
 
 
+def one_prediction_each(balance: Balance, truth: dict[str, dict[str, Any]], holders: dict[str, str]) -> None:
+    """Every prediction belongs to exactly one generation: the one its callback URL names, which holds it and no
+    other. A create answered unclearly (a 504, a cut connection) and repeated with its Idempotency-Key must
+    return the waiting generation, never make a second prediction."""
+    made: dict[str, list[str]] = {}
+    for prediction_id, prediction in truth.items():
+        reference = generation_of_webhook_url(prediction["webhook"] or "")
+        if reference is None:
+            balance.extra.append(f"prediction {prediction_id} names no generation in its callback URL")
+            continue
+        made.setdefault(reference, []).append(prediction_id)
+        holder = holders.get(prediction_id)
+        if holder is not None and holder != reference:
+            balance.wrong.append(f"prediction {prediction_id} of generation {reference} is held by {holder}")
+    for gid, predictions in made.items():
+        if len(predictions) > 1:
+            balance.extra.append(f"generation {gid} made {len(predictions)} predictions: {', '.join(predictions)}")
+
+
 async def check(
     settings: Settings, client: httpx.AsyncClient, simulator: str, record: Record, receivers: Receivers
 ) -> Balance:
@@ -149,6 +170,7 @@ async def check(
         if generation_of_webhook_url(truth[prediction_id]["webhook"]) in record.deleted:
             continue  # made for a generation its user deleted since
         balance.lost.append(f"prediction {prediction_id} belongs to no generation ({truth[prediction_id]['webhook']})")
+    one_prediction_each(balance, truth, {row["prediction_id"]: row["id"] for row in rows if row["prediction_id"]})
     for gid in record.accepted.keys() - known - record.deleted:
         balance.lost.append(f"generation {gid} was accepted but is not in the database")
     for key in objects.keys() - expected_keys:

@@ -25,10 +25,11 @@ PORT_VARS = {"api": "API_PORT", "webhook": "WEBHOOK_PORT", "persister": "PERSIST
 NOTIFY_TIMEOUT_S = 3.0
 
 
-def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
+def soak_env(public_api: int, public_webhook: int, output_ttl_s: float) -> dict[str, str]:
     return loopback_env(
         S3_BUCKET="studio-chaos",
         SIM_DELAY_S="1",
+        SIM_OUTPUT_TTL_S=f"{output_ttl_s:g}",
         API_PORT=str(public_api),
         WEBHOOK_PORT=str(public_webhook),
         PUBLIC_WEBHOOK_URL=f"http://127.0.0.1:{public_webhook}/api/webhooks",
@@ -37,12 +38,14 @@ def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
         # Faults last up to half a minute: the retry schedule must outlast them, as it does in production.
         RETRY_BASE_S="1",
         RETRY_MAX_S="20",
-        RECONCILE_AFTER_S="20",
+        # A dropped callback's outcome must reach the persister well within the simulator's shortened output
+        # retention (40 s and more), as 120 s + 15 s do within Skytells' 5 minutes.
+        RECONCILE_AFTER_S="10",
         RECONCILE_INTERVAL_S="5",
-        # A create call that timed out ends `failed` after this long without a callback (an hour by default);
-        # callbacks held back by the faults came up to 150 s late at 1,000 generations, so not much less than
-        # the CDN's retention (after which the image is gone anyway).
-        RECONCILE_UNKNOWN_AFTER_S="300",
+        # A generation with no prediction id (its create's answer lost, or its API replica killed mid-call) is
+        # looked for in Skytells' list from RECONCILE_AFTER_S on, and ends `failed` if not found within this (600 s
+        # by default): the one whose create never reached Skytells must end within the soak's drain too.
+        RECONCILE_UNKNOWN_AFTER_S="90",
         # Webhooks go to the soak's own receivers on loopback; retries quick enough to settle in the drain.
         NOTIFY_ALLOW_HOSTS="127.0.0.1",
         NOTIFY_TIMEOUT_S=str(NOTIFY_TIMEOUT_S),
@@ -54,9 +57,9 @@ def soak_env(public_api: int, public_webhook: int) -> dict[str, str]:
 
 
 class Cluster:
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, output_ttl_s: float) -> None:
         self.api_port, self.webhook_port = free_port(), free_port()
-        self.env = soak_env(self.api_port, self.webhook_port)
+        self.env = soak_env(self.api_port, self.webhook_port, output_ttl_s)
         self.stack = Stack(self.env, work_dir)
         # Each replica's own port (the persister's serves only its probes and metrics).
         self.ports = {service: [free_port() for _ in range(REPLICAS)] for service in SERVICES}

@@ -27,6 +27,9 @@ PER_USER = 11  # one more than the quota: users meet 429 and must honour it
 QUOTA_BACKOFF_S = (2.0, 5.0)  # a user over quota waits for one of theirs to end, not hammering the API
 POLL_S = 2.0
 DELETE_ATTEMPTS = 120
+# A create still unsettled after this many answers (429s aside) is given up and counted as wrong: under the
+# soak's faults a well-behaved API settles one within a few tries, and a client must not retry forever.
+MAX_CREATE_TRIES = 40
 
 
 @dataclass
@@ -100,10 +103,15 @@ class Driver:
         body: dict[str, Any] = {"prompt": plan.prompt, "model": "truefusion-pro"}
         if plan.webhook is not None:
             body |= {"webhook": self.receivers.url(plan.webhook, user), "webhookEventsFilter": list(plan.events)}
+        tries = 0
         while True:
+            if tries == MAX_CREATE_TRIES:
+                self.record.bad.append(f"POST /api/generate unsettled after {tries} tries: {plan.prompt}")
+                return None
             response = await self._call(
                 "create", "POST", "/api/generate", user, json=body, headers={"Idempotency-Key": key}
             )
+            tries += response is None or response.status_code != 429
             if response is None:
                 await asyncio.sleep(1.0)
             elif response.status_code in (200, 201):

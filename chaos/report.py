@@ -23,6 +23,7 @@ class Summary:
     load_s: float
     drain_s: float
     drained: bool
+    reached: dict[str, int]  # times each loss path was taken, from the services' logs
 
     @property
     def ok(self) -> bool:
@@ -47,6 +48,7 @@ def render(summary: Summary) -> str:
     rows += [(f"fault: {kind}", str(summary.faults[kind])) for kind in FaultKind]
     rows.append(("replicas restarted after exiting", str(summary.restarts)))
     rows += [(f"answers: {kind}", str(n)) for kind, n in sorted(r.answers.items())]
+    rows += [(f"reached: {path}", str(n)) for path, n in summary.reached.items()]
     rows.append(("load and faults", f"{summary.load_s:.0f} s"))
     drain = f"{summary.drain_s:.0f} s" if summary.drained else f"not drained after {summary.drain_s:.0f} s"
     rows.append(("time to drain", drain))

@@ -24,7 +24,7 @@ from chaos.cluster import NOTIFY_TIMEOUT_S, Cluster
 from chaos.driver import USERS, Driver, drive
 from chaos.receivers import Receivers
 from chaos.report import Summary, render
-from chaos.schedule import Fault, FaultKind, fault_schedule, workload
+from chaos.schedule import Fault, FaultKind, fault_schedule, output_ttl_s, workload
 from common import log as logs
 from devstack.stack import Server
 
@@ -43,6 +43,17 @@ SERVER_FAULTS: dict[FaultKind, Server] = {
 }
 SETTLE_S = 10.0  # the load goes on this long after the last fault's part is back
 LOAD_END_S = 120.0  # how long the users get, once drained, to finish what they were doing (deletions)
+# The loss paths the workload is built to reach, each by a line the services log when they take it: the table
+# shows the soak did reach them (a soak that never took a path proves nothing about it).
+REACHED = {
+    "create answered unclearly, waited": "no clear answer to the create call",
+    "prediction bound by its callback's reference": "prediction bound to its generation by the id in its callback",
+    "prediction found in Skytells' list": "found the prediction of a generation that had none recorded",
+    "outputs kept in the spool": "outputs kept in the local spool",
+    "spooled outputs stored": "spooled outputs stored",
+    "output found stored, not downloaded again": "already stored by an earlier attempt",
+    "late outcome stored": "late outcome stored",
+}
 
 
 async def _inflict(cluster: Cluster, fault: Fault) -> None:
@@ -70,6 +81,14 @@ async def _drain(cluster: Cluster, timeout_s: float) -> bool:
     return False
 
 
+def _reached(logs_dir: Path) -> dict[str, int]:
+    counts = dict.fromkeys(REACHED, 0)
+    for log in logs_dir.glob("*.log"):
+        with log.open(errors="replace") as lines:
+            for line in lines:
+                for path, marker in REACHED.items():
+                    counts[path] += marker in line
+    return counts
 async def _learn_keys(api: str, tokens: dict[str, str], receivers: Receivers) -> None:
     """Each user's webhook key, as a client reads it before it trusts its first webhook."""
     async with httpx.AsyncClient(timeout=30) as client:
@@ -88,7 +107,7 @@ async def _learn_keys(api: str, tokens: dict[str, str], receivers: Receivers) ->
 async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work_dir: Path | None = None) -> Summary:
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="studio-chaos-"))
     logger.warning("chaos: %d generations, seed %d; the services' logs go to %s/logs", generations, seed, work_dir)
-    cluster = Cluster(work_dir)
+    cluster = Cluster(work_dir, output_ttl_s(generations))
     schedule = fault_schedule(seed, generations)
     plans = workload(seed, generations)
     window_s = schedule[-1].at_s + schedule[-1].down_s + SETTLE_S
@@ -125,7 +144,8 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
         async with httpx.AsyncClient(timeout=60) as client:
             found = await balance.check(cluster.stack.settings, client, cluster.simulator_url, driver.record, receivers)
         restarts = cluster.self_restarts
-        return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained)
+        reached = _reached(work_dir / "logs")
+        return Summary(generations, seed, found, driver.record, done, restarts, load_s, drain_s, drained, reached)
     finally:
         await receivers.stop()
         await cluster.stop()

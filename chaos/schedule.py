@@ -56,17 +56,35 @@ def faults_per_kind(generations: int) -> int:
     return max(1, math.ceil(generations / 350))
 
 
+def output_ttl_s(generations: int) -> float:
+    """How long the simulator serves an output after its prediction completed (Skytells keeps it 5 minutes).
+
+    Shortened so that one storage outage (`LONG_S3_OUTAGE` times this) outlasts it: outputs downloaded during
+    that outage then exist nowhere but in the persister's spool. Not shorter than 40 s even in a short run: every
+    ordinary delay (a callback retried through a broker outage, an event waiting for its retry, the reconciler
+    reaching a dropped callback's outcome) must stay well within it, or the soak would find losses no
+    production setting would cause.
+    """
+    return min(60.0, max(40.0, generations * 0.06))
+
+
+LONG_S3_OUTAGE = 1.5  # the first S3 outage of every run lasts this many times the output retention
+
+
 def fault_schedule(seed: int, generations: int) -> list[Fault]:
     rng = random.Random(f"faults-{seed}")
     kinds = [kind for kind in FaultKind for _ in range(faults_per_kind(generations))]
     rng.shuffle(kinds)
     faults, at = [], rng.uniform(3, 8)
+    long_s3 = LONG_S3_OUTAGE * output_ttl_s(generations)
     for kind in kinds:
         down_s = {
             FaultKind.RABBITMQ: rng.uniform(1, 5),
             FaultKind.POSTGRES: rng.uniform(2, 8),
             FaultKind.S3: rng.uniform(10, 30),
         }.get(kind, 0.0)
+        if kind is FaultKind.S3 and long_s3:  # storage down past the CDN's retention: only the spool keeps them
+            down_s, long_s3 = long_s3, 0.0
         faults.append(Fault(round(at, 1), kind, round(down_s, 1), rng.randrange(2)))
         at += down_s + rng.uniform(4, 12)  # time for the part to come back and the system to settle a little
     return faults
@@ -75,6 +93,9 @@ def fault_schedule(seed: int, generations: int) -> list[Fault]:
 def _size(rng: random.Random) -> int:
     """10 KiB to 4 MiB, log-uniform: mostly small images, a few large ones."""
     return int(math.exp(rng.uniform(math.log(10 * 1024), math.log(4 * 1024 * 1024))))
+
+
+ANSWERS = ("504", "504", "cut", "cut", "502", "200")  # how a create's answer is lost, weighted
 
 
 def workload(seed: int, generations: int) -> list[Plan]:
@@ -100,11 +121,17 @@ def workload(seed: int, generations: int) -> list[Plan]:
             directives.append(f"#sim:size={_size(rng)}")
         if rng.random() < 0.3:
             directives.append(f"#sim:delay={rng.uniform(0.2, 6):.1f}")
-        # A create call answered after Studio gave up waiting for it: Studio finds that prediction only through
-        # its callbacks (Skytells cannot be asked by Studio's id), so one whose callbacks never come at all is
-        # beyond what Studio can recover (the README's failure model says so); the soak does not ask for both.
-        if rng.random() < 0.02 and "#sim:drop" not in directives:
+        # A create call answered after Studio gave up waiting for it (dropped callbacks too, at times).
+        if rng.random() < 0.02:
             directives.append("#sim:slow=20")
+        # A create whose answer is lost on the way back (a proxy's 5xx, a cut connection, a 2xx that is no
+        # prediction): Skytells made the prediction, so Studio must neither fail the generation nor, when the
+        # client repeats the call with its Idempotency-Key, pay for a second one. With `drop` too, no callback
+        # ever names it: only the reconciler's search of Skytells' list can find it.
+        if rng.random() < 0.07:
+            directives.append(f"#sim:answer={rng.choice(ANSWERS)}")
+            if rng.random() < 0.35 and "#sim:drop" not in directives:
+                directives.append("#sim:drop")
         cancel = round(rng.uniform(0, 3), 1) if rng.random() < 0.08 else None
         delete = rng.random() < 0.06
         prompt = " ".join([f"chaos image {n}", *directives])
