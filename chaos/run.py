@@ -89,6 +89,8 @@ def _reached(logs_dir: Path) -> dict[str, int]:
                 for path, marker in REACHED.items():
                     counts[path] += marker in line
     return counts
+
+
 async def _learn_keys(api: str, tokens: dict[str, str], receivers: Receivers) -> None:
     """Each user's webhook key, as a client reads it before it trusts its first webhook."""
     async with httpx.AsyncClient(timeout=30) as client:

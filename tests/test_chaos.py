@@ -14,15 +14,12 @@ from pathlib import Path
 import pytest
 
 from chaos import deliveries
+from chaos.balance import Balance, one_prediction_each
 from chaos.driver import Record
 from chaos.receivers import Kind, Received, Receivers
 from chaos.report import render
 from chaos.run import soak
-from chaos.schedule import FaultKind, Plan, fault_schedule, workload
-from chaos.balance import Balance, one_prediction_each
-from chaos.report import render
-from chaos.run import soak
-from chaos.schedule import LONG_S3_OUTAGE, FaultKind, fault_schedule, output_ttl_s, workload
+from chaos.schedule import LONG_S3_OUTAGE, FaultKind, Plan, fault_schedule, output_ttl_s, workload
 from common.references import callback_url
 
 GENERATIONS = 200
@@ -91,10 +88,15 @@ def test_the_webhook_balance_counts_missing_badly_signed_and_unasked_deliveries(
         body = json.dumps({"type": "generation.completed", "data": {"id": gid, "status": "succeeded"}}).encode()
         return Received(Kind.OK, "u", delivery_id, {}, body, 0.0, 200, verified)
 
+    # A deleted generation took its deliveries along: owed none, and one sent before it went is no extra.
+    record.accepted["g-deleted"] = "u"
+    record.webhooks["g-deleted"] = plan
+    record.deleted.add("g-deleted")
     receivers.received += [
         request("d-g-ok", "g-ok", True),
         request("d-g-forged", "g-forged", False),
         request("d-unknown", "g-ok", True),
+        request("d-g-deleted", "g-deleted", True),
     ]
     lost: list[str] = []
     wrong: list[str] = []
