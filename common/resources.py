@@ -7,7 +7,8 @@ service's typed key, with the readiness probe that goes with it:
   first; `database_probe`.
 - `skytells(key)`: the Skytells client (`SKYTELLS_BASE_URL`, `SKYTELLS_API_KEY`, `SKYTELLS_TIMEOUT_S`).
 - `broker_link(key)`: a link to RabbitMQ that lets the process start while the broker is down and connects
-  once it answers (`AMQP_URL`, the retry schedule's delay queues); `broker_probe`.
+  once it answers (`AMQP_URL`, one node of it or another, `AMQP_QUORUM_SIZE`, the retry schedule's delay
+  queues); `broker_probe`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ class BrokerLink:
     after any later outage.
     """
 
-    def __init__(self, url: str, delays: tuple[float, ...], retry_interval_s: float = 1.0) -> None:
+    def __init__(self, url: str, delays: tuple[float, ...], quorum_size: int, retry_interval_s: float = 1.0) -> None:
         self.url = url
         self.delays = delays
+        self.quorum_size = quorum_size
         self.retry_interval_s = retry_interval_s
         self.broker: Broker | None = None
         self.connected = asyncio.Event()
@@ -59,7 +61,7 @@ class BrokerLink:
         while True:
             attempt += 1
             try:
-                self.broker = await Broker.connect(self.url, self.delays)
+                self.broker = await Broker.connect(self.url, self.delays, self.quorum_size)
             except Exception as exc:  # refused, timed out, handshake or declaration failed: all worth retrying
                 if attempt == 1 or attempt % 30 == 0:  # say it once, then now and then, not every second
                     logger.warning("RabbitMQ not reachable (attempt %d), retrying: %r", attempt, exc)
@@ -143,7 +145,8 @@ def broker_link(settings_key: web.AppKey[Settings], key: web.AppKey[BrokerLink])
         # Clean-up runs only after aiohttp has stopped listening and let in-flight requests finish, so closing
         # the channel here never cuts a publish short.
         settings = app[settings_key]
-        link = app[key] = BrokerLink(settings.amqp_url, RetrySchedule.from_settings(settings).all)
+        delays = RetrySchedule.from_settings(settings).all
+        link = app[key] = BrokerLink(settings.amqp_url, delays, settings.amqp_quorum_size)
         link.start()
         yield
         await link.close()
