@@ -58,6 +58,7 @@ RECONNECT_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 BLOCKED_PROBE_S = 0.2
 DEFAULT_QUORUM_SIZE = 3
+CHANNEL_RENEWAL_PAUSE_S = 1.0
 
 _QUORUM: dict[str, Any] = {
     "x-queue-type": "quorum",
@@ -258,6 +259,7 @@ class Broker:
         self.exchange = exchange
         self._walk = walk
         self._publisher = Publisher(PUBLISH_TIMEOUT_S)
+        self._renewal: asyncio.Task[None] | None = None
 
     @classmethod
     async def connect(cls, url: str, delays: Sequence[float] = (), quorum_size: int = DEFAULT_QUORUM_SIZE) -> Broker:
@@ -317,6 +319,10 @@ class Broker:
             raise BrokerUnavailable("RabbitMQ blocked the connection (memory or disk alarm)") from None
 
     async def close(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewal
         if self._walk is not None:
             await self._walk.close()
         await self.connection.close()
@@ -332,7 +338,7 @@ class Broker:
             channel = await self.channel.get_underlay_channel()
             return await self._publisher.publish(channel, EXCHANGE, event.routing_key, event.event_id, event.to_json())
 
-        await _confirmed(publish(), timeout)
+        await self._settled(publish(), timeout)
 
     async def publish_to_queue(self, queue: str, message: aio_pika.Message, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         await self._publish(self.channel.default_exchange, message, queue, timeout)
@@ -340,7 +346,38 @@ class Broker:
     async def _publish(
         self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, timeout: float
     ) -> None:
-        await _confirmed(exchange.publish(message, routing_key, mandatory=True), timeout)
+        await self._settled(exchange.publish(message, routing_key, mandatory=True), timeout)
+
+    async def _settled(self, publish: Awaitable[object], timeout: float) -> None:
+        try:
+            await _confirmed(publish, timeout)
+        except _Nacked:
+            self._renew_channel()
+            raise
+
+    def _renew_channel(self) -> None:
+        """Open the confirming channel afresh, one renewal at a time and at most one a second.
+
+        RabbitMQ (3.10) nacks every later publish of a channel whose first publish to a quorum queue met the
+        queue without a leader (its node had just died, the election was under way), even once a leader is
+        elected; a fresh channel publishes normally. A process that reconnects after losing its node publishes
+        at once, so it meets exactly that. Publishes meanwhile fail as on a lost channel (503, or a retry).
+        """
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.get_running_loop().create_task(self._reopen(), name="amqp-channel-renewal")
+
+    async def _reopen(self) -> None:
+        try:
+            await self.channel.close()
+            await self.channel.reopen()
+            logger.warning("publishes nacked: the confirming channel was opened afresh")
+        except Exception as exc:  # the connection is going too: its own reconnect restores the channel
+            logger.warning("could not renew the confirming channel: %r", exc)
+        await asyncio.sleep(CHANNEL_RENEWAL_PAUSE_S)
+
+
+class _Nacked(BrokerUnavailable):
+    """RabbitMQ refused the message (Basic.Nack)."""
 
 
 async def _confirmed(publish: Awaitable[object], timeout: float) -> None:
@@ -351,7 +388,10 @@ async def _confirmed(publish: Awaitable[object], timeout: float) -> None:
             confirmation = await publish
     except TimeoutError:
         raise BrokerUnavailable(f"RabbitMQ did not confirm within {timeout:g}s") from None
-    except Exception as exc:  # DeliveryError (returned/nacked), channel or connection errors
+    except aiormq.exceptions.DeliveryError as exc:  # returned or nacked
+        kind = _Nacked if isinstance(exc.frame, aiormq.spec.Basic.Nack) else BrokerUnavailable
+        raise kind(f"RabbitMQ did not take the message: {exc!r}") from exc
+    except Exception as exc:  # channel or connection errors
         raise BrokerUnavailable(f"RabbitMQ did not take the message: {exc!r}") from exc
     if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-        raise BrokerUnavailable(f"RabbitMQ did not acknowledge the message: {confirmation!r}")
+        raise _Nacked(f"RabbitMQ did not acknowledge the message: {confirmation!r}")
