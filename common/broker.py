@@ -59,6 +59,7 @@ CONNECT_TIMEOUT_S = 10.0
 BLOCKED_PROBE_S = 0.2
 DEFAULT_QUORUM_SIZE = 3
 CHANNEL_RENEWAL_PAUSE_S = 1.0
+NACKS_BEFORE_RENEWAL = 3
 
 _QUORUM: dict[str, Any] = {
     "x-queue-type": "quorum",
@@ -260,6 +261,7 @@ class Broker:
         self._walk = walk
         self._publisher = Publisher(PUBLISH_TIMEOUT_S)
         self._renewal: asyncio.Task[None] | None = None
+        self._nacks_in_row = 0
 
     @classmethod
     async def connect(cls, url: str, delays: Sequence[float] = (), quorum_size: int = DEFAULT_QUORUM_SIZE) -> Broker:
@@ -352,16 +354,20 @@ class Broker:
         try:
             await _confirmed(publish, timeout)
         except _Nacked:
-            self._renew_channel()
+            self._nacks_in_row += 1
+            if self._nacks_in_row >= NACKS_BEFORE_RENEWAL:
+                self._renew_channel()
             raise
+        self._nacks_in_row = 0
 
     def _renew_channel(self) -> None:
-        """Open the confirming channel afresh, one renewal at a time and at most one a second.
+        """Open the confirming channel afresh after nacks in a row, one renewal at a time, at most one a second.
 
         RabbitMQ (3.10) nacks every later publish of a channel whose first publish to a quorum queue met the
         queue without a leader (its node had just died, the election was under way), even once a leader is
         elected; a fresh channel publishes normally. A process that reconnects after losing its node publishes
-        at once, so it meets exactly that. Publishes meanwhile fail as on a lost channel (503, or a retry).
+        at once, so it meets exactly that. Publishes meanwhile fail as on a lost channel (503, or a retry). A
+        lone nack (a queue at its limit) is no reason to: the next publish may well be taken.
         """
         if self._renewal is None or self._renewal.done():
             self._renewal = asyncio.get_running_loop().create_task(self._reopen(), name="amqp-channel-renewal")
