@@ -1,9 +1,10 @@
-"""What each infrastructure fault cost: how long until every replica was ready again, and how many callbacks the
-gateways answered 503 meanwhile (Skytells retries those, so each is a delay, not a loss).
+"""What each infrastructure fault cost: the longest stretch during which some replica was not ready (its
+`/readyz` 503: a request or event meeting it waited that long at most, beside its retry's backoff), and how many
+callbacks the gateways answered 503 meanwhile (Skytells retries those, so each is a delay, not a loss).
 
-Measured around the fault from outside, as an operator's probes would: every replica's `/readyz`, and the
-gateways' `studio_webhook_callbacks_total{outcome="broker_unavailable"}` before the fault and once all are ready.
-A replica restarted meanwhile starts its counter again, so only increases are counted.
+Measured from outside, as an operator's probes would: every replica's `/readyz` polled from the fault's start
+until all answer 200 after it, and the gateways' `studio_webhook_callbacks_total{outcome="broker_unavailable"}`
+before and after. A replica restarted meanwhile starts its counter again, so only increases are counted.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ _REFUSED = "broker_unavailable"
 @dataclass(frozen=True)
 class Impact:
     kind: str
-    recovered_s: float  # from the fault's start until every replica answered /readyz 200 again
+    unready_s: float  # the longest stretch during which some replica's /readyz was not 200
     gateway_503: int
 
 
@@ -55,28 +56,45 @@ async def _all_ready(client: httpx.AsyncClient, ports: Sequence[int]) -> bool:
 
 async def measured(kind: str, fault: Awaitable[None], replicas: Sequence[int], gateways: Sequence[int]) -> Impact:
     """Inflict `fault` (it returns once the part is coming back) and measure what it cost."""
+    over = asyncio.Event()
+    longest = 0.0
+
+    async def watch(client: httpx.AsyncClient) -> None:
+        nonlocal longest
+        started, unready_since = time.monotonic(), None
+        while True:
+            ready = await _all_ready(client, replicas)
+            now = time.monotonic()
+            if not ready and unready_since is None:
+                unready_since = now
+            elif ready and unready_since is not None:
+                longest, unready_since = max(longest, now - unready_since), None
+            if over.is_set() and (ready or now - started > READY_TIMEOUT_S):
+                if unready_since is not None:
+                    longest = max(longest, now - unready_since)
+                return
+            await asyncio.sleep(0.2)
+
     async with httpx.AsyncClient(timeout=5) as client:
         before = await _refused(client, gateways)
-        started = time.monotonic()
-        await fault
-        while not await _all_ready(client, replicas) and time.monotonic() - started < READY_TIMEOUT_S:
-            await asyncio.sleep(0.2)
-        recovered_s = time.monotonic() - started
+        watcher = asyncio.create_task(watch(client))
+        try:
+            await fault
+        finally:
+            over.set()
+            await watcher
         after = await _refused(client, gateways)
     refused = sum(max(0.0, count - before.get(port, 0.0)) for port, count in after.items())
-    return Impact(kind, recovered_s, int(refused))
+    return Impact(kind, longest, int(refused))
 
 
 def render(impacts: Sequence[Impact]) -> str:
     """One line per fault, then the worst of each kind."""
-    lines = [
-        f"impact: {i.kind}: ready again after {i.recovered_s:.1f} s, {i.gateway_503} callbacks 503" for i in impacts
-    ]
+    lines = [f"impact: {i.kind}: not ready for {i.unready_s:.1f} s, {i.gateway_503} callbacks 503" for i in impacts]
     for kind in sorted({i.kind for i in impacts}):
         own = [i for i in impacts if i.kind == kind]
-        worst = max(i.recovered_s for i in own)
         lines.append(
-            f"impact: {kind}: {len(own)} faults, longest until ready {worst:.1f} s, "
+            f"impact: {kind}: {len(own)} faults, longest not ready {max(i.unready_s for i in own):.1f} s, "
             f"gateway 503s {sum(i.gateway_503 for i in own)} in all, {max(i.gateway_503 for i in own)} at most"
         )
     return "\n".join(lines)
