@@ -70,7 +70,10 @@ def rabbitmq_nodes(environ: Mapping[str, str]) -> int:
 
 
 def postgres_standby(environ: Mapping[str, str]) -> bool:
-    return environ.get(POSTGRES_STANDBY_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+    raw = environ.get(POSTGRES_STANDBY_VAR, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise StartError(f"{POSTGRES_STANDBY_VAR} must be 1 or 0, not {raw!r}")
+    return raw in ("1", "true", "yes", "on")
 
 
 def amqp_cluster_url(url: str, nodes: int, port_of: Callable[[int], int]) -> str:
@@ -78,7 +81,8 @@ def amqp_cluster_url(url: str, nodes: int, port_of: Callable[[int], int]) -> str
     listed = node_urls(url)
     first = urlsplit(listed[0])
     for n in range(len(listed), nodes):
-        netloc = f"{first.netloc.rpartition('@')[0]}@{first.hostname}:{port_of(n)}"
+        userinfo, at, _ = first.netloc.rpartition("@")
+        netloc = f"{userinfo}{at}{first.hostname}:{port_of(n)}"
         listed.append(first._replace(netloc=netloc).geturl())
     return ",".join(listed)
 

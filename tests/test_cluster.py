@@ -19,7 +19,7 @@ import pytest
 
 from common.broker import QUEUE
 from devstack.postgres import PostgresPair
-from devstack.processes import free_port
+from devstack.processes import StartError, free_port
 from devstack.rabbitmq import RabbitCluster
 from devstack.stack import Stack, amqp_cluster_url, cluster_env
 from tests.helpers import eventually, wait_for_status
@@ -67,6 +67,10 @@ def test_the_local_stack_names_every_node_it_is_asked_for() -> None:
     )
     assert amqp_cluster_url(env["AMQP_URL"], 2, lambda n: 0) == env["AMQP_URL"]  # as many listed: unchanged
     assert cluster_env({"AMQP_URL": "amqp://u:p@127.0.0.1:5672/"}) == {"AMQP_URL": "amqp://u:p@127.0.0.1:5672/"}
+    assert amqp_cluster_url("amqp://rmq:5672/", 2, lambda n: 6000 + n) == "amqp://rmq:5672/,amqp://rmq:6001/"
+    for bad in ({"DEVSTACK_RABBITMQ_NODES": "three"}, {"DEVSTACK_POSTGRES_STANDBY": "maybe"}):
+        with pytest.raises(StartError, match=next(iter(bad))):
+            cluster_env(bad)
 
 
 async def test_three_nodes_form_one_cluster_and_no_callback_is_lost_when_the_leaders_node_dies(
