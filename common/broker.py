@@ -225,18 +225,19 @@ class NodeWalk:
 
     def _lost(self, _sender: object, exc: BaseException | None) -> None:
         if not self.connection.close_called:  # a loss, not our own close
-            self._next(exc)
+            self._next()
+            logger.warning("RabbitMQ node lost (%r); reconnecting to %s", exc, self.connection)
 
-    def _next(self, why: object) -> None:
+    def _next(self) -> None:
         self.current = (self.current + 1) % len(self.nodes)
         self.connection.url = make_url(self.nodes[self.current])
-        logger.warning("RabbitMQ node lost (%r); reconnecting to %s", why, self.connection)
 
     async def _walk(self) -> None:
         while True:
             await asyncio.sleep(RECONNECT_INTERVAL_S)  # the robust connection's pace: one node per attempt
             if not self.connection.connected.is_set() and not self.connection.close_called:
-                self._next("still down")
+                self._next()
+                logger.info("RabbitMQ still not reached; trying %s", self.connection)
 
     async def close(self) -> None:
         if self._task is not None:
