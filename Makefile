@@ -1,6 +1,6 @@
 # Thin targets over `python -m ...`; every target installs what it needs first.
 .DEFAULT_GOAL := help
-.PHONY: help install lock run test lint bench chaos up down compose-check migrate redrive clean
+.PHONY: help install lock run test lint bench chaos chaos-cluster up down compose-check migrate redrive clean
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,6 +13,7 @@ help:
 	@echo "make lint    ruff + mypy"
 	@echo "make bench   print the benchmark table"
 	@echo "make chaos   the fault soak: 1,000 generations under faults, then the balance (GENERATIONS=, SEED=)"
+	@echo "make chaos-cluster  the same on a 3-node RabbitMQ cluster and a PostgreSQL primary with a synchronous standby"
 	@echo "make up/down docker compose up (writing .env with random secrets on first use) / down (ARGS=-v drops the data)"
 	@echo "make compose-check  docker-compose.yml run for real on podman: up, a generation, scaled, a persister killed, down"
 	@echo "make migrate apply database migrations to DATABASE_URL"
@@ -73,6 +74,10 @@ GENERATIONS ?= 1000
 SEED ?= 1
 chaos: install
 	$(PY) -m chaos --generations $(GENERATIONS) --seed $(SEED)
+
+# Not part of `make test`: forming the cluster and each failover add minutes the test budget does not have.
+chaos-cluster: install
+	$(PY) -m chaos --rabbitmq-nodes 3 --postgres-standby --generations $(GENERATIONS) --seed $(SEED)
 
 migrate: install
 	$(PY) -m common.migrate

@@ -27,7 +27,7 @@ import httpx
 from chaos import deliveries
 from chaos.driver import Record
 from chaos.receivers import Receivers
-from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name
+from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name, node_urls
 from common.predictions import TERMINAL, Status, from_skytells
 from common.references import generation_of_webhook_url
 from common.settings import Settings
@@ -65,7 +65,7 @@ async def unsettled(settings: Settings) -> int:
 
 
 async def _depths(amqp_url: str, queues: list[str]) -> dict[str, int]:
-    connection = await aio_pika.connect(amqp_url)
+    connection = await aio_pika.connect(node_urls(amqp_url)[0])  # on a cluster, any node tells
     async with connection:
         channel = await connection.channel()
         depths = {}

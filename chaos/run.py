@@ -22,6 +22,8 @@ from standardwebhooks import Webhook
 from chaos import balance
 from chaos.cluster import NOTIFY_TIMEOUT_S, Cluster
 from chaos.driver import USERS, Driver, drive
+from chaos.impact import Impact, measured
+from chaos.impact import render as impact_report
 from chaos.receivers import Receivers
 from chaos.report import Summary, render
 from chaos.schedule import Fault, FaultKind, fault_schedule, output_ttl_s, workload
@@ -56,18 +58,28 @@ REACHED = {
 }
 
 
-async def _inflict(cluster: Cluster, fault: Fault) -> None:
+MEASURED = (FaultKind.RABBITMQ, FaultKind.POSTGRES)  # what each of these cost is reported (chaos/impact.py)
+
+
+async def _inflict(cluster: Cluster, fault: Fault, impacts: list[Impact]) -> None:
     logger.warning("fault: %s (down %.1f s, replica %d)", fault.kind, fault.down_s, fault.replica)
     if fault.kind in SERVICE_FAULTS:
         await cluster.kill_replica(SERVICE_FAULTS[fault.kind], fault.replica)
+    elif fault.kind in MEASURED:
+        outage = cluster.outage(SERVER_FAULTS[fault.kind], fault.down_s)
+        impacts.append(
+            await measured(cluster.fault_name(fault.kind), outage, cluster.replica_ports, cluster.ports["webhook"])
+        )
     else:
         await cluster.outage(SERVER_FAULTS[fault.kind], fault.down_s)
 
 
-async def _faults(cluster: Cluster, schedule: list[Fault], started: float, done: Counter[FaultKind]) -> None:
+async def _faults(
+    cluster: Cluster, schedule: list[Fault], started: float, done: Counter[FaultKind], impacts: list[Impact]
+) -> None:
     for fault in schedule:
         await asyncio.sleep(max(0.0, started + fault.at_s - time.monotonic()))
-        await _inflict(cluster, fault)
+        await _inflict(cluster, fault, impacts)
         done[fault.kind] += 1
 
 
@@ -106,10 +118,22 @@ async def _learn_keys(api: str, tokens: dict[str, str], receivers: Receivers) ->
                 await asyncio.sleep(1.0)
 
 
-async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work_dir: Path | None = None) -> Summary:
+async def soak(
+    generations: int,
+    seed: int,
+    drain_timeout_s: float = 600.0,
+    work_dir: Path | None = None,
+    *,
+    rabbitmq_nodes: int = 1,
+    postgres_standby: bool = False,
+    impacts: list[Impact] | None = None,
+) -> Summary:
+    """`rabbitmq_nodes`, `postgres_standby`: the infrastructure (chaos/cluster.py); `impacts` receives what each
+    RabbitMQ and PostgreSQL fault cost."""
     work_dir = work_dir or Path(tempfile.mkdtemp(prefix="studio-chaos-"))
     logger.warning("chaos: %d generations, seed %d; the services' logs go to %s/logs", generations, seed, work_dir)
-    cluster = Cluster(work_dir, output_ttl_s(generations))
+    cluster = Cluster(work_dir, output_ttl_s(generations), rabbitmq_nodes, postgres_standby)
+    impacts = [] if impacts is None else impacts
     schedule = fault_schedule(seed, generations)
     plans = workload(seed, generations)
     window_s = schedule[-1].at_s + schedule[-1].down_s + SETTLE_S
@@ -127,7 +151,7 @@ async def soak(generations: int, seed: int, drain_timeout_s: float = 600.0, work
         receivers.gone_between(started + window_s * 0.3, started + window_s * 0.6)
         try:
             load = asyncio.create_task(drive(driver, plans, generations / window_s, stop_following))
-            await _faults(cluster, schedule, started, done)
+            await _faults(cluster, schedule, started, done, impacts)
             with contextlib.suppress(TimeoutError):  # a create still unsettled then shows as not drained
                 await asyncio.wait_for(driver.created_all.wait(), drain_timeout_s)
             load_s = time.monotonic() - started
@@ -157,10 +181,31 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chaos", description=__doc__)
     parser.add_argument("--generations", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--rabbitmq-nodes", type=int, default=1, help="run RabbitMQ as a cluster of this many nodes; faults kill one"
+    )
+    parser.add_argument(
+        "--postgres-standby",
+        action="store_true",
+        help="run PostgreSQL with a synchronous standby; faults kill the primary and promote the standby",
+    )
     args = parser.parse_args(argv)
     if args.generations < 1:
         parser.error("--generations must be at least 1")
+    if not 1 <= args.rabbitmq_nodes <= 9 or args.rabbitmq_nodes == 2:
+        parser.error("--rabbitmq-nodes must be 1, or 3 to 9 (a quorum of two nodes cannot lose one)")
     logs.configure("chaos", "WARNING")
-    summary = asyncio.run(soak(args.generations, args.seed))
-    sys.stdout.write(render(summary) + "\n")
+    impacts: list[Impact] = []
+    summary = asyncio.run(
+        soak(
+            args.generations,
+            args.seed,
+            rabbitmq_nodes=args.rabbitmq_nodes,
+            postgres_standby=args.postgres_standby,
+            impacts=impacts,
+        )
+    )
+    postgres = "a primary and a synchronous standby" if args.postgres_standby else "one server"
+    mode = f"chaos: rabbitmq {args.rabbitmq_nodes} node(s), postgres {postgres}"
+    sys.stdout.write("\n".join([mode, impact_report(impacts), render(summary)]) + "\n")
     return 0 if summary.ok else 1

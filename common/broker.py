@@ -8,13 +8,19 @@
         | with x-attempt + 1; on expiry the delay queue dead-letters it back to studio.persister
 
 Every queue is quorum with at-least-once dead-lettering and `reject-publish` overflow, so neither a full
-queue nor a dead-letter hop ever drops a message silently. Publishing uses publisher confirms with
+queue nor a dead-letter hop ever drops a message silently; each is replicated on `AMQP_QUORUM_SIZE` nodes of a
+cluster (`x-quorum-initial-group-size`), so losing one node of three loses no message and stops no queue.
+`AMQP_URL` may list the cluster's nodes: a process connects to one that answers and, whenever it loses it, its
+robust connection is pointed at the next (`NodeWalk`). Publishing uses publisher confirms with
 `mandatory=True` and `on_return_raises=True`: a message nobody routes is an error, not a silent drop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import random
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,13 +30,17 @@ import aiormq
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
+    AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.connection import make_url
 
 from common.errors import BrokerUnavailable
 from common.events import PredictionEvent
 from common.settings import Settings
+from common.tasks import stop
 
+logger = logging.getLogger(__name__)
 EXCHANGE = "studio.predictions"
 QUEUE = "studio.persister"
 DEAD_QUEUE = "studio.persister.dead"
@@ -47,6 +57,9 @@ PUBLISH_TIMEOUT_S = 5.0
 RECONNECT_INTERVAL_S = 1.0
 CONNECT_TIMEOUT_S = 10.0
 BLOCKED_PROBE_S = 0.2
+DEFAULT_QUORUM_SIZE = 3
+CHANNEL_RENEWAL_PAUSE_S = 1.0
+NACKS_BEFORE_RENEWAL = 3
 
 _QUORUM: dict[str, Any] = {
     "x-queue-type": "quorum",
@@ -102,33 +115,79 @@ def delay_queue_name(delay_s: float) -> str:
     return f"{DELAY_QUEUE_PREFIX}{int(round(delay_s * 1000))}ms"
 
 
-async def declare_topology(channel: AbstractChannel, delays: Sequence[float]) -> AbstractExchange:
-    """Declare exchange and queues; idempotent, so every process may do it at start."""
+def node_urls(amqp_url: str) -> list[str]:
+    """The nodes `AMQP_URL` lists (one, or a cluster's, comma-separated)."""
+    return [node.strip() for node in amqp_url.split(",") if node.strip()]
+
+
+GROUP_SIZE_ARG = "x-quorum-initial-group-size"
+
+
+class _QueueDeclarer:
+    """Declares Studio's quorum queues with `x-quorum-initial-group-size`. RabbitMQ refuses to redeclare a queue
+    with an argument it was not declared with, and queues declared before the argument existed (an upgraded
+    deployment) lack it: each is first declared on a scratch channel, and one that refuses the group size is
+    declared as it stands (its members can be grown with `rabbitmq-queues grow`). The confirming channel then
+    declares what held, so its robust restore after a reconnect declares the same."""
+
+    def __init__(self, connection: AbstractRobustConnection, channel: AbstractChannel, quorum_size: int) -> None:
+        self.connection = connection
+        self.channel = channel
+        self.group = {GROUP_SIZE_ARG: quorum_size}
+        self._scratch: AbstractChannel | None = None
+
+    async def declare(self, name: str, arguments: dict[str, Any]) -> AbstractQueue:
+        wanted = {**arguments, **self.group}
+        if self._scratch is None or self._scratch.is_closed:
+            self._scratch = await self.connection.channel(publisher_confirms=False)
+        try:
+            await self._scratch.declare_queue(name, durable=True, arguments=wanted)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            if GROUP_SIZE_ARG not in str(exc):
+                raise
+            logger.warning("queue %s was declared without %s: it keeps its members", name, GROUP_SIZE_ARG)
+            wanted = arguments
+        return await self.channel.declare_queue(name, durable=True, arguments=wanted)
+
+    async def close(self) -> None:
+        if self._scratch is not None and not self._scratch.is_closed:
+            await self._scratch.close()
+
+
+async def declare_topology(
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    delays: Sequence[float],
+    quorum_size: int = DEFAULT_QUORUM_SIZE,
+) -> AbstractExchange:
+    """Declare exchange and queues on `channel`; idempotent, so every process may do it at start."""
     exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    await channel.declare_queue(DEAD_QUEUE, durable=True, arguments={"x-queue-type": "quorum"})
-    queue = await channel.declare_queue(
-        QUEUE,
-        durable=True,
-        arguments={
-            **_QUORUM,
-            "x-dead-letter-exchange": "",
-            "x-dead-letter-routing-key": DEAD_QUEUE,
-            # A message that keeps crashing its consumer ends up dead instead of looping forever.
-            "x-delivery-limit": 20,
-        },
-    )
-    await queue.bind(exchange, routing_key="prediction.#")
-    for delay in sorted(set(delays)):
-        await channel.declare_queue(
-            delay_queue_name(delay),
-            durable=True,
-            arguments={
+    queues = _QueueDeclarer(connection, channel, quorum_size)
+    try:
+        await queues.declare(DEAD_QUEUE, {"x-queue-type": "quorum"})
+        queue = await queues.declare(
+            QUEUE,
+            {
                 **_QUORUM,
-                "x-message-ttl": int(round(delay * 1000)),
                 "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": QUEUE,
+                "x-dead-letter-routing-key": DEAD_QUEUE,
+                # A message that keeps crashing its consumer ends up dead instead of looping forever.
+                "x-delivery-limit": 20,
             },
         )
+        await queue.bind(exchange, routing_key="prediction.#")
+        for delay in sorted(set(delays)):
+            await queues.declare(
+                delay_queue_name(delay),
+                {
+                    **_QUORUM,
+                    "x-message-ttl": int(round(delay * 1000)),
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": QUEUE,
+                },
+            )
+    finally:
+        await queues.close()
     return exchange
 
 
@@ -142,32 +201,102 @@ def event_message(event: PredictionEvent, headers: Mapping[str, Any] | None = No
     )
 
 
+class NodeWalk:
+    """Keeps a robust connection on a node of the cluster that answers.
+
+    aio-pika's robust connection reconnects to the one URL it was given, so alone it would wait for a dead node
+    to come back. Whenever the connection is lost, and then every reconnect interval while it stays down, this
+    points it (its public `url`) at the next node, so each attempt tries another one. Its channels, queues and
+    consumers are restored on whichever node answers, as after any reconnect; publishes waiting for confirms on
+    the lost node fail (aiormq rejects them when the channel closes), so their callers retry.
+    """
+
+    def __init__(self, connection: aio_pika.RobustConnection, nodes: Sequence[str], current: int) -> None:
+        self.connection = connection
+        self.nodes = list(nodes)
+        self.current = current
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if len(self.nodes) < 2:
+            return
+        self.connection.close_callbacks.add(self._lost)
+        self._task = asyncio.get_running_loop().create_task(self._walk(), name="amqp-node-walk")
+
+    def _lost(self, _sender: object, exc: BaseException | None) -> None:
+        if not self.connection.close_called:  # a loss, not our own close
+            self._next()
+            logger.warning("RabbitMQ node lost (%r); reconnecting to %s", exc, self.connection)
+
+    def _next(self) -> None:
+        self.current = (self.current + 1) % len(self.nodes)
+        self.connection.url = make_url(self.nodes[self.current])
+
+    async def _walk(self) -> None:
+        while True:
+            await asyncio.sleep(RECONNECT_INTERVAL_S)  # the robust connection's pace: one node per attempt
+            if not self.connection.connected.is_set() and not self.connection.close_called:
+                self._next()
+                logger.info("RabbitMQ still not reached; trying %s", self.connection)
+
+    async def close(self) -> None:
+        await stop(self._task)
+
+
 class Broker:
     """A robust connection with one confirming channel and the declared topology."""
 
     def __init__(
-        self, connection: AbstractRobustConnection, channel: AbstractChannel, exchange: AbstractExchange
+        self,
+        connection: AbstractRobustConnection,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
+        walk: NodeWalk | None = None,
     ) -> None:
         self.connection = connection
         self.channel = channel
         self.exchange = exchange
+        self._walk = walk
+        self._renewal: asyncio.Task[None] | None = None
+        self._nacks_in_row = 0
 
     @classmethod
-    async def connect(cls, url: str, delays: Sequence[float] = ()) -> Broker:
-        """Connect once (raising when RabbitMQ does not answer); afterwards the connection reconnects itself."""
+    async def connect(cls, url: str, delays: Sequence[float] = (), quorum_size: int = DEFAULT_QUORUM_SIZE) -> Broker:
+        """Connect once to a node of `url` that answers (raising when none does); afterwards the connection
+        reconnects by itself, to another node when its own has gone."""
+        nodes = node_urls(url)
+        # Processes start on different nodes, so a cluster's connections spread over it.
+        first = random.randrange(len(nodes))
+        failures: list[BaseException] = []
+        for current in ((first + n) % len(nodes) for n in range(len(nodes))):
+            try:
+                return await cls._connect_node(nodes, current, delays, quorum_size)
+            except Exception as exc:  # refused, timed out, handshake or declaration failed: try the next node
+                failures.append(exc)
+        if len(failures) == 1:
+            raise failures[0]
+        raise ConnectionError(f"no RabbitMQ node answered: {failures!r}")
+
+    @classmethod
+    async def _connect_node(
+        cls, nodes: Sequence[str], current: int, delays: Sequence[float], quorum_size: int
+    ) -> Broker:
         connection = await aio_pika.connect_robust(
-            url,
+            nodes[current],
             client_properties={"connection_name": "studio"},
             reconnect_interval=RECONNECT_INTERVAL_S,
             timeout=CONNECT_TIMEOUT_S,
+            connection_class=aio_pika.RobustConnection,
         )
         try:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-            exchange = await declare_topology(channel, delays)
+            exchange = await declare_topology(connection, channel, delays, quorum_size)
         except BaseException:
             await connection.close()
             raise
-        return cls(connection, channel, exchange)
+        walk = NodeWalk(connection, nodes, current)
+        walk.start()
+        return cls(connection, channel, exchange, walk)
 
     @property
     def ready(self) -> bool:
@@ -189,16 +318,50 @@ class Broker:
             raise BrokerUnavailable("RabbitMQ blocked the connection (memory or disk alarm)") from None
 
     async def close(self) -> None:
+        await stop(self._renewal)
+        if self._walk is not None:
+            await self._walk.close()
         await self.connection.close()
 
     async def publish_event(self, event: PredictionEvent, timeout: float = PUBLISH_TIMEOUT_S) -> None:
         """Return only once RabbitMQ has confirmed the event; else raise BrokerUnavailable."""
         if self.channel.is_closed:  # reconnecting: fail now rather than wait for the timeout
             raise BrokerUnavailable("RabbitMQ channel closed (reconnecting)")
-        await publish_confirmed(self.exchange, event_message(event), event.routing_key, timeout)
+        await self._settled(self.exchange.publish(event_message(event), event.routing_key, mandatory=True), timeout)
 
     async def publish_to_queue(self, queue: str, message: aio_pika.Message, timeout: float = PUBLISH_TIMEOUT_S) -> None:
-        await publish_confirmed(self.channel.default_exchange, message, queue, timeout)
+        await self._settled(self.channel.default_exchange.publish(message, queue, mandatory=True), timeout)
+
+    async def _settled(self, publish: Awaitable[object], timeout: float) -> None:
+        try:
+            await _confirmed(publish, timeout)
+        except _Nacked:
+            self._nacks_in_row += 1
+            if self._nacks_in_row >= NACKS_BEFORE_RENEWAL:
+                self._renew_channel()
+            raise
+        self._nacks_in_row = 0
+
+    def _renew_channel(self) -> None:
+        """Open the confirming channel afresh after nacks in a row, one renewal at a time, at most one a second.
+
+        RabbitMQ (3.10) nacks every later publish of a channel whose first publish to a quorum queue met the
+        queue without a leader (its node had just died, the election was under way), even once a leader is
+        elected; a fresh channel publishes normally. A process that reconnects after losing its node publishes
+        at once, so it meets exactly that. Publishes meanwhile fail as on a lost channel (503, or a retry). A
+        lone nack (a queue at its limit) is no reason to: the next publish may well be taken.
+        """
+        if self._renewal is None or self._renewal.done():
+            self._renewal = asyncio.get_running_loop().create_task(self._reopen(), name="amqp-channel-renewal")
+
+    async def _reopen(self) -> None:
+        try:
+            await self.channel.close()
+            await self.channel.reopen()
+            logger.warning("publishes nacked: the confirming channel was opened afresh")
+        except Exception as exc:  # the connection is going too: its own reconnect restores the channel
+            logger.warning("could not renew the confirming channel: %r", exc)
+        await asyncio.sleep(CHANNEL_RENEWAL_PAUSE_S)
 
 
 async def publish_confirmed(
@@ -210,6 +373,10 @@ async def publish_confirmed(
     await _confirmed(exchange.publish(message, routing_key, mandatory=True), timeout)
 
 
+class _Nacked(BrokerUnavailable):
+    """RabbitMQ refused the message (Basic.Nack)."""
+
+
 async def _confirmed(publish: Awaitable[object], timeout: float) -> None:
     """Await a publish until RabbitMQ acks it; anything else (timeout, nack, return, lost channel) raises."""
     try:
@@ -218,7 +385,10 @@ async def _confirmed(publish: Awaitable[object], timeout: float) -> None:
             confirmation = await publish
     except TimeoutError:
         raise BrokerUnavailable(f"RabbitMQ did not confirm within {timeout:g}s") from None
-    except Exception as exc:  # DeliveryError (returned/nacked), channel or connection errors
+    except aiormq.exceptions.DeliveryError as exc:  # returned or nacked
+        kind = _Nacked if isinstance(exc.frame, aiormq.spec.Basic.Nack) else BrokerUnavailable
+        raise kind(f"RabbitMQ did not take the message: {exc!r}") from exc
+    except Exception as exc:  # channel or connection errors
         raise BrokerUnavailable(f"RabbitMQ did not take the message: {exc!r}") from exc
     if not isinstance(confirmation, aiormq.spec.Basic.Ack):
-        raise BrokerUnavailable(f"RabbitMQ did not acknowledge the message: {confirmation!r}")
+        raise _Nacked(f"RabbitMQ did not acknowledge the message: {confirmation!r}")

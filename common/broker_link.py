@@ -22,9 +22,10 @@ class BrokerLink:
     after any later outage.
     """
 
-    def __init__(self, url: str, delays: tuple[float, ...], retry_interval_s: float = 1.0) -> None:
+    def __init__(self, url: str, delays: tuple[float, ...], quorum_size: int, retry_interval_s: float = 1.0) -> None:
         self.url = url
         self.delays = delays
+        self.quorum_size = quorum_size
         self.retry_interval_s = retry_interval_s
         self.broker: Broker | None = None
         self.connected = asyncio.Event()
@@ -38,7 +39,7 @@ class BrokerLink:
         while True:
             attempt += 1
             try:
-                self.broker = await Broker.connect(self.url, self.delays)
+                self.broker = await Broker.connect(self.url, self.delays, self.quorum_size)
             except Exception as exc:  # refused, timed out, handshake or declaration failed: all worth retrying
                 if attempt == 1 or attempt % 30 == 0:  # say it once, then now and then, not every second
                     logger.warning("RabbitMQ not reachable (attempt %d), retrying: %r", attempt, exc)

@@ -10,7 +10,8 @@ contexts it enters:
 - `http_client`: the HTTP client outputs are downloaded with (`DOWNLOAD_*_TIMEOUT_S`).
 - `storage`: the S3 client (`S3_*`, `AWS_*`).
 - `broker_link`: a link to RabbitMQ that lets the process start while the broker is down and connects once it
-  answers (`AMQP_URL`, the retry schedule's delay queues); `broker_probe`.
+  answers (`AMQP_URL`, one node of it or another, `AMQP_QUORUM_SIZE`, the retry schedule's delay queues);
+  `broker_probe`.
 - `update_publisher`: the live-update publisher, attached to RabbitMQ once it answers.
 
 `when_connected` runs a service's own start-up once RabbitMQ first answers.
@@ -99,7 +100,8 @@ async def broker_link(app: web.Application) -> AsyncIterator[None]:
     # Clean-up runs only after aiohttp has stopped listening and let in-flight requests finish, so closing
     # the channel here never cuts a publish short.
     settings = app[SETTINGS]
-    link = app[BROKER] = BrokerLink(settings.amqp_url, RetrySchedule.from_settings(settings).all)
+    delays = RetrySchedule.from_settings(settings).all
+    link = app[BROKER] = BrokerLink(settings.amqp_url, delays, settings.amqp_quorum_size)
     link.start()
     yield
     await link.close()

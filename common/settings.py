@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 API, WEBHOOK, PERSISTER, NOTIFIER = "api", "webhook", "persister", "notifier"
 ALL = frozenset({API, WEBHOOK, PERSISTER, NOTIFIER})
@@ -104,6 +104,48 @@ def _url(*schemes: str) -> Callable[[str], str]:
         return raw.rstrip("/") if parts.scheme.startswith("http") else raw
 
     return parse
+
+
+def _amqp_urls(raw: str) -> str:
+    """One RabbitMQ URL, or several nodes of one cluster comma-separated (a process fails over between them)."""
+    parse = _url("amqp", "amqps")
+    return ",".join(parse(node) for node in _csv(raw))
+
+
+# What libpq accepts as target_session_attrs; several hosts are only safe with one that finds the primary.
+_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
+_WRITABLE_ATTRS = ("read-write", "primary")
+
+
+def database_hosts(dsn: str) -> list[tuple[str, int]]:
+    """The hosts and ports of a PostgreSQL URL, in libpq's multi-host form too (`host1:port1,host2:port2`);
+    ValueError when one is malformed."""
+    netloc = urlsplit(dsn).netloc.rpartition("@")[2]
+    hosts = []
+    for item in netloc.split(","):
+        parts = urlsplit(f"//{item}")
+        if not parts.hostname:
+            raise ValueError(f"{item!r} is not a host")
+        hosts.append((parts.hostname, parts.port or 5432))
+    return hosts
+
+
+def _database_url(raw: str) -> str:
+    """A postgresql:// URL; several hosts (libpq's multi-host form) need `target_session_attrs=read-write`."""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError("must be a postgresql URL")
+    try:
+        hosts = database_hosts(raw)
+    except ValueError:
+        raise ValueError("must be a postgresql URL (host:port, or several comma-separated)") from None
+    attrs = parse_qs(parts.query).get("target_session_attrs", [])
+    if any(attr not in _SESSION_ATTRS for attr in attrs):
+        raise ValueError(f"target_session_attrs must be one of {', '.join(_SESSION_ATTRS)}")
+    if len(hosts) > 1 and not any(attr in _WRITABLE_ATTRS for attr in attrs):
+        # Without it a process could settle on a standby and fail every write.
+        raise ValueError("several hosts need target_session_attrs=read-write")
+    return raw
 
 
 def _optional_url(raw: str) -> str:
@@ -198,9 +240,10 @@ def _setting(env: str, parse: Callable[[str], Any], default: str | None, readers
 @dataclass(frozen=True)
 class Settings:
     # fmt: off
-    database_url: str = _setting("DATABASE_URL", _url("postgresql", "postgres"), "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER, NOTIFIER}, "PostgreSQL DSN")  # noqa: E501
+    database_url: str = _setting("DATABASE_URL", _database_url, "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER, NOTIFIER}, "PostgreSQL DSN; several hosts (a primary and its standbys) in libpq's form `postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write`")  # noqa: E501
     database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER, NOTIFIER}, "most PostgreSQL connections one process opens")  # noqa: E501
-    amqp_url: str = _setting("AMQP_URL", _url("amqp", "amqps"), "amqp://guest:guest@127.0.0.1:5672/", {API, WEBHOOK, PERSISTER}, "RabbitMQ URL")  # noqa: E501
+    amqp_url: str = _setting("AMQP_URL", _amqp_urls, "amqp://guest:guest@127.0.0.1:5672/", {API, WEBHOOK, PERSISTER}, "RabbitMQ URL; the nodes of a cluster comma-separated (each process connects to one that answers)")  # noqa: E501
+    amqp_quorum_size: int = _setting("AMQP_QUORUM_SIZE", _integer(1, 99), "3", {API, WEBHOOK, PERSISTER}, "initial group size of quorum queues (RabbitMQ caps it at the cluster's size)")  # noqa: E501
     s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {API, PERSISTER, NOTIFIER}, "S3 endpoint; empty means AWS")  # noqa: E501
     s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER, NOTIFIER}, "bucket for outputs")  # noqa: E501
     s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", _optional_url, "", {API, PERSISTER, NOTIFIER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501

@@ -5,6 +5,8 @@ API gets a random secret for this run (a token printed here stops working at the
 it starts (a service or the simulator that exits is started again, see `supervisor.py`). Data (database,
 broker, bucket) lives in `DEVSTACK_DATA_DIR` when set, where the next run finds it again, else in a temporary
 directory removed at exit. Ctrl-C or SIGTERM stops everything it started, and nothing else.
+`DEVSTACK_RABBITMQ_NODES=3` makes its RabbitMQ a three-node cluster and `DEVSTACK_POSTGRES_STANDBY=1` gives its
+PostgreSQL a synchronous standby (see `stack.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from types import FrameType
 from common import log as logs
 from common.settings import Settings, SettingsError
 from devstack.processes import StartError
-from devstack.stack import SERVICES, Stack, simulator_env
+from devstack.stack import SERVICES, Stack, cluster_env, simulator_env
 from devstack.tokens import issue_token
 
 logger = logging.getLogger("devstack")
@@ -96,8 +98,9 @@ A service that exits is started again. Ctrl-C stops everything started here.
 def main() -> None:
     env, simulated = build_env(os.environ)
     try:
+        env = cluster_env(env)  # every RabbitMQ node and PostgreSQL server asked for, named in the URLs
         settings = Settings.from_env(env, required=("AUTH_JWT_SECRET",))
-    except SettingsError as exc:
+    except (SettingsError, StartError) as exc:
         sys.exit(str(exc))
     logs.configure("devstack", settings.log_level)
     kept = env.get("DEVSTACK_DATA_DIR", "")

@@ -2,6 +2,11 @@
 
 PostgreSQL refuses to run as root, so when we are root the server runs as the `postgres` system user (created
 if missing), owning its data directory.
+
+`PostgresPair` runs a primary and a streaming standby made from it with `pg_basebackup -R`, with synchronous
+commit (`synchronous_standby_names = '*'`: a commit returns once the standby has it too), and fails over as an
+operator would: the primary is killed, the standby promoted (`pg_ctl promote`), and the old primary rebuilt as
+the new standby from a fresh base backup of the new primary.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from common.settings import database_hosts
 from devstack.processes import ManagedProcess, StartError, reachable_dir, wait_until
 
 RUN_AS = "postgres"
@@ -56,11 +62,21 @@ class Postgres:
     """
 
     def __init__(
-        self, dsn: str, base_dir: Path | None = None, *, durable: bool = False, data_dir: Path | None = None
+        self,
+        dsn: str,
+        base_dir: Path | None = None,
+        *,
+        durable: bool = False,
+        data_dir: Path | None = None,
+        port: int | None = None,
+        replicated: bool = False,
     ) -> None:
+        """`port`: this server's, where the DSN names several hosts (default: the first host's). `replicated`:
+        one of a `PostgresPair`, committing synchronously to its standby."""
         parts = urlsplit(dsn)
         self.dsn = dsn
-        self.port = parts.port or 5432
+        self.port = port or database_hosts(dsn)[0][1]
+        self.replicated = replicated
         self.user = unquote(parts.username or "postgres")
         self.password = unquote(parts.password or "")
         self.database = (parts.path or "/").lstrip("/") or self.user
@@ -72,20 +88,31 @@ class Postgres:
             self.dir = Path(tempfile.mkdtemp(prefix="studio-pg-", dir=base_dir))
         self.process: ManagedProcess | None = None
 
+    @property
+    def sockets(self) -> Path:
+        return self.dir / "sockets"
+
+    def _own_dir(self) -> str | None:
+        user = _ensure_user()
+        self.sockets.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            entry = pwd.getpwnam(user)
+            for path in (self.dir, self.sockets):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.dir.chmod(0o755)
+        return user
+
     def start(self, timeout: float = 60.0) -> Postgres:
         bin_dir = find_bin_dir()
-        user = _ensure_user()
-        data, sockets = self.dir / "data", self.dir / "sockets"
+        data = self.dir / "data"
         if (data / "PG_VERSION").exists():  # kept from an earlier run: its users and databases are there
             return self.resume(timeout)
-        sockets.mkdir(parents=True, exist_ok=True)
+        user = self._own_dir()
         pwfile = self.dir / "pwfile"
         pwfile.write_text(self.password or "postgres")
         if user is not None:
             entry = pwd.getpwnam(user)
-            for path in (self.dir, sockets, pwfile):
-                os.chown(path, entry.pw_uid, entry.pw_gid)
-        self.dir.chmod(0o755)
+            os.chown(pwfile, entry.pw_uid, entry.pw_gid)
         initdb = subprocess.run(
             [
                 str(bin_dir / "initdb"),
@@ -113,7 +140,7 @@ class Postgres:
                 [
                     str(bin_dir / "createdb"),
                     "-h",
-                    str(sockets),
+                    str(self.sockets),
                     "-p",
                     str(self.port),
                     "-U",
@@ -124,6 +151,8 @@ class Postgres:
                 capture_output=True,
                 text=True,
                 cwd=self.dir,
+                # Not waiting for a standby that does not exist yet (it is made from this server afterwards).
+                env={**os.environ, "PGOPTIONS": "-c synchronous_commit=local"},
             )
             if created.returncode != 0 and "already exists" not in created.stderr:
                 raise StartError(f"createdb failed: {created.stderr.strip()}")
@@ -141,8 +170,12 @@ class Postgres:
             "-c",
             "max_connections=300",
         ]
+        if self.replicated:  # a commit waits for whichever standby streams from this server, when primary
+            options += ["-c", "synchronous_standby_names=*", "-c", "synchronous_commit=on"]
         if not self.durable:
-            options += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            options += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+            if not self.replicated:
+                options += ["-c", "synchronous_commit=off"]
         self.process = ManagedProcess(
             "postgres",
             [str(find_bin_dir() / "postgres"), "-D", str(self.dir / "data"), *options],
@@ -180,6 +213,52 @@ class Postgres:
             self.process.stop()
             self.process = None
 
+    def follow(self, primary: Postgres, timeout: float = 120.0) -> Postgres:
+        """Become a streaming standby of `primary`: whatever data this server had is replaced by a base backup of
+        the primary's (`-R` writes the standby's connection to it), then the server starts as its standby."""
+        self.halt()
+        user = self._own_dir()
+        shutil.rmtree(self.dir / "data", ignore_errors=True)
+        backup = subprocess.run(
+            [
+                str(find_bin_dir() / "pg_basebackup"),
+                "-D",
+                str(self.dir / "data"),
+                "-h",
+                str(primary.sockets),
+                "-p",
+                str(primary.port),
+                "-U",
+                primary.user,
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+            ],
+            user=user,
+            capture_output=True,
+            text=True,
+            cwd=self.dir,
+            timeout=timeout,
+        )
+        if backup.returncode != 0:
+            raise StartError(f"pg_basebackup failed: {backup.stderr.strip() or backup.stdout.strip()}")
+        return self.resume(timeout)
+
+    def promote(self, timeout: float = 60.0) -> None:
+        """End recovery: a standby becomes a primary, taking writes (`pg_ctl promote` waits until it does)."""
+        done = subprocess.run(
+            [str(find_bin_dir() / "pg_ctl"), "promote", "-D", str(self.dir / "data"), "-t", str(int(timeout))],
+            user=_ensure_user(),
+            capture_output=True,
+            text=True,
+            cwd=self.dir,
+            timeout=timeout + 10,
+        )
+        if done.returncode != 0:
+            raise StartError(f"pg_ctl promote failed: {done.stderr.strip() or done.stdout.strip()}")
+
     def _accepts(self) -> bool:
         ready = subprocess.run(
             [str(find_bin_dir() / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
@@ -191,3 +270,51 @@ class Postgres:
         self.halt()
         if not self.kept:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class PostgresPair:
+    """A primary and its synchronous streaming standby on two ports of 127.0.0.1 (see the module docstring).
+    `servers[primary]` takes writes; a client finds it with `target_session_attrs=read-write`."""
+
+    def __init__(
+        self, dsn: str, base_dir: Path | None = None, *, durable: bool = False, data_dir: Path | None = None
+    ) -> None:
+        ports = [port for _, port in database_hosts(dsn)][:2]
+        kept = [None if data_dir is None else data_dir / f"server-{n}" for n in (1, 2)]
+        self.servers = [
+            Postgres(dsn, base_dir, durable=durable, data_dir=where, port=port, replicated=True)
+            for port, where in zip(ports, kept, strict=True)
+        ]
+        self.primary = 0
+
+    @property
+    def standby(self) -> int:
+        return 1 - self.primary
+
+    def start(self, timeout: float = 120.0) -> PostgresPair:
+        first, second = self.servers
+        if (second.dir / "data" / "standby.signal").exists():  # kept from an earlier run: roles as they were
+            first.start(timeout)
+            second.resume(timeout)
+        elif (first.dir / "data" / "standby.signal").exists():
+            self.primary = 1
+            second.start(timeout)
+            first.resume(timeout)
+        else:
+            first.start(timeout)
+            second.follow(first, timeout)
+        return self
+
+    def fail_over(self) -> None:
+        """Kill the primary (an immediate shutdown) and promote the standby in its place."""
+        self.servers[self.primary].crash()
+        self.servers[self.standby].promote()
+        self.primary = self.standby
+
+    def rebuild_standby(self) -> None:
+        """Bring the old primary back as the new primary's standby, from a fresh base backup."""
+        self.servers[self.standby].follow(self.servers[self.primary])
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()

@@ -2,16 +2,22 @@
 
 The node runs as the `rabbitmq` user with every path it writes (data, logs, feature flags, cookie) inside a
 temporary directory, on its own AMQP and distribution ports, so it never touches a system broker.
+`RabbitCluster` runs several such nodes on loopback (each its own node name, ports and folder, one shared
+Erlang cookie) and joins them into one cluster with `rabbitmqctl join_cluster`, as RabbitMQ's clustering guide
+does by hand.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -47,8 +53,11 @@ def amqp_handshake(host: str, port: int, timeout: float = 1.0) -> bool:
 class RabbitMQ:
     """A RabbitMQ node on 127.0.0.1 with the port, user, password and vhost an AMQP URL names."""
 
-    def __init__(self, url: str, base_dir: Path | None = None, *, data_dir: Path | None = None) -> None:
-        """With `data_dir`, the node keeps its data there (queues, messages), across stops and runs."""
+    def __init__(
+        self, url: str, base_dir: Path | None = None, *, data_dir: Path | None = None, cookie: str | None = None
+    ) -> None:
+        """With `data_dir`, the node keeps its data there (queues, messages), across stops and runs. `cookie`:
+        the Erlang cookie the nodes of one cluster share (a node alone makes its own)."""
         parts = urlsplit(url)
         self.url = url
         self.port = parts.port or 5672
@@ -62,10 +71,17 @@ class RabbitMQ:
         self.dir = fresh or reachable_dir(data_dir or Path(), runs_as, "rabbitmq")
         self.process: ManagedProcess | None = None
         self.node = f"studio{self.port}@localhost"
+        self.cookie = cookie
 
     def _prepare(self) -> None:
         for sub in ("mnesia", "log"):
             (self.dir / sub).mkdir(exist_ok=True)
+        if self.cookie is not None:
+            cookie = self.dir / ".erlang.cookie"  # HOME's: read by the node and by rabbitmqctl alike
+            if cookie.exists():
+                cookie.chmod(0o600)
+            cookie.write_text(self.cookie)
+            cookie.chmod(0o400)
         (self.dir / "enabled_plugins").write_text("[].\n")
         (self.dir / "rabbitmq-env.conf").write_text("")
         (self.dir / "rabbitmq.conf").write_text(
@@ -114,14 +130,32 @@ class RabbitMQ:
         }
 
     def start(self, timeout: float = 90.0) -> RabbitMQ:
+        self.launch()
+        return self.wait(timeout)
+
+    def launch(self) -> None:
+        """Start the node without waiting for it to answer (nodes of a cluster boot together)."""
         global _epmd_ours
         apt.ensure_installed("rabbitmq-server", SERVER)
         _epmd_ours = _epmd_ours or not _epmd("-names")
         self._prepare()
-        return self.resume(timeout)
+        self._spawn()
 
     def resume(self, timeout: float = 90.0) -> RabbitMQ:
         """Start the node (again, after `halt`) on the same data and ports."""
+        self._spawn()
+        return self.wait(timeout)
+
+    def wait(self, timeout: float = 90.0) -> RabbitMQ:
+        wait_until(
+            f"RabbitMQ on port {self.port}",
+            lambda: amqp_handshake("127.0.0.1", self.port),
+            timeout,
+            self.process,
+        )
+        return self
+
+    def _spawn(self) -> None:
         self.process = ManagedProcess(
             "rabbitmq",
             [str(SERVER)],
@@ -130,13 +164,6 @@ class RabbitMQ:
             user=RUN_AS if os.geteuid() == 0 else None,
             cwd=self.dir,
         ).start()
-        wait_until(
-            f"RabbitMQ on port {self.port}",
-            lambda: amqp_handshake("127.0.0.1", self.port),
-            timeout,
-            self.process,
-        )
-        return self
 
     def ctl(self, *args: str, timeout: float = 60.0) -> str:
         """Run `rabbitmqctl` against this node, as the user (hence with the cookie) the node runs as."""
@@ -173,3 +200,72 @@ class RabbitMQ:
             shutil.rmtree(self.dir, ignore_errors=True)
         if _epmd_ours:
             _epmd("-kill")  # refused by epmd while another node is still registered with it
+
+
+class RabbitCluster:
+    """One RabbitMQ node per AMQP URL (all on 127.0.0.1), joined into one cluster: the first node is the seed the
+    others join. With `data_dir`, node n keeps its data in `data_dir/node-n` and the next start finds the
+    cluster formed already."""
+
+    def __init__(self, urls: list[str], base_dir: Path | None = None, *, data_dir: Path | None = None) -> None:
+        kept = [None if data_dir is None else data_dir / f"node-{n}" for n in range(1, len(urls) + 1)]
+        cookie = _shared_cookie(data_dir)
+        self.nodes = [
+            RabbitMQ(url, base_dir, data_dir=where, cookie=cookie) for url, where in zip(urls, kept, strict=True)
+        ]
+
+    def start(self, timeout: float = 180.0) -> RabbitCluster:
+        # Together: a node of a formed cluster that did not stop last waits for its peers before it answers.
+        for node in self.nodes:
+            node.launch()
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(lambda node: node.wait(timeout), self.nodes))
+        seed = self.nodes[0]
+        for node in self.nodes[1:]:
+            if seed.node not in node.ctl("cluster_status", "--formatter", "json"):
+                node.ctl("stop_app")
+                node.ctl("join_cluster", seed.node)
+                node.ctl("start_app")
+                node.wait(timeout)
+        return self
+
+    def running(self) -> list[str]:
+        """The node names the cluster reports running, as one of its live nodes sees them."""
+        for node in self.nodes:
+            if node.process is not None:
+                status = json.loads(node.ctl("cluster_status", "--formatter", "json"))
+                return list(status.get("running_nodes", []))
+        return []
+
+    def leader(self, queue: str) -> int:
+        """The index of the node that leads a quorum queue."""
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            for line in node.ctl("list_queues", "-q", "--no-table-headers", "name", "leader").splitlines():
+                name, _, leader = line.partition("\t")
+                if name == queue:
+                    return next(n for n, other in enumerate(self.nodes) if other.node == leader.strip())
+        raise LookupError(f"no leader found for {queue}")
+
+    def kill(self, n: int) -> None:
+        self.nodes[n].kill()
+
+    def resume(self, n: int, timeout: float = 120.0) -> None:
+        self.nodes[n].resume(timeout)
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+
+
+def _shared_cookie(data_dir: Path | None) -> str:
+    """The cluster's Erlang cookie: kept with its data, so a kept cluster's nodes know each other next time."""
+    if data_dir is None:
+        return secrets.token_hex(20)
+    where = data_dir / "erlang.cookie"
+    if not where.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        where.write_text(secrets.token_hex(20))
+        where.chmod(0o600)
+    return where.read_text().strip()

@@ -8,6 +8,12 @@ bring it back on the same port with its data:
   with crash recovery;
 - `rabbitmq`: SIGKILL to the node, then a start on the same data directory;
 - `s3`: the server stops (it saves its objects first, see `s3.py`), then starts again and loads them back.
+
+Past one machine: `DEVSTACK_RABBITMQ_NODES=3` starts a RabbitMQ cluster of three nodes on loopback, and
+`DEVSTACK_POSTGRES_STANDBY=1` a PostgreSQL primary with a synchronous standby; `AMQP_URL` and `DATABASE_URL`
+are extended to name them all (the next ports after the given one), unless they already list as many. Then
+`kill_rabbitmq_node` / `resume_rabbitmq_node` take one node down and back, `fail_over_postgres` kills the primary
+and promotes the standby, `rebuild_postgres_standby` brings the old primary back as the new standby.
 """
 
 from __future__ import annotations
@@ -19,14 +25,15 @@ import signal
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from common.broker import node_urls
 from common.migrate import migrate
-from common.settings import Settings
+from common.settings import Settings, database_hosts
 from common.storage import ensure_bucket, open_s3
-from devstack.postgres import Postgres
-from devstack.processes import ManagedProcess, free_port, http_ok, port_open, wait_until
-from devstack.rabbitmq import RabbitMQ, amqp_handshake
+from devstack.postgres import Postgres, PostgresPair
+from devstack.processes import ManagedProcess, StartError, free_port, http_ok, port_open, wait_until
+from devstack.rabbitmq import RabbitCluster, RabbitMQ, amqp_handshake
 from devstack.s3 import S3Server
 from devstack.supervisor import Supervisor
 
@@ -51,6 +58,66 @@ class _Stoppable(Protocol):
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
     parts = urlsplit(url)
     return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+RABBITMQ_NODES_VAR, POSTGRES_STANDBY_VAR = "DEVSTACK_RABBITMQ_NODES", "DEVSTACK_POSTGRES_STANDBY"
+
+
+def rabbitmq_nodes(environ: Mapping[str, str]) -> int:
+    raw = environ.get(RABBITMQ_NODES_VAR, "").strip() or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= 9:
+        raise StartError(f"{RABBITMQ_NODES_VAR} must be a number of nodes from 1 to 9, not {raw!r}")
+    return int(raw)
+
+
+def postgres_standby(environ: Mapping[str, str]) -> bool:
+    raw = environ.get(POSTGRES_STANDBY_VAR, "").strip().lower()
+    if raw not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise StartError(f"{POSTGRES_STANDBY_VAR} must be 1 or 0, not {raw!r}")
+    return raw in ("1", "true", "yes", "on")
+
+
+def amqp_cluster_url(url: str, nodes: int, port_of: Callable[[int], int]) -> str:
+    """`url` naming `nodes` nodes: those it lists, then more like its first on the ports `port_of(n)` gives."""
+    listed = node_urls(url)
+    first = urlsplit(listed[0])
+    for n in range(len(listed), nodes):
+        userinfo, at, _ = first.netloc.rpartition("@")
+        netloc = f"{userinfo}{at}{first.hostname}:{port_of(n)}"
+        listed.append(first._replace(netloc=netloc).geturl())
+    return ",".join(listed)
+
+
+def database_standby_url(dsn: str, port_of: Callable[[int], int]) -> str:
+    """`dsn` in libpq's multi-host form naming a second host (`port_of(1)`) when it names one, and asking for
+    the read-write one of them."""
+    parts = urlsplit(dsn)
+    hosts = database_hosts(dsn)
+    if len(hosts) < 2:
+        hosts.append((hosts[0][0], port_of(1)))
+    userinfo = parts.netloc.rpartition("@")[0]
+    netloc = ",".join(f"{host}:{port}" for host, port in hosts)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("target_session_attrs", "read-write")
+    return parts._replace(netloc=f"{userinfo}@{netloc}" if userinfo else netloc, query=urlencode(query)).geturl()
+
+
+def cluster_env(environ: Mapping[str, str], *, free: bool = False) -> dict[str, str]:
+    """`environ` with `AMQP_URL` and `DATABASE_URL` naming every node `DEVSTACK_RABBITMQ_NODES` and
+    `DEVSTACK_POSTGRES_STANDBY` ask for. The added nodes listen on the ports after the first node's (stable
+    across runs, as a kept cluster's node names need), or with `free` on free ports (a throwaway stack)."""
+    env = dict(environ)
+    defaults = Settings.from_env({})
+    nodes = rabbitmq_nodes(env)
+    amqp = env.get("AMQP_URL") or defaults.amqp_url
+    if nodes > len(node_urls(amqp)):
+        first = urlsplit(node_urls(amqp)[0]).port or 5672
+        env["AMQP_URL"] = amqp_cluster_url(amqp, nodes, lambda n: free_port() if free else first + n)
+    if postgres_standby(env):
+        dsn = env.get("DATABASE_URL") or defaults.database_url
+        primary = database_hosts(dsn)[0][1]
+        env["DATABASE_URL"] = database_standby_url(dsn, lambda n: free_port() if free else primary + n)
+    return env
 
 
 def simulator_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -89,7 +156,7 @@ def loopback_env(**settings: str) -> dict[str, str]:
         **settings,
     }
     env.update(simulator_env(env))
-    return env
+    return cluster_env(env, free=True)
 
 
 class Stack:
@@ -98,12 +165,14 @@ class Stack:
     def __init__(self, env: Mapping[str, str], work_dir: Path, data_dir: Path | None = None) -> None:
         """`work_dir` takes logs and, without `data_dir`, the servers' data; with it, the database, broker and
         bucket live under `data_dir` and are found there again by the next stack."""
-        self.env = dict(env)
+        self.env = cluster_env(env)
         self.work_dir = work_dir
         self.data_dir = data_dir
         self.started: list[tuple[str, _Stoppable]] = []
         self.postgres: Postgres | None = None
+        self.postgres_pair: PostgresPair | None = None
         self.rabbitmq: RabbitMQ | None = None
+        self.rabbit_cluster: RabbitCluster | None = None
         self.s3: S3Server | None = None
         self.processes: dict[str, ManagedProcess] = {}
         self.supervisor = Supervisor()
@@ -114,14 +183,21 @@ class Stack:
 
     def start_infrastructure(self) -> None:
         settings = self.settings
-        host, port = _host_port(settings.database_url, 5432)
-        if not port_open(host, port):
-            self.postgres = Postgres(settings.database_url, data_dir=self._kept("postgres")).start()
-            self.started.append(("postgres", self.postgres))
-        host, port = _host_port(settings.amqp_url, 5672)
-        if not amqp_handshake(host, port):
-            self.rabbitmq = RabbitMQ(settings.amqp_url, data_dir=self._kept("rabbitmq")).start()
-            self.started.append(("rabbitmq", self.rabbitmq))
+        if not any(port_open(host, port) for host, port in database_hosts(settings.database_url)):
+            if len(database_hosts(settings.database_url)) > 1:
+                self.postgres_pair = PostgresPair(settings.database_url, data_dir=self._kept("postgres")).start()
+                self.started.append(("postgres", self.postgres_pair))
+            else:
+                self.postgres = Postgres(settings.database_url, data_dir=self._kept("postgres")).start()
+                self.started.append(("postgres", self.postgres))
+        nodes = node_urls(settings.amqp_url)
+        if not any(amqp_handshake(*_host_port(node, 5672)) for node in nodes):
+            if len(nodes) > 1:
+                self.rabbit_cluster = RabbitCluster(nodes, data_dir=self._kept("rabbitmq")).start()
+                self.started.append(("rabbitmq", self.rabbit_cluster))
+            else:
+                self.rabbitmq = RabbitMQ(settings.amqp_url, data_dir=self._kept("rabbitmq")).start()
+                self.started.append(("rabbitmq", self.rabbitmq))
         if settings.s3_endpoint_url:
             host, port = _host_port(settings.s3_endpoint_url, 80)
             if not port_open(host, port):
@@ -233,6 +309,38 @@ class Stack:
         resume()
         if server == "s3":  # its objects and policy come back with it; the bucket's rules are set again
             asyncio.run(self._prepare_bucket(self.settings))
+
+    def _cluster(self) -> RabbitCluster:
+        if self.rabbit_cluster is None:
+            raise ValueError("this stack started no RabbitMQ cluster")
+        return self.rabbit_cluster
+
+    def _pair(self) -> PostgresPair:
+        if self.postgres_pair is None:
+            raise ValueError("this stack started no PostgreSQL standby")
+        return self.postgres_pair
+
+    def kill_rabbitmq_node(self, n: int) -> str:
+        """SIGKILL node n of the cluster; returns its name."""
+        cluster = self._cluster()
+        cluster.kill(n)
+        return cluster.nodes[n].node
+
+    def resume_rabbitmq_node(self, n: int) -> None:
+        """Start node n again on its data; it rejoins the cluster. Returns once it answers."""
+        self._cluster().resume(n)
+
+    def rabbitmq_leader(self, queue: str) -> int:
+        """The node that leads a quorum queue of the cluster."""
+        return self._cluster().leader(queue)
+
+    def fail_over_postgres(self) -> None:
+        """Kill the primary and promote the standby (clients find it through `target_session_attrs`)."""
+        self._pair().fail_over()
+
+    def rebuild_postgres_standby(self) -> None:
+        """Bring the old primary back as the standby of the new one."""
+        self._pair().rebuild_standby()
 
     def _track(self, label: str, process: ManagedProcess) -> None:
         self.processes[label] = process

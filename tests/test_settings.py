@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.settings import API_REQUIRED, Settings, SettingsError
+from common.settings import API_REQUIRED, Settings, SettingsError, database_hosts
 
 
 def test_defaults_match_the_contract():
@@ -81,6 +81,13 @@ def test_timeouts_and_intervals_must_be_more_than_zero(name: str) -> None:
         ("CORS_ALLOWED_ORIGINS", "https://app.example.com/path"),
         ("CORS_ALLOWED_ORIGINS", "app.example.com"),
         ("AUTH_JWT_SECRET", "k"),
+        ("AMQP_URL", "amqp://a:5672/,http://b:5672/"),
+        ("AMQP_URL", "amqp://a:5672/,amqp://b:port/"),
+        ("AMQP_QUORUM_SIZE", "0"),
+        ("DATABASE_URL", "postgresql://u:p@a:5432,b:5432/db"),  # a standby could be chosen for writes
+        ("DATABASE_URL", "postgresql://u:p@a:5432,b:x/db?target_session_attrs=read-write"),
+        ("DATABASE_URL", "postgresql://u:p@a:5432/db?target_session_attrs=whatever"),
+        ("DATABASE_URL", "mysql://u:p@a/db"),
     ],
 )
 def test_out_of_range_unbounded_and_empty_values_are_refused(name: str, raw: str) -> None:
@@ -125,3 +132,17 @@ def test_each_setting_declares_its_variable_readers_and_meaning():
     for name, var in declared().items():
         assert var.env == name.upper() or name == "skytells_webhook_secrets", name
         assert var.readers and var.doc, name
+
+
+def test_a_cluster_of_rabbitmq_nodes_and_a_multi_host_database():
+    settings = Settings.from_env(
+        {
+            "AMQP_URL": "amqp://u:p@rmq-1:5672/, amqp://u:p@rmq-2:5672/,amqp://u:p@rmq-3:5672/",
+            "DATABASE_URL": "postgresql://u:p@db-1:5432,db-2:5433/studio?target_session_attrs=read-write",
+            "AMQP_QUORUM_SIZE": "5",
+        }
+    )
+    assert settings.amqp_url == "amqp://u:p@rmq-1:5672/,amqp://u:p@rmq-2:5672/,amqp://u:p@rmq-3:5672/"
+    assert settings.amqp_quorum_size == 5
+    assert database_hosts(settings.database_url) == [("db-1", 5432), ("db-2", 5433)]
+    assert Settings.from_env({}).amqp_quorum_size == 3

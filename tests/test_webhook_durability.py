@@ -203,6 +203,7 @@ MAIN_QUEUE_ARGUMENTS = {
     "x-dead-letter-exchange": "",
     "x-dead-letter-routing-key": DEAD_QUEUE,
     "x-delivery-limit": 20,
+    "x-quorum-initial-group-size": 3,  # AMQP_QUORUM_SIZE's default: replicated on three nodes of a cluster
 }
 
 
@@ -216,6 +217,7 @@ async def test_gateway_declares_the_exchange_and_a_quorum_queue_that_loses_nothi
         {"x-overflow": "drop-head"},
         {"x-dead-letter-strategy": "at-most-once"},
         {"x-queue-type": "classic"},
+        {"x-quorum-initial-group-size": 5},
     ):
         async with amqp_channel(rabbit.url) as channel:
             with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):

@@ -8,13 +8,17 @@ from typing import Any
 import asyncpg
 
 # What a query meets while PostgreSQL is down, restarting or recovering, or when it went away mid-query: worth
-# retrying shortly, never the caller's fault. Services answer it 503 with Retry-After, not 500.
+# retrying shortly, never the caller's fault. Services answer it 503 with Retry-After, not 500. During a
+# failover too: no host is the primary yet (every host refused, or each is a standby: TargetServerAttribute-
+# NotMatched), or a session still on a server that has become a standby is refused a write.
 UNAVAILABLE: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
+    asyncpg.ReadOnlySQLTransactionError,
+    asyncpg.TargetServerAttributeNotMatched,
 )
 
 

@@ -85,7 +85,9 @@ def _age(raw: Any) -> float | None:
 
 async def sweep(settings: Settings, decide: Callable[[DeadMessage], Action]) -> list[tuple[DeadMessage, Action]]:
     """Go through the dead queue once, moving, discarding or keeping each message; what was done to which."""
-    broker = await Broker.connect(settings.amqp_url, RetrySchedule.from_settings(settings).all)
+    broker = await Broker.connect(
+        settings.amqp_url, RetrySchedule.from_settings(settings).all, settings.amqp_quorum_size
+    )
     done: list[tuple[DeadMessage, Action]] = []
     kept: list[AbstractIncomingMessage] = []
     try:
