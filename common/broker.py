@@ -18,7 +18,6 @@ robust connection is pointed at the next (`NodeWalk`). Publishing uses publisher
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Mapping, Sequence

@@ -27,7 +27,7 @@ VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["versi
 # major, which move under a deployment.
 PINNED = re.compile(r"\d+\.\d+(\.\d+)?(-[a-z]+)?|RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ")
 
-OURS = {"migrate", "api", "webhook", "persister", "skytells-sim"}
+OURS = {"migrate", "api", "webhook", "persister", "notifier", "skytells-sim"}
 
 ONE_SHOT = {"migrate", "minio-init"}
 SCALED = {"api", "webhook", "persister"}
@@ -106,6 +106,7 @@ def test_dependencies_wait_for_health_or_completion():
             "rabbitmq": "service_healthy",
             "minio-init": "service_completed_successfully",
         },
+        "notifier": {"migrate": "service_completed_successfully"},
     }
     for name, service in SERVICES.items():
         depends = {dep: spec["condition"] for dep, spec in service.get("depends_on", {}).items()}
