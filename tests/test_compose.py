@@ -42,7 +42,14 @@ IMAGE_PREFIXES = {
     "webhook-proxy": "PROXY_",
 }
 CADDYFILE = (ROOT / "deploy/compose/Caddyfile").read_text()
-ENTRY_MODULES = {"services.api", "services.webhook", "services.persister", "common.migrate", "devstack.skytells"}
+ENTRY_MODULES = {
+    "services.api",
+    "services.webhook",
+    "services.persister",
+    "services.notifier",
+    "common.migrate",
+    "devstack.skytells",
+}
 
 
 def _command(service: dict) -> list[str]:
@@ -81,7 +88,7 @@ def test_no_exec_form_healthcheck_argument_holds_a_space(name):
 def test_our_healthchecks_ask_our_own_probe_on_our_own_port(name):
     service = SERVICES[name]
     probe = " ".join(service["healthcheck"]["test"])
-    port = {"api": 8080, "webhook": 8081, "persister": 8082, "skytells-sim": 8090}[name]
+    port = {"api": 8080, "webhook": 8081, "persister": 8082, "notifier": 8083, "skytells-sim": 8090}[name]
     path = "/healthz" if name == "skytells-sim" else "/readyz"
     assert f"http://127.0.0.1:{port}{path}" in probe
     assert "urllib.request.urlopen" in probe  # slim images have no curl
