@@ -44,7 +44,7 @@ async def test_each_transition_records_what_the_filter_asks_for_once(db, user_id
     assert await generations.set_prediction(db, generation_id, f"pred-{generation_id}", Status.PROCESSING)
     assert await _deliveries(db, generation_id) == [("start", "pending")]
 
-    await generations.mark_succeeded(db, generation_id, ["https://cdn.example.com/x.png"])
+    await generations.mark_succeeded(db, generation_id, [f"generations/{generation_id}.png"])
     assert await generations.mark_ended(db, generation_id, Status.FAILED, "late") is None  # terminal stays
     # The start nobody got yet is skipped: the receiver is told the outcome instead.
     assert await _deliveries(db, generation_id) == [("start", "skipped"), ("completed", "pending")]
@@ -53,7 +53,7 @@ async def test_each_transition_records_what_the_filter_asks_for_once(db, user_id
             "SELECT generation FROM webhook_deliveries WHERE generation_id = $1 AND event = 'completed'", generation_id
         )
     )
-    assert data["status"] == "succeeded" and data["output_urls"] == ["https://cdn.example.com/x.png"]
+    assert data["status"] == "succeeded" and data["output_keys"] == [f"generations/{generation_id}.png"]
 
 
 async def test_only_the_asked_events_are_recorded(db, user_id):
