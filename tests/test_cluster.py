@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from common.broker import QUEUE
+from common.broker import QUEUE, Broker
 from devstack.postgres import PostgresPair
 from devstack.processes import StartError, free_port
 from devstack.rabbitmq import RabbitCluster
@@ -190,3 +190,15 @@ async def test_after_a_promotion_the_api_answers_and_the_persister_finishes_even
     finally:
         for process in started:
             await asyncio.to_thread(process.stop)
+
+
+async def test_a_process_connects_to_a_node_that_answers_whichever_it_tries_first(settings) -> None:
+    dead = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
+    for url in (f"{dead},{settings.amqp_url}", f"{settings.amqp_url},{dead}"):
+        broker = await Broker.connect(url)
+        try:
+            assert broker.ready
+        finally:
+            await broker.close()
+    with pytest.raises(ConnectionError, match="no RabbitMQ node answered"):
+        await Broker.connect(f"{dead},amqp://guest:guest@127.0.0.1:{free_port()}/")
