@@ -322,6 +322,8 @@ def request_line_case(target: Target, rng: random.Random) -> Case:
         )
     separator = rng.choice((b" ", b"  ", b"\t", b" \x00 "))
     line = separator.join(parts)
+    if rng.random() < 0.1:
+        line = method + b" " + path  # no version: HTTP/0.9's form
     return Case("request line", (_request(line, headers, body),), half_close=True)
 
 
