@@ -3,6 +3,11 @@ API and the gateway.
 
 Each case is built from its own `random.Random(f"{seed}:{service}:{index}")`, so one failing case is rebuilt from
 the three numbers its failure message prints, without replaying the run before it.
+
+Besides the framing, the API's bodies reach past the parser: generation requests with odd `input` (wrong types,
+nesting, a `prompt` inside, unknown fields, `upload:` references of the caller's, of someone else's and of none),
+`webhook` and `webhookEventsFilter`; and raw upload bodies (empty, image signatures cut short, random bytes,
+large ones within the limit).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ class Target:
     routes: tuple[tuple[bytes, bytes], ...]
     token: str = ""  # a valid bearer token (API)
     secret: str = ""  # the callback signing secret (gateway)
+    refs: tuple[str, ...] = ()  # `upload:<id>` references that exist: the caller's own and another user's
 
 
 NASTY = (
@@ -130,17 +136,95 @@ def _payload(target: Target, rng: random.Random) -> object:
                 odd_text(rng),
             )
         )
-    request = {
+    request: dict[str, object] = {
         "prompt": rng.choice(("a quiet harbour", odd_text(rng), 5, None, ["x"])),
-        "model": rng.choice(("truefusion-pro", odd_text(rng), None)),
+        "model": rng.choice(("truefusion-pro", "truefusion-2.0", odd_text(rng), None)),
     }
     if rng.random() < 0.3:
         request["userId"] = rng.choice((odd_text(rng), 0, "someone-else"))
-    return rng.choice((request, [request], odd_text(rng), 1e308, {"prompt": {"prompt": request}}))
+    if rng.random() < 0.5:
+        request["input"] = _model_input(target, rng)
+    if rng.random() < 0.3:
+        request["webhook"] = rng.choice(WEBHOOKS + (odd_text(rng), 42, None, ["https://example.com/hook"]))
+    if rng.random() < 0.3:
+        request["webhookEventsFilter"] = rng.choice(
+            (["start"], ["completed", "start"], [], ["start", "start"], [odd_text(rng)], "start", [1], {"start": 1})
+        )
+    return rng.choice((request, request, [request], odd_text(rng), 1e308, {"prompt": {"prompt": request}}))
 
 
-def odd_body(target: Target, rng: random.Random) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+WEBHOOKS = (
+    "https://example.com/hook",
+    "http://127.0.0.1:9/hook",  # allowed by the test stack's NOTIFY_ALLOW_HOSTS; nothing listens
+    "http://example.com/hook",
+    "https://[::1]:0/x",
+    "https://exa mple.com/",
+    "https://example.com/" + "a" * 3000,
+    "javascript:alert(1)",
+    "https://user:pass@example.com:99999/",
+    "https://\u00e9xample.com/",
+)
+
+
+OPTIONS = ("image", "width", "seed", "num_outputs", "image_strength", "negative_prompt", "output_format")
+
+
+def _model_input(target: Target, rng: random.Random) -> object:
+    """A generation's `input`: the model's own options, with wrong types, references and odd nesting."""
+    ref = rng.choice(
+        (
+            *target.refs,
+            f"upload:{uuid.uuid4()}",  # no such upload
+            "upload:",
+            "upload:" + odd_text(rng),
+            "UPLOAD:" + str(uuid.uuid4()),
+        )
+    )
+    options: dict[str, object] = {}
+    for _ in range(rng.randrange(1, 4)):
+        options[rng.choice(OPTIONS)] = rng.choice(
+            (ref, ref, odd_text(rng), -1, 2**70, 1e308, 0.5, True, None, [ref], {"url": ref}, "")
+        )
+    if rng.random() < 0.2:
+        options["prompt"] = "inside input"
+    if rng.random() < 0.2:
+        options[odd_text(rng)] = ref  # a field no model has, its name odd too
+    nested: object = options
+    for _ in range(rng.choice((0, 0, 1, 5, 200))):
+        nested = {"image": nested} if rng.random() < 0.5 else [nested]
+    return rng.choice((options, nested, [options], ref, odd_text(rng), 7))
+
+
+# What an upload's first bytes may claim to be; the API recognises the first three.
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF\x00\x00\x00\x00WEBP", b"GIF89a", b"BM", b"%PDF-")
+
+
+def upload_body(target: Target, rng: random.Random) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """A raw upload body and the `Content-Type` that (mis)describes it."""
+    signature = rng.choice(SIGNATURES)
+    kind = rng.randrange(6)
+    if kind == 0:
+        body = b""
+    elif kind == 1:
+        body = signature[: rng.randrange(len(signature))]  # the signature cut short
+    elif kind == 2:
+        body = rng.randbytes(rng.choice((1, 15, 16, 17, 500)))
+    elif kind == 3:
+        body = signature + rng.randbytes(rng.randrange(0, 2000))
+    elif kind == 4:
+        body = signature + b"\x00" * rng.choice((64 * 1024, 1024 * 1024, 3 * 1024 * 1024))  # large, within the limit
+    else:
+        body = _json(_payload(target, rng), rng)  # JSON where an image belongs
+    content_type = rng.choice(
+        (b"image/png", b"image/jpeg", b"application/octet-stream", b"application/json", b"image/*", odd_bytes(rng))
+    )
+    return body, [(b"Content-Type", content_type)]
+
+
+def odd_body(target: Target, rng: random.Random, path: bytes = b"") -> tuple[bytes, list[tuple[bytes, bytes]]]:
     """A body and the headers that describe it (or misdescribe it)."""
+    if path.startswith(b"/api/uploads") and rng.random() < 0.7:
+        return upload_body(target, rng)
     plain = _json(_payload(target, rng), rng)
     kind = rng.randrange(10)
     headers: list[tuple[bytes, bytes]] = [
@@ -199,7 +283,7 @@ def _base(target: Target, rng: random.Random) -> tuple[bytes, bytes, list[tuple[
         headers.append((b"Authorization", b"Bearer " + target.token.encode()))
     body = b""
     if method == b"POST":
-        body, described = odd_body(target, rng)
+        body, described = odd_body(target, rng, path)
         headers += described
     return method, path, headers, body
 
@@ -238,6 +322,8 @@ def request_line_case(target: Target, rng: random.Random) -> Case:
         )
     separator = rng.choice((b" ", b"  ", b"\t", b" \x00 "))
     line = separator.join(parts)
+    if rng.random() < 0.1:
+        line = method + b" " + path  # no version: HTTP/0.9's form
     return Case("request line", (_request(line, headers, body),), half_close=True)
 
 

@@ -44,7 +44,8 @@ async def _read_answer(reader: asyncio.StreamReader, head: bytes | None = None) 
             return None
         status_line, *lines = head.decode("latin-1").split("\r\n")
         version, _, rest = status_line.partition(" ")
-        if not version.startswith("HTTP/1.") or not rest[:3].isdigit():
+        # aiohttp takes a request line without a version for HTTP/0.9 and labels its answer so, framed as 1.x.
+        if not (version.startswith("HTTP/1.") or version == "HTTP/0.9") or not rest[:3].isdigit():
             raise WireError(f"not an HTTP status line: {status_line!r}")
         if not rest.startswith("1"):
             break
