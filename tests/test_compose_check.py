@@ -4,13 +4,15 @@ services. The check itself runs after the suite (`.ci/run`)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
 
-from devstack.compose_check import images
+from devstack.compose_check import images, stack
 
 ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 OVERRIDE = yaml.safe_load((ROOT / "devstack/compose_check/s3.override.yml").read_text())
 
 
@@ -44,3 +46,14 @@ def test_the_override_replaces_only_minio_and_its_bucket_job():
 def test_the_bucket_job_runs_in_the_studio_image_the_compose_file_builds():
     studio = {name for name in images.compose_images(ROOT / "docker-compose.yml") if name.startswith("studio:")}
     assert studio == {OVERRIDE["services"]["minio-init"]["image"]}
+
+
+def test_the_check_scales_every_service_the_compose_file_says_scales():
+    # The file's own `docker compose up ... --scale` line at its top names them.
+    named = set(re.findall(r"--scale ([\w-]+)=", COMPOSE_TEXT.split("services:", 1)[0]))
+    assert named == {"api", "webhook", "persister", "notifier"}
+    assert set(stack.SCALED) == named and set(stack.SCALED.values()) == {2}
+
+
+def test_the_check_sees_every_service_that_waits_for_the_migrations_start_after_them():
+    assert stack.waits_for("migrate") == {"api", "persister", "notifier"}

@@ -40,10 +40,7 @@ def _up() -> str:
 
 
 def _scale() -> str:
-    counts = {"api": 2, "webhook": 2, "persister": 2}
-    if "notifier" in stack.services():
-        counts["notifier"] = 2
-    return stack.scale(counts)
+    return stack.scale(stack.SCALED)
 
 
 def _clear() -> None:
@@ -82,7 +79,7 @@ def main() -> None:
         )
         steps("make up, then every service healthy", _up)
         steps("a generation on the simulator through api-proxy, its image read", stack.generate_one)
-        steps("scale api, webhook, persister (and notifier) to 2", _scale)
+        steps(f"scale {', '.join(stack.SCALED)} to 2", _scale)
         steps("requests reach both API replicas", stack.requests_reach_every_api_replica)
         steps("kill a persister: restarted, no generation lost", stack.killed_persister_restarts_and_loses_nothing)
         steps("/metrics and /readyz not reachable through the proxies", stack.probes_not_exposed)

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import yaml
+
 from devstack.compose_check.engine import environment, inspect, podman, project_containers
 from devstack.tokens import issue_token
 
@@ -35,6 +37,8 @@ LOOPBACK = {"127.0.0.1", "localhost"}
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
 T = TypeVar("T")
 RUNNING = {("running", ""), ("running", "healthy")}
+# Every service docker-compose.yml says scales (its `--scale` line at the top), each to two replicas.
+SCALED = {"api": 2, "webhook": 2, "persister": 2, "notifier": 2}
 
 
 class CheckFailed(Exception):
@@ -108,10 +112,6 @@ def containers(*, all_states: bool = True) -> list[Container]:
     return found
 
 
-def services() -> set[str]:
-    return set(compose("config", "--services").split())
-
-
 def wait_healthy(timeout: float = 300) -> list[Container]:
     """Every long-running container running and healthy, every one-shot job exited 0; a job that failed ends the
     wait at once."""
@@ -132,6 +132,12 @@ def wait_healthy(timeout: float = 300) -> list[Container]:
         raise CheckFailed(f"{exc}; still: {late}") from None
 
 
+def waits_for(service: str) -> set[str]:
+    """The services docker-compose.yml starts only after `service` (its `depends_on`)."""
+    declared = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return {name for name, spec in declared.items() if service in spec.get("depends_on", {})}
+
+
 def _instant(text: str) -> datetime:
     """An engine's RFC 3339 time (nanoseconds, `Z` or an offset) as a datetime, to the microsecond."""
     return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00"))
@@ -143,11 +149,12 @@ def migrations_gate_the_services() -> str:
     if len(jobs) != 1 or jobs[0].exit_code != 0 or jobs[0].state != "exited":
         raise CheckFailed(f"migrate: {jobs}")
     finished = _instant(inspect(jobs[0].id)["State"]["FinishedAt"])
-    gated = [c for c in containers() if c.service in ("api", "persister")]
+    waiting = waits_for("migrate")
+    gated = [c for c in containers() if c.service in waiting]
     early = [c.service for c in gated if _instant(inspect(c.id)["State"]["StartedAt"]) < finished]
-    if early or not gated:
-        raise CheckFailed(f"started before migrate finished: {early or 'no api or persister'}")
-    return f"migrate finished before {len(gated)} api and persister containers started"
+    if early or {c.service for c in gated} != waiting:
+        raise CheckFailed(f"started before migrate finished: {early}; running of {sorted(waiting)}: {gated}")
+    return f"migrate finished before {len(gated)} {', '.join(sorted(waiting))} containers started"
 
 
 def diagnosis() -> str:
