@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from common.presign import Presigner
+from common.settings import Settings
 from devstack.compose_check import images, stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,3 +59,26 @@ def test_the_check_scales_every_service_the_compose_file_says_scales():
 
 def test_the_check_sees_every_service_that_waits_for_the_migrations_start_after_them():
     assert stack.waits_for("migrate") == {"api", "persister", "notifier"}
+
+
+def _presigned(endpoint: str, key_id: str) -> str:
+    settings = Settings.from_env(
+        {"S3_PUBLIC_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": "s" * 40}
+    )
+    return Presigner.from_settings(settings).url("generations/x.png", 3600)
+
+
+def test_the_check_reads_outputs_only_through_urls_presigned_by_the_services_for_the_published_endpoint():
+    assert stack.SERVICES_S3_KEY == "studio-services"  # minio-init's MINIO_STUDIO_USER, not MinIO's root
+    ours = _presigned("http://localhost:9000", stack.SERVICES_S3_KEY)
+    assert stack.presigned_problem(ours, "http://localhost:9000", stack.SERVICES_S3_KEY) == ""
+    inside = _presigned("http://minio:9000", stack.SERVICES_S3_KEY)  # the address only the network knows
+    assert "not on S3_PUBLIC_ENDPOINT_URL" in stack.presigned_problem(
+        inside, "http://localhost:9000", "studio-services"
+    )
+    root = _presigned("http://localhost:9000", "studio")
+    assert "not the services'" in stack.presigned_problem(root, "http://localhost:9000", stack.SERVICES_S3_KEY)
+    public = "http://localhost:9000/studio-generations/generations/x.png"
+    assert stack.presigned_problem(public, "http://localhost:9000", stack.SERVICES_S3_KEY) == (
+        "not a SigV4-presigned URL"
+    )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
@@ -37,6 +37,10 @@ LOOPBACK = {"127.0.0.1", "localhost"}
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
 T = TypeVar("T")
 RUNNING = {("running", ""), ("running", "healthy")}
+# The key the services sign output URLs with: their own S3 user's, which minio-init makes.
+SERVICES_S3_KEY = str(
+    yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"]["AWS_ACCESS_KEY_ID"]
+)
 # Every service docker-compose.yml says scales (its `--scale` line at the top), each to two replicas.
 SCALED = {"api": 2, "webhook": 2, "persister": 2, "notifier": 2}
 
@@ -224,21 +228,68 @@ def succeeded(bearer: str, generation_id: str, timeout: float = 120) -> dict[str
     return eventually(f"generation {generation_id} succeeded", probe, timeout)
 
 
+def presigned_problem(url: str, endpoint: str, access_key: str) -> str:
+    """What keeps `url` from being a SigV4-presigned GET for clients at `endpoint` signed with `access_key` ("" when
+    nothing does)."""
+    parts, base = urlsplit(url), urlsplit(endpoint)
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+        return f"not on S3_PUBLIC_ENDPOINT_URL {endpoint}"
+    query = parse_qs(parts.query)
+    if query.get("X-Amz-Algorithm") != ["AWS4-HMAC-SHA256"] or not query.get("X-Amz-Signature"):
+        return "not a SigV4-presigned URL"
+    signer = query.get("X-Amz-Credential", [""])[0].split("/", 1)[0]
+    if signer != access_key:
+        return f"signed with the key {signer!r}, not the services' {access_key!r}"
+    return ""
+
+
+def public_endpoint() -> str:
+    endpoint = dotenv().get("S3_PUBLIC_ENDPOINT_URL", "")
+    if not endpoint:
+        raise CheckFailed("S3_PUBLIC_ENDPOINT_URL is not in .env (written from an older .env.example?)")
+    return endpoint
+
+
 def fetch_output(generation: Mapping[str, Any]) -> int:
-    """The stored image's size, read through its outputUrl (MinIO's port, published on the host)."""
+    """The stored image's size, read through its outputUrl: presigned (outputs are private by default) by the
+    services' S3 user for S3_PUBLIC_ENDPOINT_URL, the address .env gives clients."""
     url = str(generation["outputUrl"])
+    problem = presigned_problem(url, public_endpoint(), SERVICES_S3_KEY)
+    if problem:
+        raise CheckFailed(f"outputUrl {url}: {problem}")
     status, _, body = request("GET", url)
     if status != 200 or not body.startswith(IMAGE_MAGIC):
         raise CheckFailed(f"outputUrl {url}: {status}, {body[:16]!r}")
     return len(body)
 
 
+def published_s3_port() -> int:
+    """The host port compose published MinIO's S3 API on (`docker-compose port minio 9000`)."""
+    found = re.findall(r"^\S*:(\d+)$", compose("port", "minio", "9000"), re.M)
+    if not found:
+        raise CheckFailed("minio's port 9000 is not published on the host")
+    return int(found[-1])
+
+
 def generate_one() -> str:
     bearer = token()
     generation = create(bearer, "a lighthouse at dusk, compose check", wait=True)
     done = succeeded(bearer, generation["id"])
+    endpoint, port = public_endpoint(), published_s3_port()
+    if urlsplit(endpoint).port != port:
+        raise CheckFailed(
+            f"S3_PUBLIC_ENDPOINT_URL {endpoint} in .env is not minio's port published on the host, {port}"
+        )
     size = fetch_output(done)
-    return f"generation {done['id']} succeeded; its image ({size} bytes) read from {done['outputUrl']}"
+    bare = str(done["outputUrl"]).split("?", 1)[0]
+    anonymous = request("GET", bare)[0]
+    if anonymous != 403:
+        raise CheckFailed(f"{bare} without its signature: {anonymous}, not 403 (outputs are private by default)")
+    return (
+        f"generation {done['id']} succeeded; its image ({size} bytes) read through its presigned URL "
+        f"{done['outputUrl']} (S3_PUBLIC_ENDPOINT_URL {endpoint}, minio's port {port} on the host); "
+        f"the same object without the signature refused ({anonymous})"
+    )
 
 
 def scale(counts: Mapping[str, int]) -> str:
