@@ -45,6 +45,18 @@ def test_the_override_replaces_only_minio_and_its_bucket_job():
     assert text.startswith("# `make compose-check` only: MinIO cannot be had")
 
 
+def test_the_override_says_its_bucket_job_makes_no_user_for_the_services_and_why():
+    """minio-init makes the services' own S3 user; the override's job does not (moto takes any key), and says so
+    at the top, where the differences from MinIO are listed."""
+    header = (ROOT / "devstack/compose_check/s3.override.yml").read_text().split("services:", 1)[0]
+    assert "moto accepts any access key and checks no signature" in header
+    assert "makes no S3\n# user for the services" in header
+    job = OVERRIDE["services"]["minio-init"]
+    assert job["command"] == ["exec python -m devstack.compose_check.bucket"]
+    # Its own credentials are MinIO's root, as minio-init's are; the services keep their own user's.
+    assert job["environment"]["AWS_ACCESS_KEY_ID"] == "studio" != stack.SERVICES_S3_KEY
+
+
 def test_the_bucket_job_runs_in_the_studio_image_the_compose_file_builds():
     studio = {name for name in images.compose_images(ROOT / "docker-compose.yml") if name.startswith("studio:")}
     assert studio == {OVERRIDE["services"]["minio-init"]["image"]}
