@@ -86,6 +86,7 @@ def main() -> None:
         failed = False
     except (stack.CheckFailed, StartError) as exc:
         logger.error("FAILED: %s", exc)
+        logger.error("%s", stack.recent_logs())  # `make down` is about to remove the containers and their logs
     finally:
         try:
             steps("make down -v leaves nothing running", _down)

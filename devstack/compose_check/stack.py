@@ -179,6 +179,15 @@ def logs(container: str) -> str:
     return done.stdout + done.stderr
 
 
+def recent_logs(lines: int = 30) -> str:
+    """The last lines each Studio container logged (what a failed step needs to be understood)."""
+    studio = sorted({*SCALED, *waits_for("migrate"), "migrate", "skytells-sim"})
+    try:
+        return compose("logs", "--no-color", f"--tail={lines}", *studio, timeout=120)
+    except (CheckFailed, subprocess.SubprocessError) as exc:
+        return f"no logs: {exc}"
+
+
 def request(
     method: str, url: str, token: str = "", body: object = None, headers: Mapping[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
