@@ -94,3 +94,12 @@ def test_the_check_reads_outputs_only_through_urls_presigned_by_the_services_for
     assert stack.presigned_problem(public, "http://localhost:9000", stack.SERVICES_S3_KEY) == (
         "not a SigV4-presigned URL"
     )
+
+
+def test_the_check_tries_a_create_again_only_when_a_503_says_when():
+    # The API's answer when Skytells' model schema cannot be read in time: 503 with Retry-After.
+    assert stack.retry_after(503, {"retry-after": "5", "Content-Type": "application/json"}) == 5
+    assert stack.retry_after(503, {"Retry-After": "2"}) == 2
+    assert stack.retry_after(503, {}) is None
+    assert stack.retry_after(429, {"Retry-After": "5"}) is None  # a quota or rate limit is a failure of the check
+    assert stack.retry_after(201, {}) is None

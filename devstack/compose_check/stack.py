@@ -214,10 +214,24 @@ def token() -> str:
     return issue_token(dotenv()["AUTH_JWT_SECRET"], "compose-check")
 
 
-def create(bearer: str, prompt: str, *, wait: bool) -> dict[str, Any]:
-    status, _, body = request(
-        "POST", f"{API}/api/generate", bearer, {"prompt": prompt}, {"Prefer": "wait=60"} if wait else None
-    )
+def retry_after(status: int, headers: Mapping[str, str]) -> float | None:
+    """The seconds a 503 asks a client to wait before trying again (None: not a 503 that asks that)."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    return float(value) if status == 503 and value is not None and value.isdigit() else None
+
+
+def create(bearer: str, prompt: str, *, wait: bool, tries: int = 6) -> dict[str, Any]:
+    """POST /api/generate as a client does: a 503 with Retry-After is tried again after it, a few times, and
+    said (the first call to Skytells of a fresh API container can take longer than its connect timeout here)."""
+    for attempt in range(1, tries + 1):
+        status, headers, body = request(
+            "POST", f"{API}/api/generate", bearer, {"prompt": prompt}, {"Prefer": "wait=60"} if wait else None
+        )
+        delay = retry_after(status, headers)
+        if delay is None or attempt == tries:
+            break
+        logger.info("    POST /api/generate: %s %s; tried again after %.0f s (Retry-After)", status, body[:200], delay)
+        time.sleep(delay)
     if status != 201:
         raise CheckFailed(f"POST /api/generate: {status} {body[:500]!r}")
     created: dict[str, Any] = json.loads(body)
