@@ -52,6 +52,7 @@ def _down() -> str:
     left = stack.leftovers()
     if left:
         raise stack.CheckFailed(f"make down -v left: {', '.join(left)}")
+    images.prune()
     return "nothing of the project is left: no container, volume or network"
 
 
