@@ -30,7 +30,7 @@ PINNED = re.compile(r"\d+\.\d+(\.\d+)?(-[a-z]+)?|RELEASE\.\d{4}-\d\d-\d\dT\d\d-\
 OURS = {"migrate", "api", "webhook", "persister", "notifier", "skytells-sim"}
 
 ONE_SHOT = {"migrate", "minio-init"}
-SCALED = {"api", "webhook", "persister"}
+SCALED = {"api", "webhook", "persister", "notifier"}
 PROXIES = {"api-proxy": ("api", 8080), "webhook-proxy": ("webhook", 8081)}
 # What compose fixes because it names its own containers, ports and credentials; every other setting passes.
 IMAGE_PREFIXES = {

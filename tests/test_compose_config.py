@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -227,3 +228,19 @@ def test_the_bucket_job_opens_generations_only_when_public_and_makes_the_service
     resources = {resource for statement in policy["Statement"] for resource in statement["Resource"]}
     assert resources == {"arn:aws:s3:::pics", "arn:aws:s3:::pics/*"}
     assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+
+
+def test_make_ups_env_presigns_output_urls_for_the_s3_port_published_on_the_host(docker_compose, dotenv, tmp_path):
+    """Signed outputs (the default) are presigned for S3_PUBLIC_ENDPOINT_URL: from the host that must be MinIO's
+    published port, not `minio:9000`, which only the containers resolve (the signature covers the host)."""
+    rendered = _rendered(docker_compose, tmp_path, dotenv)
+    # compose writes a port on every interface as a mapping, one kept to an address as "address:host:container"
+    ports = rendered["minio"]["ports"]
+    published = [p["published"] for p in ports if isinstance(p, dict) and p["target"] == 9000]
+    endpoint = urlsplit(dotenv["S3_PUBLIC_ENDPOINT_URL"])
+    assert (endpoint.scheme, endpoint.hostname, [endpoint.port]) == ("http", "localhost", [int(p) for p in published])
+    assert dotenv["S3_PUBLIC_BASE_URL"] == f"{dotenv['S3_PUBLIC_ENDPOINT_URL']}/studio-generations"
+    assert "S3_OUTPUT_ACCESS" not in dotenv  # signed, the default
+    for name in ("api", "notifier"):  # those that hand output URLs out
+        assert rendered[name]["environment"]["S3_PUBLIC_ENDPOINT_URL"] == dotenv["S3_PUBLIC_ENDPOINT_URL"]
+        assert rendered[name]["environment"]["S3_ENDPOINT_URL"] == "http://minio:9000"

@@ -139,5 +139,10 @@ def build_all(compose_file: Path, dockerfile: Path) -> None:
     # The repository's own Dockerfile, as it is, on the stand-in of its base.
     build(studio, dockerfile, dockerfile.parent)
     build(S3, HERE / "images/s3/Containerfile", ROOT, BASE=python)
-    # What earlier runs built and these builds replaced (untagged): the machine's disk is shared.
+    prune()
+
+
+def prune() -> None:
+    """Remove the untagged images that later builds replaced (`make up --build` replaces the one built here):
+    the machine's disk is shared."""
     podman("image", "prune", "--force")

@@ -40,10 +40,7 @@ def _up() -> str:
 
 
 def _scale() -> str:
-    counts = {"api": 2, "webhook": 2, "persister": 2}
-    if "notifier" in stack.services():
-        counts["notifier"] = 2
-    return stack.scale(counts)
+    return stack.scale(stack.SCALED)
 
 
 def _clear() -> None:
@@ -55,6 +52,7 @@ def _down() -> str:
     left = stack.leftovers()
     if left:
         raise stack.CheckFailed(f"make down -v left: {', '.join(left)}")
+    images.prune()
     return "nothing of the project is left: no container, volume or network"
 
 
@@ -82,13 +80,14 @@ def main() -> None:
         )
         steps("make up, then every service healthy", _up)
         steps("a generation on the simulator through api-proxy, its image read", stack.generate_one)
-        steps("scale api, webhook, persister (and notifier) to 2", _scale)
+        steps(f"scale {', '.join(stack.SCALED)} to 2", _scale)
         steps("requests reach both API replicas", stack.requests_reach_every_api_replica)
         steps("kill a persister: restarted, no generation lost", stack.killed_persister_restarts_and_loses_nothing)
         steps("/metrics and /readyz not reachable through the proxies", stack.probes_not_exposed)
         failed = False
     except (stack.CheckFailed, StartError) as exc:
         logger.error("FAILED: %s", exc)
+        logger.error("%s", stack.recent_logs())  # `make down` is about to remove the containers and their logs
     finally:
         try:
             steps("make down -v leaves nothing running", _down)

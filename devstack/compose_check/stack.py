@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
 
 from devstack.compose_check.engine import environment, inspect, podman, project_containers
 from devstack.tokens import issue_token
@@ -35,6 +37,12 @@ LOOPBACK = {"127.0.0.1", "localhost"}
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF")
 T = TypeVar("T")
 RUNNING = {("running", ""), ("running", "healthy")}
+# The key the services sign output URLs with: their own S3 user's, which minio-init makes.
+SERVICES_S3_KEY = str(
+    yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["api"]["environment"]["AWS_ACCESS_KEY_ID"]
+)
+# Every service docker-compose.yml says scales (its `--scale` line at the top), each to two replicas.
+SCALED = {"api": 2, "webhook": 2, "persister": 2, "notifier": 2}
 
 
 class CheckFailed(Exception):
@@ -108,10 +116,6 @@ def containers(*, all_states: bool = True) -> list[Container]:
     return found
 
 
-def services() -> set[str]:
-    return set(compose("config", "--services").split())
-
-
 def wait_healthy(timeout: float = 300) -> list[Container]:
     """Every long-running container running and healthy, every one-shot job exited 0; a job that failed ends the
     wait at once."""
@@ -132,6 +136,12 @@ def wait_healthy(timeout: float = 300) -> list[Container]:
         raise CheckFailed(f"{exc}; still: {late}") from None
 
 
+def waits_for(service: str) -> set[str]:
+    """The services docker-compose.yml starts only after `service` (its `depends_on`)."""
+    declared = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    return {name for name, spec in declared.items() if service in spec.get("depends_on", {})}
+
+
 def _instant(text: str) -> datetime:
     """An engine's RFC 3339 time (nanoseconds, `Z` or an offset) as a datetime, to the microsecond."""
     return datetime.fromisoformat(re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00"))
@@ -143,11 +153,12 @@ def migrations_gate_the_services() -> str:
     if len(jobs) != 1 or jobs[0].exit_code != 0 or jobs[0].state != "exited":
         raise CheckFailed(f"migrate: {jobs}")
     finished = _instant(inspect(jobs[0].id)["State"]["FinishedAt"])
-    gated = [c for c in containers() if c.service in ("api", "persister")]
+    waiting = waits_for("migrate")
+    gated = [c for c in containers() if c.service in waiting]
     early = [c.service for c in gated if _instant(inspect(c.id)["State"]["StartedAt"]) < finished]
-    if early or not gated:
-        raise CheckFailed(f"started before migrate finished: {early or 'no api or persister'}")
-    return f"migrate finished before {len(gated)} api and persister containers started"
+    if early or {c.service for c in gated} != waiting:
+        raise CheckFailed(f"started before migrate finished: {early}; running of {sorted(waiting)}: {gated}")
+    return f"migrate finished before {len(gated)} {', '.join(sorted(waiting))} containers started"
 
 
 def diagnosis() -> str:
@@ -166,6 +177,15 @@ def diagnosis() -> str:
 def logs(container: str) -> str:
     done = podman("logs", container, check=False)
     return done.stdout + done.stderr
+
+
+def recent_logs(lines: int = 30) -> str:
+    """The last lines each Studio container logged (what a failed step needs to be understood)."""
+    studio = sorted({*SCALED, *waits_for("migrate"), "migrate", "skytells-sim"})
+    try:
+        return compose("logs", "--no-color", f"--tail={lines}", *studio, timeout=120)
+    except (CheckFailed, subprocess.SubprocessError) as exc:
+        return f"no logs: {exc}"
 
 
 def request(
@@ -194,10 +214,24 @@ def token() -> str:
     return issue_token(dotenv()["AUTH_JWT_SECRET"], "compose-check")
 
 
-def create(bearer: str, prompt: str, *, wait: bool) -> dict[str, Any]:
-    status, _, body = request(
-        "POST", f"{API}/api/generate", bearer, {"prompt": prompt}, {"Prefer": "wait=60"} if wait else None
-    )
+def retry_after(status: int, headers: Mapping[str, str]) -> float | None:
+    """The seconds a 503 asks a client to wait before trying again (None: not a 503 that asks that)."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
+    return float(value) if status == 503 and value is not None and value.isdigit() else None
+
+
+def create(bearer: str, prompt: str, *, wait: bool, tries: int = 6) -> dict[str, Any]:
+    """POST /api/generate as a client does: a 503 with Retry-After is tried again after it, a few times, and
+    said (the first call to Skytells of a fresh API container can take longer than its connect timeout here)."""
+    for attempt in range(1, tries + 1):
+        status, headers, body = request(
+            "POST", f"{API}/api/generate", bearer, {"prompt": prompt}, {"Prefer": "wait=60"} if wait else None
+        )
+        delay = retry_after(status, headers)
+        if delay is None or attempt == tries:
+            break
+        logger.info("    POST /api/generate: %s %s; tried again after %.0f s (Retry-After)", status, body[:200], delay)
+        time.sleep(delay)
     if status != 201:
         raise CheckFailed(f"POST /api/generate: {status} {body[:500]!r}")
     created: dict[str, Any] = json.loads(body)
@@ -217,21 +251,68 @@ def succeeded(bearer: str, generation_id: str, timeout: float = 120) -> dict[str
     return eventually(f"generation {generation_id} succeeded", probe, timeout)
 
 
+def presigned_problem(url: str, endpoint: str, access_key: str) -> str:
+    """What keeps `url` from being a SigV4-presigned GET for clients at `endpoint` signed with `access_key` ("" when
+    nothing does)."""
+    parts, base = urlsplit(url), urlsplit(endpoint)
+    if (parts.scheme, parts.netloc) != (base.scheme, base.netloc):
+        return f"not on S3_PUBLIC_ENDPOINT_URL {endpoint}"
+    query = parse_qs(parts.query)
+    if query.get("X-Amz-Algorithm") != ["AWS4-HMAC-SHA256"] or not query.get("X-Amz-Signature"):
+        return "not a SigV4-presigned URL"
+    signer = query.get("X-Amz-Credential", [""])[0].split("/", 1)[0]
+    if signer != access_key:
+        return f"signed with the key {signer!r}, not the services' {access_key!r}"
+    return ""
+
+
+def public_endpoint() -> str:
+    endpoint = dotenv().get("S3_PUBLIC_ENDPOINT_URL", "")
+    if not endpoint:
+        raise CheckFailed("S3_PUBLIC_ENDPOINT_URL is not in .env (written from an older .env.example?)")
+    return endpoint
+
+
 def fetch_output(generation: Mapping[str, Any]) -> int:
-    """The stored image's size, read through its outputUrl (MinIO's port, published on the host)."""
+    """The stored image's size, read through its outputUrl: presigned (outputs are private by default) by the
+    services' S3 user for S3_PUBLIC_ENDPOINT_URL, the address .env gives clients."""
     url = str(generation["outputUrl"])
+    problem = presigned_problem(url, public_endpoint(), SERVICES_S3_KEY)
+    if problem:
+        raise CheckFailed(f"outputUrl {url}: {problem}")
     status, _, body = request("GET", url)
     if status != 200 or not body.startswith(IMAGE_MAGIC):
         raise CheckFailed(f"outputUrl {url}: {status}, {body[:16]!r}")
     return len(body)
 
 
+def published_s3_port() -> int:
+    """The host port compose published MinIO's S3 API on (`docker-compose port minio 9000`)."""
+    found = re.findall(r"^\S*:(\d+)$", compose("port", "minio", "9000"), re.M)
+    if not found:
+        raise CheckFailed("minio's port 9000 is not published on the host")
+    return int(found[-1])
+
+
 def generate_one() -> str:
     bearer = token()
     generation = create(bearer, "a lighthouse at dusk, compose check", wait=True)
     done = succeeded(bearer, generation["id"])
+    endpoint, port = public_endpoint(), published_s3_port()
+    if urlsplit(endpoint).port != port:
+        raise CheckFailed(
+            f"S3_PUBLIC_ENDPOINT_URL {endpoint} in .env is not minio's port published on the host, {port}"
+        )
     size = fetch_output(done)
-    return f"generation {done['id']} succeeded; its image ({size} bytes) read from {done['outputUrl']}"
+    bare = str(done["outputUrl"]).split("?", 1)[0]
+    anonymous = request("GET", bare)[0]
+    if anonymous != 403:
+        raise CheckFailed(f"{bare} without its signature: {anonymous}, not 403 (outputs are private by default)")
+    return (
+        f"generation {done['id']} succeeded; its image ({size} bytes) read through its presigned URL "
+        f"{done['outputUrl']} (S3_PUBLIC_ENDPOINT_URL {endpoint}, minio's port {port} on the host); "
+        f"the same object without the signature refused ({anonymous})"
+    )
 
 
 def scale(counts: Mapping[str, int]) -> str:
