@@ -22,14 +22,21 @@ COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 SERVICES: dict = COMPOSE["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
-OURS = {"migrate", "api", "webhook", "persister", "skytells-sim"}
+OURS = {"migrate", "api", "webhook", "persister", "notifier", "skytells-sim"}
 
 ONE_SHOT = {"migrate", "minio-init"}
-SCALED = {"api", "webhook", "persister"}
+SCALED = {"api", "webhook", "persister", "notifier"}
 PROXIES = {"api-proxy": ("api", 8080), "webhook-proxy": ("webhook", 8081)}
 # What compose fixes because it names its own containers, ports and credentials; every other setting passes.
 IMAGE_PREFIXES = {"postgres": "POSTGRES_", "rabbitmq": "RABBITMQ_", "minio": "MINIO_", "skytells-sim": "SIM_"}
-ENTRY_MODULES = {"services.api", "services.webhook", "services.persister", "common.migrate", "devstack.skytells"}
+ENTRY_MODULES = {
+    "services.api",
+    "services.webhook",
+    "services.persister",
+    "services.notifier",
+    "common.migrate",
+    "devstack.skytells",
+}
 
 
 def _command(service: dict) -> list[str]:
@@ -58,7 +65,7 @@ def test_every_long_running_service_has_a_healthcheck(name):
 def test_our_healthchecks_ask_our_own_probe_on_our_own_port(name):
     service = SERVICES[name]
     probe = " ".join(service["healthcheck"]["test"])
-    port = {"api": 8080, "webhook": 8081, "persister": 8082, "skytells-sim": 8090}[name]
+    port = {"api": 8080, "webhook": 8081, "persister": 8082, "notifier": 8083, "skytells-sim": 8090}[name]
     path = "/healthz" if name == "skytells-sim" else "/readyz"
     assert f"http://127.0.0.1:{port}{path}" in probe
     assert "urllib.request.urlopen" in probe  # slim images have no curl
@@ -83,6 +90,7 @@ def test_dependencies_wait_for_health_or_completion():
             "rabbitmq": "service_healthy",
             "minio-init": "service_completed_successfully",
         },
+        "notifier": {"migrate": "service_completed_successfully"},
     }
     for name, service in SERVICES.items():
         depends = {dep: spec["condition"] for dep, spec in service.get("depends_on", {}).items()}
