@@ -13,13 +13,14 @@ from __future__ import annotations
 _HOST = r"'^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]/]*\]|[^:/?#]*)'"
 
 
-def recorded(update: str) -> str:
+def recorded(update: str, told_if: str = "TRUE") -> str:
     """`update` (an UPDATE of generations ... RETURNING *) as one statement that also records its deliveries.
 
     The returned rows are the update's. A row now `processing` gets a `start` delivery, a terminal one a
     `completed` delivery, each only if its filter asks for it; `ON CONFLICT` makes a repeated transition (an
     answer and a callback both saying `processing`) record nothing twice. A terminal row's pending `start` is
-    skipped: the receiver is told the outcome instead.
+    skipped: the receiver is told the outcome instead. `told_if`, a condition on the changed row `c`, narrows
+    which rows are told at all.
     """
     return f"""
 WITH changed AS (
@@ -33,7 +34,7 @@ WITH changed AS (
         SELECT CASE WHEN c.status = 'processing' THEN 'start'
                     WHEN c.status IN ('succeeded', 'failed', 'canceled') THEN 'completed' END AS event
     ) e
-    WHERE c.webhook IS NOT NULL AND e.event = ANY (c.webhook_events)
+    WHERE c.webhook IS NOT NULL AND e.event = ANY (c.webhook_events) AND ({told_if})
     ON CONFLICT ON CONSTRAINT one_delivery_per_event DO NOTHING
 ), skipped AS (
     UPDATE webhook_deliveries d SET status = 'skipped', next_attempt_at = NULL
