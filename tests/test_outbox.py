@@ -78,10 +78,15 @@ async def test_the_reconcilers_give_ups_record_their_deliveries(db, user_id):
     assert await reconciliation.mark_failed_if_created_before(db, unknown, "never found", 3600) is not None
     assert await _deliveries(db, unknown) == [("completed", "pending")]
 
-    unsubmitted = await _generation(db, user_id, ["completed"], age_s=7200, prediction=False)
-    [expired] = await generations.expire_unsubmitted(db, 600, among=[unsubmitted])
-    assert expired.status is Status.FAILED
-    assert await _deliveries(db, unsubmitted) == [("completed", "pending")]
+    # A create that timed out was answered 503, and a repeat with its key returned it: its client may wait.
+    timed_out = await _generation(db, user_id, ["completed"], age_s=7200, prediction=False)
+    await db.execute("UPDATE generations SET submit_timed_out_at = now() WHERE id = $1", timed_out)
+    # One whose API request died before any answer was never given to anyone: a repeat made a new one.
+    unanswered = await _generation(db, user_id, ["completed"], age_s=7200, prediction=False)
+    expired = await generations.expire_unsubmitted(db, 600, among=[timed_out, unanswered])
+    assert {g.status for g in expired} == {Status.FAILED} and len(expired) == 2
+    assert await _deliveries(db, timed_out) == [("completed", "pending")]
+    assert await _deliveries(db, unanswered) == []
 
 
 async def test_a_refused_create_tells_no_one(db, user_id):

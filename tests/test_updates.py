@@ -41,6 +41,8 @@ def _generation() -> Generation:
         completed_at=now,
         submit_timed_out_at=None,
         checked_at=None,
+        webhook=None,
+        webhook_events=(),
     )
 
 

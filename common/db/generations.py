@@ -103,7 +103,9 @@ SELECT * FROM created
 # the reconciler waits for a prediction Skytells does not know: Skytells may well have made it.
 # A generation with no prediction id that Skytells' list of predictions did not show within
 # RECONCILE_UNKNOWN_AFTER_S: its create call never reached Skytells (or was lost with it), so it frees its quota
-# and Idempotency-Key. (Found in time, the reconciler binds it instead.)
+# and Idempotency-Key. (Found in time, the reconciler binds it instead.) Only one whose create call timed out
+# tells its webhook: a repeat of that create returned it, so its client may know it and wait to hear of it; any
+# other was never answered to anyone (its API request died first), and a repeat made a fresh generation.
 EXPIRE_UNSUBMITTED = recorded(
     """
 UPDATE generations
@@ -113,7 +115,8 @@ WHERE prediction_id IS NULL AND status IN ('queued', 'processing')
   AND ($3::uuid[] IS NULL OR id = ANY($3::uuid[]))
   AND ($4::text IS NULL OR user_id = $4::text)
 RETURNING *
-"""
+""",
+    told_if="c.submit_timed_out_at IS NOT NULL",
 )
 UNANSWERED_ERROR = "Skytells never confirmed the prediction and it was not found there"
 

@@ -13,14 +13,15 @@ from __future__ import annotations
 _HOST = r"'^[A-Za-z][A-Za-z0-9+.-]*://(?:[^@/?#]*@)?(\[[^]/]*\]|[^:/?#]*)'"
 
 
-def recorded(update: str, *, also: str = "") -> str:
+def recorded(update: str, told_if: str = "TRUE", *, also: str = "") -> str:
     """`update` (an UPDATE of generations ... RETURNING *) as one statement that also records its deliveries.
 
     The returned rows are the update's. A row now `processing` gets a `start` delivery, a terminal one a
     `completed` delivery, each only if its filter asks for it; `ON CONFLICT` makes a repeated transition (an
     answer and a callback both saying `processing`) record nothing twice. A terminal row's pending `start` is
-    skipped: the receiver is told the outcome instead. `also` adds common table expressions of the caller's
-    (reading `changed`), since PostgreSQL allows data-modifying ones only at the top of a statement.
+    skipped: the receiver is told the outcome instead. `told_if`, a condition on the changed row `c`, narrows
+    which rows are told at all. `also` adds common table expressions of the caller's (reading `changed`), since
+    PostgreSQL allows data-modifying ones only at the top of a statement.
     """
     extra = f"{also.strip()}, " if also.strip() else ""
     return f"""
@@ -35,7 +36,7 @@ WITH changed AS (
         SELECT CASE WHEN c.status = 'processing' THEN 'start'
                     WHEN c.status IN ('succeeded', 'failed', 'canceled') THEN 'completed' END AS event
     ) e
-    WHERE c.webhook IS NOT NULL AND e.event = ANY (c.webhook_events)
+    WHERE c.webhook IS NOT NULL AND e.event = ANY (c.webhook_events) AND ({told_if})
     ON CONFLICT ON CONSTRAINT one_delivery_per_event DO NOTHING
 ), skipped AS (
     UPDATE webhook_deliveries d SET status = 'skipped', next_attempt_at = NULL
