@@ -42,6 +42,7 @@ RATIO_GOAL = 0.75  # of the bare aiohttp app publishing through aio-pika
 P99_GOAL_MS = 10.0
 LOADS = (0.25, 0.5, 0.9)  # fractions of the peak at which latency is measured
 P99_GOAL_LOADS = (0.25, 0.5)
+ROUNDS = 2  # of the yardstick and the gateway, measured in turn
 NAME = "gateway"
 BARE_LAYERS = ("aio-pika", "aiormq")  # the bare app publishing through each library
 YARDSTICK = "aio-pika"  # the gateway's own library and call
@@ -109,8 +110,8 @@ def serving(name: str, argv: list[str], env: dict[str, str], work: Path, ready_u
         process.stop()
 
 
-def _queue(url: str, purge: bool = False) -> int:
-    """Messages in the persister's queue (emptied first when `purge`: the ceiling's events are not counted)."""
+def _queue(url: str) -> int:
+    """Messages in the persister's queue."""
 
     async def depth() -> int:
         import aio_pika
@@ -119,9 +120,6 @@ def _queue(url: str, purge: bool = False) -> int:
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(QUEUE, passive=True)
-            if purge:
-                await queue.purge()
-                return 0
             return int(queue.declaration_result.message_count or 0)
 
     return asyncio.run(depth())
@@ -153,27 +151,55 @@ def run() -> list[Row]:
             "LOG_LEVEL": "INFO",
         }
         ceilings = {layer: publish.measure(rabbit.url, SECONDS, CONNECTIONS, layer) for layer in publish.LAYERS}
-        bare = {}
-        # The yardstick last, right before the gateway: the closer in time, the more alike the machine's load.
-        for layer in (None, *sorted(BARE_LAYERS, key=lambda name: name == YARDSTICK)):
+        bare: dict[str | None, dict[str, Any]] = {}
+        for layer in (None, *(name for name in BARE_LAYERS if name != YARDSTICK)):
             bare_argv = [sys.executable, "-m", "bench.gateway", str(bare_port)]
             if layer is not None:
                 bare_argv += [rabbit.url, layer]
             with serving("bare", bare_argv, env, work, f"http://127.0.0.1:{bare_port}/healthz") as server:
                 bare[layer] = _peak(bare_port, requests, server.pid)
-        _queue(rabbit.url, purge=True)
+        yardstick_argv = [sys.executable, "-m", "bench.gateway", str(bare_port), rabbit.url, YARDSTICK]
         gateway_argv = [sys.executable, "-m", "services.webhook"]
-        with serving("gateway", gateway_argv, env, work, f"http://127.0.0.1:{gateway_port}/readyz") as gateway:
-            peak = _peak(gateway_port, requests, gateway.pid)
+        with (
+            serving("bare", yardstick_argv, env, work, f"http://127.0.0.1:{bare_port}/healthz") as yardstick,
+            serving("gateway", gateway_argv, env, work, f"http://127.0.0.1:{gateway_port}/readyz") as gateway,
+        ):
+            # The two in turn, a few times: the shared machine's load drifts, and each pair sees it alike.
+            pairs, queued = [], 0
+            for _ in range(ROUNDS):
+                yardstick_peak = _peak(bare_port, requests, yardstick.pid)
+                before = _queue(rabbit.url)
+                pairs.append((yardstick_peak, _peak(gateway_port, requests, gateway.pid)))
+                queued += _queue(rabbit.url) - before
+            bare[YARDSTICK] = _mean([yardstick_peak for yardstick_peak, _ in pairs])
+            peak = _mean([gateway_peak for _, gateway_peak in pairs])
+            before = _queue(rabbit.url)
             steady = {
                 share: loadgen.measure(gateway_port, requests, "open", SECONDS, peak["rate"] * share, CONNECTIONS)
                 for share in LOADS
             }
-        queued = _queue(rabbit.url)
+            queued += _queue(rabbit.url) - before
         floor = publish.latency(rabbit.url, SECONDS, peak["rate"] * 0.5)
     finally:
         rabbit.stop()
     return _rows(bare, ceilings, peak, steady, queued, floor)
+
+
+def _mean(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Closed-loop results of the same server taken in turn with another's: mean rate and CPU per answer, the
+    percentiles of the worst, the statuses and answers summed."""
+    statuses: dict[int, int] = {}
+    for result in results:
+        for status, n in result["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
+    return {
+        "rate": sum(r["rate"] for r in results) / len(results),
+        "cpu_s": sum(r["cpu_s"] for r in results) / len(results),
+        "p50_ms": max(r["p50_ms"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "statuses": statuses,
+        "answered": sum(r["answered"] for r in results),
+    }
 
 
 def _rows(
