@@ -171,8 +171,8 @@ def run() -> list[Row]:
                 before = _queue(rabbit.url)
                 pairs.append((yardstick_peak, _peak(gateway_port, requests, gateway.pid)))
                 queued += _queue(rabbit.url) - before
-            bare[YARDSTICK] = _mean([yardstick_peak for yardstick_peak, _ in pairs])
-            peak = _mean([gateway_peak for _, gateway_peak in pairs])
+            bare[YARDSTICK] = loadgen.mean([yardstick_peak for yardstick_peak, _ in pairs])
+            peak = loadgen.mean([gateway_peak for _, gateway_peak in pairs])
             before = _queue(rabbit.url)
             steady = {
                 share: loadgen.measure(gateway_port, requests, "open", SECONDS, peak["rate"] * share, CONNECTIONS)
@@ -183,23 +183,6 @@ def run() -> list[Row]:
     finally:
         rabbit.stop()
     return _rows(bare, ceilings, peak, steady, queued, floor)
-
-
-def _mean(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """Closed-loop results of the same server taken in turn with another's: mean rate and CPU per answer, the
-    percentiles of the worst, the statuses and answers summed."""
-    statuses: dict[int, int] = {}
-    for result in results:
-        for status, n in result["statuses"].items():
-            statuses[status] = statuses.get(status, 0) + n
-    return {
-        "rate": sum(r["rate"] for r in results) / len(results),
-        "cpu_s": sum(r["cpu_s"] for r in results) / len(results),
-        "p50_ms": max(r["p50_ms"] for r in results),
-        "p99_ms": max(r["p99_ms"] for r in results),
-        "statuses": statuses,
-        "answered": sum(r["answered"] for r in results),
-    }
 
 
 def _rows(
