@@ -8,7 +8,7 @@ import sys
 from bench.table import Row, render
 
 # Each module exposes `run() -> list[Row]` and starts whatever real servers it needs itself.
-MODULES = ("gateway", "api", "persister", "simulator", "live", "burst", "notifier")
+MODULES = ("gateway", "api", "persister", "simulator", "live", "burst", "notifier", "cluster")
 
 
 def main(argv: list[str]) -> int:

@@ -1,11 +1,14 @@
-"""Gateway throughput and latency against its ceiling, measured in the same run on the same RabbitMQ.
+"""Gateway throughput and latency against its yardstick, measured in the same run on the same RabbitMQ.
 
-- ceiling: the same events published with the same channel settings and no HTTP in front (`bench.publish`),
-  through aio-pika and through aiormq beneath it; the faster library is what the gateway is held to (goal:
-  0.6). The gateway publishes through aio-pika's `Exchange.publish`, the first of the two.
+- yardstick: a bare aiohttp app that publishes each callback's event through the same library's public API
+  (aio-pika's `Exchange.publish`, on a channel opened by `Broker.connect`: confirms, `mandatory`, returns
+  raising) and answers 200 once it is confirmed, with none of the gateway's own work. The gateway is held to
+  0.75 of it: what is left between them is Studio's own cost.
 - gateway: signed callbacks through `services.webhook`, each answered 200 only after RabbitMQ confirmed it,
-  driven by `bench.loadgen` (closed loop for the peak, open loop for the latency at 25%, 50% and 90% of it).
-- bare aiohttp: an app that only reads the body and answers 200, for scale; HTTP itself is not the ceiling.
+  driven by `bench.loadgen` (closed loop for the peak, open loop for the latency at 25%, 50% and 90% of it;
+  p99 under 10 ms at 25% and 50%).
+- for scale: the same events published with no HTTP in front (`bench.publish`) through aio-pika and through
+  aiormq beneath it; the bare app publishing through aiormq; a bare app that only answers 200.
 
 Every process started here is stopped here; each measurement lasts a few seconds.
 """
@@ -35,16 +38,19 @@ from devstack.rabbitmq import RabbitMQ
 SECRET = "bench-webhook-secret"
 SECONDS = 3.0 if quick() else 5.0
 CONNECTIONS = 32
-RATIO_GOAL = 0.6
+RATIO_GOAL = 0.75  # of the bare aiohttp app publishing through aio-pika
 P99_GOAL_MS = 10.0
 LOADS = (0.25, 0.5, 0.9)  # fractions of the peak at which latency is measured
+P99_GOAL_LOADS = (0.25, 0.5)
+ROUNDS = 2  # of the yardstick and the gateway, measured in turn
 NAME = "gateway"
 BARE_LAYERS = ("aio-pika", "aiormq")  # the bare app publishing through each library
+YARDSTICK = "aio-pika"  # the gateway's own library and call
 _BARE_NAMES = {"aio-pika": "aio-pika's publish (the gateway's path)", "aiormq": "aiormq's publish"}
 
 
 def _callbacks(work: Path) -> Path:
-    """Distinct signed callbacks as complete HTTP requests, the same ones the ceiling publishes as events."""
+    """Distinct signed callbacks as complete HTTP requests, the same ones the publish loops publish as events."""
     requests = []
     for n in range(4096):
         body = json.dumps(publish.callback(n)).encode()
@@ -104,8 +110,8 @@ def serving(name: str, argv: list[str], env: dict[str, str], work: Path, ready_u
         process.stop()
 
 
-def _queue(url: str, purge: bool = False) -> int:
-    """Messages in the persister's queue (emptied first when `purge`: the ceiling's events are not counted)."""
+def _queue(url: str) -> int:
+    """Messages in the persister's queue."""
 
     async def depth() -> int:
         import aio_pika
@@ -114,9 +120,6 @@ def _queue(url: str, purge: bool = False) -> int:
         async with connection:
             channel = await connection.channel()
             queue = await channel.declare_queue(QUEUE, passive=True)
-            if purge:
-                await queue.purge()
-                return 0
             return int(queue.declaration_result.message_count or 0)
 
     return asyncio.run(depth())
@@ -147,23 +150,35 @@ def run() -> list[Row]:
             "SKYTELLS_WEBHOOK_SECRET": SECRET,
             "LOG_LEVEL": "INFO",
         }
-        bare = {}
-        for layer in (None, *BARE_LAYERS):
+        ceilings = {layer: publish.measure(rabbit.url, SECONDS, CONNECTIONS, layer) for layer in publish.LAYERS}
+        bare: dict[str | None, dict[str, Any]] = {}
+        for layer in (None, *(name for name in BARE_LAYERS if name != YARDSTICK)):
             bare_argv = [sys.executable, "-m", "bench.gateway", str(bare_port)]
             if layer is not None:
                 bare_argv += [rabbit.url, layer]
             with serving("bare", bare_argv, env, work, f"http://127.0.0.1:{bare_port}/healthz") as server:
                 bare[layer] = _peak(bare_port, requests, server.pid)
-        ceilings = {layer: publish.measure(rabbit.url, SECONDS, CONNECTIONS, layer) for layer in publish.LAYERS}
-        _queue(rabbit.url, purge=True)
+        yardstick_argv = [sys.executable, "-m", "bench.gateway", str(bare_port), rabbit.url, YARDSTICK]
         gateway_argv = [sys.executable, "-m", "services.webhook"]
-        with serving("gateway", gateway_argv, env, work, f"http://127.0.0.1:{gateway_port}/readyz") as gateway:
-            peak = _peak(gateway_port, requests, gateway.pid)
+        with (
+            serving("bare", yardstick_argv, env, work, f"http://127.0.0.1:{bare_port}/healthz") as yardstick,
+            serving("gateway", gateway_argv, env, work, f"http://127.0.0.1:{gateway_port}/readyz") as gateway,
+        ):
+            # The two in turn, a few times: the shared machine's load drifts, and each pair sees it alike.
+            pairs, queued = [], 0
+            for _ in range(ROUNDS):
+                yardstick_peak = _peak(bare_port, requests, yardstick.pid)
+                before = _queue(rabbit.url)
+                pairs.append((yardstick_peak, _peak(gateway_port, requests, gateway.pid)))
+                queued += _queue(rabbit.url) - before
+            bare[YARDSTICK] = loadgen.mean([yardstick_peak for yardstick_peak, _ in pairs])
+            peak = loadgen.mean([gateway_peak for _, gateway_peak in pairs])
+            before = _queue(rabbit.url)
             steady = {
                 share: loadgen.measure(gateway_port, requests, "open", SECONDS, peak["rate"] * share, CONNECTIONS)
                 for share in LOADS
             }
-        queued = _queue(rabbit.url)
+            queued += _queue(rabbit.url) - before
         floor = publish.latency(rabbit.url, SECONDS, peak["rate"] * 0.5)
     finally:
         rabbit.stop()
@@ -180,7 +195,8 @@ def _rows(
 ) -> list[Row]:
     libraries = {name: result for name, result in ceilings.items() if name in publish.LIBRARIES}
     layer, (ceiling, ceiling_cpu_s) = max(libraries.items(), key=lambda item: item[1][0])
-    ratio = peak["rate"] / ceiling if ceiling else 0.0
+    yardstick = bare[YARDSTICK]
+    ratio = peak["rate"] / yardstick["rate"] if yardstick["rate"] else 0.0
     runs = [peak, *steady.values()]
     accepted = sum(r["statuses"].get(200, 0) for r in runs)
     refused = sum(v for r in runs for k, v in r["statuses"].items() if k != 200)
@@ -191,34 +207,45 @@ def _rows(
             _rate(bare[None]["rate"]),
         ),
         *(
-            Row(NAME, f"ceiling: confirmed publishes via {name}, no HTTP", _rate(r))
+            Row(NAME, f"confirmed publishes via {name}, no HTTP ({CONNECTIONS} publishers), for scale", _rate(r))
             for name, (r, _) in libraries.items()
         ),
-        # What HTTP and a library's publish reach with none of the gateway's own work: the most any gateway
-        # built on aiohttp could reach, against the same ceiling.
+        # What HTTP and a library's publish reach with none of the gateway's own work; the one through the
+        # gateway's own library is its yardstick.
         *(
             Row(
                 NAME,
-                f"bare aiohttp + {_BARE_NAMES[layer]}, no signature, parsing, middleware or log line, / ceiling",
-                f"{bare[layer]['rate'] / ceiling if ceiling else 0.0:.2f} ({_rate(bare[layer]['rate'])}, "
-                f"{_us(bare[layer]['cpu_s'])} CPU each)",
+                f"bare aiohttp + {_BARE_NAMES[name]}, no signature, parsing, middleware or log line",
+                f"{_rate(bare[name]['rate'])} = {bare[name]['rate'] / ceiling if ceiling else 0.0:.2f} of the "
+                f"{layer} loop, {_us(bare[name]['cpu_s'])} CPU each",
             )
-            for layer in BARE_LAYERS
+            for name in BARE_LAYERS
         ),
         Row(NAME, "gateway: signed callbacks confirmed in RabbitMQ (peak)", _rate(peak["rate"])),
-        Row(NAME, f"gateway / ceiling ({layer})", f"{ratio:.2f}", f">= {RATIO_GOAL}", verdict(ratio >= RATIO_GOAL)),
+        Row(
+            NAME,
+            f"gateway / bare aiohttp + {_BARE_NAMES[YARDSTICK]}",
+            f"{ratio:.2f}",
+            f">= {RATIO_GOAL}",
+            verdict(ratio >= RATIO_GOAL),
+        ),
+        Row(
+            NAME,
+            f"gateway / {layer} publish loop with no HTTP, for scale",
+            f"{peak['rate'] / ceiling if ceiling else 0.0:.2f}",
+        ),
         Row(NAME, "gateway p50 / p99 at peak", f"{_ms(peak['p50_ms'])} / {_ms(peak['p99_ms'])}"),
         # CPU per message tells the code's cost apart from the shared machine's: throughput also pays for
         # every wake-up the other processes delay (see the README's bench section).
         Row(
             NAME,
-            f"CPU per callback (gateway) / per publish ({layer} loop)",
-            f"{_us(peak['cpu_s'])} / {_us(ceiling_cpu_s)}",
+            f"CPU per callback: gateway / bare + {YARDSTICK} / {layer} publish loop",
+            f"{_us(peak['cpu_s'])} / {_us(yardstick['cpu_s'])} / {_us(ceiling_cpu_s)}",
         ),
     ]
     for share, result in steady.items():
         metric = f"gateway p50 / p99 at {share:.0%} of peak ({result['rate']:,.0f} req/s, open loop)"
-        if share == 0.5:
+        if share in P99_GOAL_LOADS:
             p99 = result["p99_ms"]
             goal = f"p99 < {P99_GOAL_MS:g} ms"
             rows.append(Row(NAME, metric, f"{_ms(result['p50_ms'])} / {_ms(p99)}", goal, verdict(p99 < P99_GOAL_MS)))

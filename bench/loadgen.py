@@ -194,6 +194,23 @@ def measure(
     return result
 
 
+def mean(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Closed-loop results of one server taken in turn with others': the mean rate and CPU per answer, the
+    percentiles of the worst, the statuses and answers summed."""
+    statuses: dict[int, int] = {}
+    for result in results:
+        for status, n in result["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
+    return {
+        "rate": sum(r["rate"] for r in results) / len(results),
+        "cpu_s": sum(r["cpu_s"] for r in results) / len(results),
+        "p50_ms": max(r["p50_ms"] for r in results),
+        "p99_ms": max(r["p99_ms"] for r in results),
+        "statuses": statuses,
+        "answered": sum(r["answered"] for r in results),
+    }
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen")
     parser.add_argument("port", type=int)

@@ -6,7 +6,8 @@ loop runs at that same concurrency with bodies signed the same way, so the ratio
 (claiming, rendering, signing, recording each attempt) costs. Goal: at least 0.5 of the bare rate.
 
 Then, at half the notifier's rate, generations end one by one through the same statement the persister uses,
-and the time from each commit to its webhook's arrival is measured (p50, p99): the LISTEN/NOTIFY wake-up.
+and the time from each commit to its webhook's arrival is measured (p50, p99; goal: p99 under 250 ms): the
+LISTEN/NOTIFY wake-up, the claim and the first attempt.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ NAME = "notifier"
 HOSTS = [f"127.0.0.{n}" for n in range(1, 9)]
 CONCURRENCY = 4 * len(HOSTS)
 GOAL_RATIO = 0.5
+FIRST_ATTEMPT_P99_GOAL_MS = 250.0
 USER = "bench-user"
 
 END_ALL = recorded(
@@ -185,8 +187,8 @@ async def _measure(database_url: str) -> list[Row]:
             NAME,
             f"change to first attempt at {rate / 2:,.0f}/s: p99",
             f"{p99:.1f} ms",
-            "< 1000 ms",
-            verdict(p99 < 1000),
+            f"< {FIRST_ATTEMPT_P99_GOAL_MS:g} ms",
+            verdict(p99 < FIRST_ATTEMPT_P99_GOAL_MS),
         ),
     ]
 
