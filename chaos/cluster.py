@@ -18,7 +18,7 @@ from pathlib import Path
 
 from chaos.balancer import Balancer
 from chaos.schedule import FaultKind
-from common.broker import QUEUE
+from common.topology import QUEUE
 from devstack.postgres import Postgres, PostgresPair
 from devstack.processes import free_port
 from devstack.stack import SERVICES, Server, Stack, loopback_env

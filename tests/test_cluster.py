@@ -17,7 +17,7 @@ import asyncpg
 import httpx
 import pytest
 
-from common.broker import QUEUE
+from common.topology import QUEUE
 from devstack.postgres import PostgresPair
 from devstack.processes import StartError, free_port
 from devstack.rabbitmq import RabbitCluster

@@ -18,8 +18,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from common.broker import QUEUE
 from common.settings import API, API_REQUIRED, PERSISTER, WEBHOOK, WEBHOOK_REQUIRED, Settings, declared
+from common.topology import QUEUE
 from tests.test_compose_config import STUDIO
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ import aio_pika
 import httpx
 import pytest
 
-from common.broker import EXCHANGE
 from common.references import callback_url, tag_reference
 from common.signing import SIGNATURE_HEADER, sign
+from common.topology import EXCHANGE
 from services.webhook.metrics import Outcome
 from services.webhook.views import MAX_BODY
 from tests.helpers import WEBHOOK_SECRET, eventually, metric, samples, signed_callback

@@ -23,7 +23,7 @@ import aiormq
 import httpx
 import pytest
 
-from common.broker import DEAD_QUEUE, EXCHANGE, QUEUE
+from common.topology import DEAD_QUEUE, EXCHANGE, QUEUE
 from devstack.processes import ManagedProcess, free_port
 from devstack.stack import Stack
 from tests.helpers import eventually, signed_callback
