@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from common.settings import database_hosts
+from common.setting_parsers import database_hosts
 from devstack.processes import ManagedProcess, StartError, reachable_dir, wait_until
 
 RUN_AS = "postgres"

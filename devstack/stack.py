@@ -29,7 +29,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from common.broker import node_urls
 from common.migrate import migrate
-from common.settings import Settings, database_hosts
+from common.setting_parsers import database_hosts
+from common.settings import Settings
 from common.storage import ensure_bucket, open_s3
 from devstack.postgres import Postgres, PostgresPair
 from devstack.processes import ManagedProcess, StartError, free_port, http_ok, port_open, wait_until
