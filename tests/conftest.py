@@ -14,9 +14,10 @@ import pytest
 
 from common.broker import Broker
 from common.settings import Settings
+from devstack.environment import simulator_env
 from devstack.processes import free_port
 from devstack.rabbitmq import RabbitMQ
-from devstack.stack import SERVICES, Stack, simulator_env
+from devstack.stack import SERVICES, Stack
 from tests.helpers import JWT_SECRET, bearer
 
 CORS_ORIGIN = "https://studio-app.example"
