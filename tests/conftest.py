@@ -22,6 +22,7 @@ from devstack.rabbitmq import RabbitMQ
 from devstack.stack import SERVICES, Stack
 from tests.helpers import JWT_SECRET, bearer
 from tests.page_kit import CHROMIUM, CHROMIUM_ARGS, Visit
+from tests.webhook_receiver import Receiver, receiving
 
 CORS_ORIGIN = "https://studio-app.example"
 
@@ -169,3 +170,9 @@ async def visit(browser: Browser) -> AsyncIterator[Visit]:
     yield visit
     await context.close()
     assert visit.problems == []
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as receiver:
+        yield receiver
