@@ -20,6 +20,7 @@ from devstack.environment import simulator_env
 from devstack.processes import free_port
 from devstack.rabbitmq import RabbitMQ
 from devstack.stack import SERVICES, Stack
+from tests.callback_kit import Events, published_events
 from tests.helpers import JWT_SECRET, bearer
 from tests.page_kit import CHROMIUM, CHROMIUM_ARGS, Visit
 from tests.webhook_receiver import Receiver, receiving
@@ -176,3 +177,10 @@ async def visit(browser: Browser) -> AsyncIterator[Visit]:
 async def receiver() -> AsyncIterator[Receiver]:
     async with receiving() as receiver:
         yield receiver
+
+
+@pytest.fixture
+async def events(settings: Settings, services: Stack) -> AsyncIterator[Events]:
+    """Every event the session's gateway publishes while the test runs."""
+    async with published_events(settings) as seen:
+        yield seen
