@@ -8,7 +8,7 @@ import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aio_pika
 import httpx
@@ -155,3 +155,12 @@ class PausableProxy:
         for task in list(self.tasks):
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@dataclass
+class Tally:
+    """The prediction ids of a stream of callbacks by answer: 200, 503, anything else (its status or error)."""
+
+    accepted: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    other: list[tuple[str, str]] = field(default_factory=list)

@@ -34,7 +34,7 @@ def objects() -> list[dict[str, Any]]:
     return render(BASE)
 
 
-def test_each_container_gets_exactly_the_settings_its_processreads(objects):
+def test_each_container_gets_exactly_the_settings_its_process_reads(objects):
     for name, (_, reader, _, _) in PROCESSES.items():
         env = {e["name"] for e in container_of(objects, name)["env"]}
         reads = read_by(reader)

@@ -163,7 +163,7 @@ async def test_past_max_age_a_failing_delivery_ends_failed(http, urls, auth, rec
     assert "given up" in delivery["lastError"] and delivery["nextAttemptAt"] is None
 
 
-async def test_a_slow_receiver_delays_only_its_owndeliveries_of(http, urls, auth):
+async def test_a_slow_receiver_delays_only_its_own_deliveries(http, urls, auth):
     async with receiving("127.0.0.1") as slow, receiving("127.0.0.2") as quick:
         slow.script("stuck", lambda call: Reply(500, delay_s=1.5))
         stuck = [await create(http, urls, auth, f"stuck {n} #sim:delay=0", webhook=slow.url("stuck")) for n in range(8)]

@@ -14,7 +14,6 @@ import logging
 import signal
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import aio_pika
 import aiormq
@@ -27,6 +26,7 @@ from tests.gateway_kit import (
     OLD_KEY,
     Gateway,
     PausableProxy,
+    Tally,
     amqp_channel,
     answers,
     new_id,
@@ -222,13 +222,6 @@ async def test_gateway_starts_without_broker_says_so_and_connects_when_it_appear
     # The long-running gateway lived through the same restart and reconnected without being restarted.
     await eventually("the old gateway to reconnect", lambda: answers(gateway.url, "/readyz", 200))
     assert (await post(http, gateway.url, new_id())).status_code == 200
-
-
-@dataclass
-class Tally:
-    accepted: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    other: list[tuple[str, str]] = field(default_factory=list)
 
 
 async def test_promise_every_200_is_in_the_queue_across_a_broker_crash(gateway, rabbit):
