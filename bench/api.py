@@ -48,8 +48,9 @@ from common.representation import dumps, generation_json
 from common.resources import open_pool
 from common.settings import Settings
 from common.skytells import SkytellsClient
+from devstack.environment import loopback_env
 from devstack.processes import ROOT, free_port
-from devstack.stack import Stack, loopback_env
+from devstack.stack import Stack
 from devstack.tokens import issue_token
 
 NAME = "api"

@@ -33,8 +33,9 @@ from common.predictions import parse_prediction
 from common.process import event_loop
 from common.settings import Settings
 from common.storage import open_s3
+from devstack.environment import loopback_env
 from devstack.processes import ROOT, free_port
-from devstack.stack import Stack, loopback_env
+from devstack.stack import Stack
 from services.persister.download import CHUNK
 
 NAME = "burst"

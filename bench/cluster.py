@@ -16,9 +16,9 @@ from typing import Any
 
 from bench.gateway import CONNECTIONS, SECRET, _callbacks, _peak, serving
 from bench.table import Row
+from devstack.environment import amqp_cluster_url
 from devstack.processes import free_port
 from devstack.rabbitmq import RabbitCluster, RabbitMQ
-from devstack.stack import amqp_cluster_url
 
 NAME = "cluster"
 NODES = 3

@@ -28,10 +28,10 @@ from typing import Any
 from bench import loadgen, publish
 from bench.proc import cpu_seconds
 from bench.table import Row, quick, verdict
-from common.broker import QUEUE
 from common.process import event_loop
 from common.settings import Settings
 from common.signing import SIGNATURE_HEADER, sign
+from common.topology import QUEUE
 from devstack.processes import ManagedProcess, free_port, http_ok, wait_until
 from devstack.rabbitmq import RabbitMQ
 

@@ -27,7 +27,8 @@ import httpx
 from bench.proc import rss_bytes
 from bench.table import Row
 from common.predictions import Status
-from devstack.stack import Stack, loopback_env
+from devstack.environment import loopback_env
+from devstack.stack import Stack
 from devstack.tokens import issue_token
 from studio_cli.sse import read_events
 

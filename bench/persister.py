@@ -27,7 +27,8 @@ from bench.table import Row, quick, verdict
 from common.predictions import TERMINAL, SkytellsStatus, Status
 from common.signing import SIGNATURE_HEADER, sign
 from common.storage import open_s3
-from devstack.stack import Stack, loopback_env
+from devstack.environment import loopback_env
+from devstack.stack import Stack
 
 MIB = 1024 * 1024
 RUNS = 3 if quick() else 9

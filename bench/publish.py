@@ -24,11 +24,12 @@ from typing import Any
 import aio_pika
 import aiormq
 
-from common.broker import EXCHANGE, Broker
+from common.broker import Broker
 from common.events import PredictionEvent
 from common.predictions import SkytellsStatus, parse_prediction
 from common.process import event_loop
 from common.settings import Settings
+from common.topology import EXCHANGE
 from devstack.processes import ROOT
 
 WARMUP_SECONDS = 1.0

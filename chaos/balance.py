@@ -27,11 +27,12 @@ import httpx
 from chaos import deliveries
 from chaos.driver import Record
 from chaos.receivers import Receivers
-from common.broker import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name, node_urls
+from common.broker import node_urls
 from common.predictions import TERMINAL, Status, from_skytells
 from common.references import generation_of_webhook_url
 from common.settings import Settings
 from common.storage import PREFIX, open_s3
+from common.topology import DEAD_QUEUE, QUEUE, RetrySchedule, delay_queue_name
 
 ROWS = """
 SELECT id::text, user_id, prediction_id, status, output_keys, error FROM generations

@@ -18,10 +18,12 @@ from pathlib import Path
 
 from chaos.balancer import Balancer
 from chaos.schedule import FaultKind
-from common.broker import QUEUE
-from devstack.postgres import Postgres, PostgresPair
+from common.topology import QUEUE
+from devstack.environment import loopback_env
+from devstack.postgres import Postgres
+from devstack.postgres_pair import PostgresPair
 from devstack.processes import free_port
-from devstack.stack import SERVICES, Server, Stack, loopback_env
+from devstack.stack import SERVICES, Server, Stack
 from devstack.tokens import issue_token
 
 logger = logging.getLogger(__name__)

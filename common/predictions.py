@@ -1,7 +1,7 @@
 """The prediction vocabulary: Studio's statuses, how Skytells' spellings map onto them, and a parsed prediction.
 
 Every other module takes its status words from here; only SQL spells them again (the state machine lives in the
-conditional UPDATEs of `common/db/generations.py`). See docs/architecture.md for the state machine.
+conditional UPDATEs of `common/db/generations/`). See docs/architecture.md for the state machine.
 """
 
 from __future__ import annotations

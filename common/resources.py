@@ -26,7 +26,7 @@ import asyncpg
 import httpx
 from aiohttp import web
 
-from common.broker import Broker, RetrySchedule
+from common.broker import Broker
 from common.broker_link import BrokerLink
 from common.db.pool import create_pool
 from common.errors import BrokerUnavailable
@@ -37,6 +37,7 @@ from common.settings import Settings
 from common.skytells import SkytellsClient
 from common.storage import open_s3
 from common.tasks import background
+from common.topology import RetrySchedule
 from common.updates import UpdatePublisher
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]

@@ -8,15 +8,14 @@ configuration table and the compose file are checked against this declaration by
 
 from __future__ import annotations
 
-import math
 import os
-import re
 import tempfile
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+
+from common import setting_parsers as parsers
 
 API, WEBHOOK, PERSISTER, NOTIFIER = "api", "webhook", "persister", "notifier"
 ALL = frozenset({API, WEBHOOK, PERSISTER, NOTIFIER})
@@ -31,146 +30,6 @@ class SettingsError(Exception):
         super().__init__(f"invalid configuration: {listing}")
 
 
-# Parsers: raw text -> value, or ValueError with the sentence that ends up in SettingsError.
-
-
-def _text(raw: str) -> str:
-    if not raw.strip():
-        raise ValueError("must not be empty")
-    return raw
-
-
-def _optional_text(raw: str) -> str:
-    return raw.strip()
-
-
-def _integer(low: int, high: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError("must be an integer") from None
-        if not low <= value <= high:
-            raise ValueError(f"must be from {low} to {high}")
-        return value
-
-    return parse
-
-
-def _seconds(low: float, high: float, *, zero: bool = False) -> Callable[[str], float]:
-    """A finite number of seconds in [low, high]; `zero` also admits 0 (an age, not a timeout or interval)."""
-
-    def parse(raw: str) -> float:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValueError("must be a number of seconds") from None
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number of seconds")
-        if value == 0 and not zero:  # a zero timeout or interval would fail every call or spin
-            raise ValueError("must be more than zero seconds")
-        if not (low <= value <= high or (zero and value == 0)):
-            raise ValueError(f"must be from {low:g} to {high:g} seconds")
-        return value
-
-    return parse
-
-
-_PORT = _integer(1, 65535)
-_HOUR, _DAY = 3600.0, 86400.0
-
-
-def _csv(raw: str) -> tuple[str, ...]:
-    items = tuple(part.strip() for part in raw.split(",") if part.strip())
-    if not items:
-        raise ValueError("must list at least one value")
-    return items
-
-
-def _optional_csv(raw: str) -> tuple[str, ...]:
-    return _csv(raw) if raw.strip() else ()
-
-
-def _url(*schemes: str) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
-        try:
-            parts = urlsplit(raw)
-            host = parts.hostname
-            parts.port  # noqa: B018 (raises ValueError on a bad port)
-        except ValueError:
-            raise ValueError(f"must be a {'/'.join(schemes)} URL") from None
-        if parts.scheme not in schemes or not host:
-            raise ValueError(f"must be a {'/'.join(schemes)} URL")
-        return raw.rstrip("/") if parts.scheme.startswith("http") else raw
-
-    return parse
-
-
-def _amqp_urls(raw: str) -> str:
-    """One RabbitMQ URL, or several nodes of one cluster comma-separated (a process fails over between them)."""
-    parse = _url("amqp", "amqps")
-    return ",".join(parse(node) for node in _csv(raw))
-
-
-# What libpq accepts as target_session_attrs; several hosts are only safe with one that finds the primary.
-_SESSION_ATTRS = ("any", "read-write", "read-only", "primary", "standby", "prefer-standby")
-_WRITABLE_ATTRS = ("read-write", "primary")
-
-
-def database_hosts(dsn: str) -> list[tuple[str, int]]:
-    """The hosts and ports of a PostgreSQL URL, in libpq's multi-host form too (`host1:port1,host2:port2`);
-    ValueError when one is malformed."""
-    netloc = urlsplit(dsn).netloc.rpartition("@")[2]
-    hosts = []
-    for item in netloc.split(","):
-        parts = urlsplit(f"//{item}")
-        if not parts.hostname:
-            raise ValueError(f"{item!r} is not a host")
-        hosts.append((parts.hostname, parts.port or 5432))
-    return hosts
-
-
-def _database_url(raw: str) -> str:
-    """A postgresql:// URL; several hosts (libpq's multi-host form) need `target_session_attrs=read-write`."""
-    parts = urlsplit(raw)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError("must be a postgresql URL")
-    try:
-        hosts = database_hosts(raw)
-    except ValueError:
-        raise ValueError("must be a postgresql URL (host:port, or several comma-separated)") from None
-    attrs = parse_qs(parts.query).get("target_session_attrs", [])
-    if any(attr not in _SESSION_ATTRS for attr in attrs):
-        raise ValueError(f"target_session_attrs must be one of {', '.join(_SESSION_ATTRS)}")
-    if len(hosts) > 1 and not any(attr in _WRITABLE_ATTRS for attr in attrs):
-        # Without it a process could settle on a standby and fail every write.
-        raise ValueError("several hosts need target_session_attrs=read-write")
-    return raw
-
-
-def _optional_url(raw: str) -> str:
-    return _url("http", "https")(raw) if raw else ""
-
-
-def _origins(raw: str) -> tuple[str, ...]:
-    """Exact browser origins: scheme, host and optional port, nothing else."""
-    origins = _optional_csv(raw)
-    for origin in origins:
-        parts = urlsplit(origin)
-        if parts.scheme not in ("http", "https") or not parts.hostname or origin != f"{parts.scheme}://{parts.netloc}":
-            raise ValueError(f"{origin!r} is not an origin like https://app.example.com")
-    return origins
-
-
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-
-
-def _bucket(raw: str) -> str:
-    if not _BUCKET.match(raw) or ".." in raw or re.fullmatch(r"[\d.]+", raw):
-        raise ValueError("must be a valid S3 bucket name (3-63 lowercase letters, digits, dots and hyphens)")
-    return raw
-
-
 class OutputAccess(StrEnum):
     """How clients read stored outputs (`S3_OUTPUT_ACCESS`)."""
 
@@ -183,43 +42,6 @@ def _output_access(raw: str) -> OutputAccess:
         return OutputAccess(raw.strip().lower())
     except ValueError:
         raise ValueError(f"must be one of {', '.join(OutputAccess)}") from None
-
-
-_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
-
-
-def _flag(raw: str) -> bool:
-    try:
-        return _FLAGS[raw.strip().lower()]
-    except KeyError:
-        raise ValueError("must be 1 or 0 (true/false, yes/no, on/off)") from None
-
-
-_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_level(raw: str) -> str:
-    level = raw.strip().upper()
-    if level not in _LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
-    return level
-
-
-JWT_SECRET_MIN_BYTES = 32
-WEBHOOK_SECRET_MIN_CHARS = 16
-
-
-def _webhook_secrets(raw: str) -> tuple[str, ...]:
-    keys = _csv(raw)
-    if any(len(key) < WEBHOOK_SECRET_MIN_CHARS for key in keys):  # a short HMAC key can be guessed offline
-        raise ValueError(f"every key must be at least {WEBHOOK_SECRET_MIN_CHARS} characters")
-    return keys
-
-
-def _jwt_secret(raw: str) -> str:
-    if len(raw.encode()) < JWT_SECRET_MIN_BYTES:  # HS256 with a short key can be brute-forced offline
-        raise ValueError(f"must be at least {JWT_SECRET_MIN_BYTES} bytes")
-    return raw
 
 
 @dataclass(frozen=True)
@@ -240,65 +62,65 @@ def _setting(env: str, parse: Callable[[str], Any], default: str | None, readers
 @dataclass(frozen=True)
 class Settings:
     # fmt: off
-    database_url: str = _setting("DATABASE_URL", _database_url, "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER, NOTIFIER}, "PostgreSQL DSN; several hosts (a primary and its standbys) in libpq's form `postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write`")  # noqa: E501
-    database_pool_size: int = _setting("DATABASE_POOL_SIZE", _integer(1, 1000), "20", {API, PERSISTER, NOTIFIER}, "most PostgreSQL connections one process opens")  # noqa: E501
-    amqp_url: str = _setting("AMQP_URL", _amqp_urls, "amqp://guest:guest@127.0.0.1:5672/", {API, WEBHOOK, PERSISTER}, "RabbitMQ URL; the nodes of a cluster comma-separated (each process connects to one that answers)")  # noqa: E501
-    amqp_quorum_size: int = _setting("AMQP_QUORUM_SIZE", _integer(1, 99), "3", {API, WEBHOOK, PERSISTER}, "initial group size of quorum queues (RabbitMQ caps it at the cluster's size)")  # noqa: E501
-    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", _optional_url, "http://127.0.0.1:9000", {API, PERSISTER, NOTIFIER}, "S3 endpoint; empty means AWS")  # noqa: E501
-    s3_bucket: str = _setting("S3_BUCKET", _bucket, "studio-generations", {API, PERSISTER, NOTIFIER}, "bucket for outputs")  # noqa: E501
-    s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", _optional_url, "", {API, PERSISTER, NOTIFIER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501
+    database_url: str = _setting("DATABASE_URL", parsers.database_url, "postgresql://studio:studio@127.0.0.1:5432/studio", {API, PERSISTER, NOTIFIER}, "PostgreSQL DSN; several hosts (a primary and its standbys) in libpq's form `postgresql://u:p@h1:5432,h2:5432/db?target_session_attrs=read-write`")  # noqa: E501
+    database_pool_size: int = _setting("DATABASE_POOL_SIZE", parsers.integer(1, 1000), "20", {API, PERSISTER, NOTIFIER}, "most PostgreSQL connections one process opens")  # noqa: E501
+    amqp_url: str = _setting("AMQP_URL", parsers.amqp_urls, "amqp://guest:guest@127.0.0.1:5672/", {API, WEBHOOK, PERSISTER}, "RabbitMQ URL; the nodes of a cluster comma-separated (each process connects to one that answers)")  # noqa: E501
+    amqp_quorum_size: int = _setting("AMQP_QUORUM_SIZE", parsers.integer(1, 99), "3", {API, WEBHOOK, PERSISTER}, "initial group size of quorum queues (RabbitMQ caps it at the cluster's size)")  # noqa: E501
+    s3_endpoint_url: str = _setting("S3_ENDPOINT_URL", parsers.optional_url, "http://127.0.0.1:9000", {API, PERSISTER, NOTIFIER}, "S3 endpoint; empty means AWS")  # noqa: E501
+    s3_bucket: str = _setting("S3_BUCKET", parsers.bucket, "studio-generations", {API, PERSISTER, NOTIFIER}, "bucket for outputs")  # noqa: E501
+    s3_public_base_url: str = _setting("S3_PUBLIC_BASE_URL", parsers.optional_url, "", {API, PERSISTER, NOTIFIER}, "prefix of the public URL of a stored object; default `{S3_ENDPOINT_URL}/{S3_BUCKET}`, on AWS `https://{S3_BUCKET}.s3.{AWS_REGION}.amazonaws.com`")  # noqa: E501
     s3_output_access: OutputAccess = _setting("S3_OUTPUT_ACCESS", _output_access, "signed", {API, NOTIFIER}, "`signed`: outputs private, every URL given out presigned for `OUTPUT_URL_TTL_S`; `public`: `S3_PUBLIC_BASE_URL/key` and a bucket policy that lets anyone read `generations/*`")  # noqa: E501
-    s3_public_endpoint_url: str = _setting("S3_PUBLIC_ENDPOINT_URL", _optional_url, "", {API, NOTIFIER}, "the S3 address clients reach, used to presign (in compose the services reach MinIO by another name); default `S3_ENDPOINT_URL`")  # noqa: E501
-    output_url_ttl_s: int = _setting("OUTPUT_URL_TTL_S", _integer(60, 604_800), "3600", {API, NOTIFIER}, "lifetime in seconds of a presigned output URL, 60 to 604800")  # noqa: E501
-    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", _text, "minioadmin", {API, PERSISTER, NOTIFIER}, "S3 credentials")  # noqa: E501
-    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", _text, "minioadmin", {API, PERSISTER, NOTIFIER}, "S3 credentials")  # noqa: E501
-    aws_region: str = _setting("AWS_REGION", _text, "us-east-1", {API, PERSISTER, NOTIFIER}, "S3 region")
-    skytells_base_url: str = _setting("SKYTELLS_BASE_URL", _url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
-    skytells_api_key: str = _setting("SKYTELLS_API_KEY", _text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
-    skytells_timeout_s: float = _setting("SKYTELLS_TIMEOUT_S", _seconds(0.1, 300), "15", {API, PERSISTER}, "deadline of one call to Skytells")  # noqa: E501
-    skytells_webhook_secrets: tuple[str, ...] = _setting("SKYTELLS_WEBHOOK_SECRET", _webhook_secrets, None, {API, WEBHOOK}, "HMAC key(s) of callbacks, comma-separated (rotation, the first tags callback URLs), each at least 16 characters")  # noqa: E501
-    public_webhook_url: str = _setting("PUBLIC_WEBHOOK_URL", _url("http", "https"), "http://127.0.0.1:8081/api/webhooks", {API}, "callback URL given to Skytells")  # noqa: E501
-    auth_jwt_secret: str = _setting("AUTH_JWT_SECRET", _jwt_secret, None, {API}, "HS256 key for API bearer tokens, at least 32 bytes; required unless `AUTH_JWKS_URL` is set")  # noqa: E501
-    auth_jwks_url: str = _setting("AUTH_JWKS_URL", _optional_url, "", {API}, "JWKS of an identity provider: RS256 and ES256 tokens signed by its keys are accepted too")  # noqa: E501
-    auth_jwks_refresh_s: float = _setting("AUTH_JWKS_REFRESH_S", _seconds(1, _DAY), "600", {API}, "longest time between two reads of `AUTH_JWKS_URL` (a shorter `Cache-Control: max-age` wins): a key the provider withdrew stops working by then")  # noqa: E501
-    auth_jwt_audience: str = _setting("AUTH_JWT_AUDIENCE", _optional_text, "", {API}, "when set, tokens must carry this `aud`")  # noqa: E501
-    auth_jwt_issuer: str = _setting("AUTH_JWT_ISSUER", _optional_text, "", {API}, "when set, tokens must carry this `iss`")  # noqa: E501
-    cors_allowed_origins: tuple[str, ...] = _setting("CORS_ALLOWED_ORIGINS", _origins, "", {API}, "browser origins allowed to call the API (comma-separated, exact origins)")  # noqa: E501
-    quota_max_active: int = _setting("QUOTA_MAX_ACTIVE", _integer(1, 100_000), "10", {API}, "active (queued + processing) generations allowed per user")  # noqa: E501
-    rate_limit_creates_per_minute: int = _setting("RATE_LIMIT_CREATES_PER_MINUTE", _integer(1, 1_000_000), "600", {API}, "`POST /api/generate` calls allowed per user per minute, across all replicas")  # noqa: E501
-    streams_per_user: int = _setting("STREAMS_PER_USER", _integer(1, 10_000), "20", {API}, "open event streams allowed per user, on one API replica")  # noqa: E501
-    models_cache_s: float = _setting("MODELS_CACHE_S", _seconds(0, _DAY, zero=True), "300", {API}, "how long a model's input schema read from Skytells is kept (while Skytells cannot be read, the last one read is used)")  # noqa: E501
-    upload_max_bytes: int = _setting("UPLOAD_MAX_BYTES", _integer(1, 1024**3), "10485760", {API}, "largest reference image accepted by `POST /api/uploads`")  # noqa: E501
-    allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", _csv, "truefusion-pro,truefusion-edge,truefusion-2.0", {API}, "models a request may name, comma-separated; the first is the default")  # noqa: E501
-    output_allowed_hosts: tuple[str, ...] = _setting("OUTPUT_ALLOWED_HOSTS", _csv, "*.skytells.ai,*.skytells.cloud", {PERSISTER}, "hosts the persister may download outputs from (`*.x.com` allowed)")  # noqa: E501
-    output_max_bytes: int = _setting("OUTPUT_MAX_BYTES", _integer(1, 5 * 1024**3), "52428800", {PERSISTER}, "largest output accepted")  # noqa: E501
-    reconcile_after_s: float = _setting("RECONCILE_AFTER_S", _seconds(0, 7 * _DAY, zero=True), "120", {PERSISTER}, "age after which an unfinished generation is checked at Skytells")  # noqa: E501
-    reconcile_interval_s: float = _setting("RECONCILE_INTERVAL_S", _seconds(0.1, _DAY), "15", {PERSISTER}, "pause between two reconciler passes")  # noqa: E501
-    reconcile_unknown_after_s: float = _setting("RECONCILE_UNKNOWN_AFTER_S", _seconds(0, 7 * _DAY, zero=True), "600", {API, PERSISTER}, "how long a generation with no recorded prediction id waits to be found at Skytells before it ends `failed`")  # noqa: E501
-    bind_host: str = _setting("BIND_HOST", _text, "0.0.0.0", ALL, "address the services listen on (the local stack uses 127.0.0.1)")  # noqa: E501
-    api_port: int = _setting("API_PORT", _PORT, "8080", {API}, "API port")
-    webhook_port: int = _setting("WEBHOOK_PORT", _PORT, "8081", {WEBHOOK}, "webhook gateway port")
-    persister_port: int = _setting("PERSISTER_PORT", _PORT, "8082", {PERSISTER}, "persister port (health and metrics)")  # noqa: E501
-    notifier_port: int = _setting("NOTIFIER_PORT", _PORT, "8083", {NOTIFIER}, "notifier port (health and metrics)")  # noqa: E501
-    notify_allow_hosts: tuple[str, ...] = _setting("NOTIFY_ALLOW_HOSTS", _optional_csv, "", {API, NOTIFIER}, "webhook destinations (comma-separated hosts, `*.x.com` allowed) that may use `http://` and resolve to loopback or private addresses; every other destination must be `https://` and public")  # noqa: E501
-    notify_timeout_s: float = _setting("NOTIFY_TIMEOUT_S", _seconds(0.1, 300), "15", {NOTIFIER}, "deadline of one webhook delivery attempt")  # noqa: E501
-    notify_max_age_s: float = _setting("NOTIFY_MAX_AGE_S", _seconds(1, 30 * _DAY), "86400", {NOTIFIER}, "how long a webhook delivery is retried after its change before it ends `failed`")  # noqa: E501
-    notify_rotation_overlap_s: float = _setting("NOTIFY_ROTATION_OVERLAP_S", _seconds(0, 30 * _DAY, zero=True), "86400", {NOTIFIER}, "after a webhook secret rotation, how long deliveries are signed with the old key too")  # noqa: E501
-    notify_retry_base_s: float = _setting("NOTIFY_RETRY_BASE_S", _seconds(0.01, _HOUR), "5", {NOTIFIER}, "first webhook retry delay, at most (full jitter); it doubles each attempt")  # noqa: E501
-    notify_retry_max_s: float = _setting("NOTIFY_RETRY_MAX_S", _seconds(0.01, _HOUR), "3600", {NOTIFIER}, "longest pause between two attempts at a webhook delivery (a `Retry-After` included)")  # noqa: E501
-    notify_lease_s: float = _setting("NOTIFY_LEASE_S", _seconds(1, 600), "30", {NOTIFIER}, "how long a notifier holds a delivery without renewing its claim: a replica that died lets go of its deliveries after this")  # noqa: E501
-    persister_prefetch: int = _setting("PERSISTER_PREFETCH", _integer(1, 1000), "8", {PERSISTER}, "events one persister handles at once")  # noqa: E501
-    persister_max_attempts: int = _setting("PERSISTER_MAX_ATTEMPTS", _integer(1, 100), "10", {WEBHOOK, PERSISTER}, "attempts at an event before it is dead-lettered")  # noqa: E501
-    retry_base_s: float = _setting("RETRY_BASE_S", _seconds(0.01, _HOUR), "1", {WEBHOOK, PERSISTER}, "first retry delay; it doubles each attempt")  # noqa: E501
-    retry_max_s: float = _setting("RETRY_MAX_S", _seconds(0.01, _DAY), "300", {WEBHOOK, PERSISTER}, "longest retry delay")  # noqa: E501
-    download_retry_window_s: float = _setting("DOWNLOAD_RETRY_WINDOW_S", _seconds(0, _HOUR, zero=True), "180", {PERSISTER}, "failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs minutes after completion)")  # noqa: E501
-    download_connect_timeout_s: float = _setting("DOWNLOAD_CONNECT_TIMEOUT_S", _seconds(0.1, 300), "5", {PERSISTER}, "connect timeout of an output download")  # noqa: E501
-    download_read_timeout_s: float = _setting("DOWNLOAD_READ_TIMEOUT_S", _seconds(0.1, 600), "20", {PERSISTER}, "read timeout of an output download")  # noqa: E501
-    spool_dir: str = _setting("SPOOL_DIR", _optional_text, "", {PERSISTER}, "folder of the local spool for outputs that could not be put while storage was down; unset: `studio-spool` under the system's temporary directory")  # noqa: E501
-    spool_max_bytes: int = _setting("SPOOL_MAX_BYTES", _integer(1, 2**50), "2147483648", {PERSISTER}, "most the local spool holds; when full, the persister takes no new events until storage drains it")  # noqa: E501
-    download_deadline_s: float = _setting("DOWNLOAD_DEADLINE_S", _seconds(1, 3600), "120", {PERSISTER}, "longest an output's whole download may take, however the bytes trickle in (then it is retried)")  # noqa: E501
-    log_level: str = _setting("LOG_LEVEL", _log_level, "INFO", ALL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    uvloop: bool = _setting("UVLOOP", _flag, "1", ALL, "run on uvloop when it is installed (faster); 0 for asyncio's own loop")  # noqa: E501
+    s3_public_endpoint_url: str = _setting("S3_PUBLIC_ENDPOINT_URL", parsers.optional_url, "", {API, NOTIFIER}, "the S3 address clients reach, used to presign (in compose the services reach MinIO by another name); default `S3_ENDPOINT_URL`")  # noqa: E501
+    output_url_ttl_s: int = _setting("OUTPUT_URL_TTL_S", parsers.integer(60, 604_800), "3600", {API, NOTIFIER}, "lifetime in seconds of a presigned output URL, 60 to 604800")  # noqa: E501
+    aws_access_key_id: str = _setting("AWS_ACCESS_KEY_ID", parsers.text, "minioadmin", {API, PERSISTER, NOTIFIER}, "S3 credentials")  # noqa: E501
+    aws_secret_access_key: str = _setting("AWS_SECRET_ACCESS_KEY", parsers.text, "minioadmin", {API, PERSISTER, NOTIFIER}, "S3 credentials")  # noqa: E501
+    aws_region: str = _setting("AWS_REGION", parsers.text, "us-east-1", {API, PERSISTER, NOTIFIER}, "S3 region")
+    skytells_base_url: str = _setting("SKYTELLS_BASE_URL", parsers.url("http", "https"), "https://api.skytells.ai/v1", {API, PERSISTER}, "Skytells API base")  # noqa: E501
+    skytells_api_key: str = _setting("SKYTELLS_API_KEY", parsers.text, None, {API, PERSISTER}, "sent as `x-api-key`; without it the persister's reconciler is off")  # noqa: E501
+    skytells_timeout_s: float = _setting("SKYTELLS_TIMEOUT_S", parsers.seconds(0.1, 300), "15", {API, PERSISTER}, "deadline of one call to Skytells")  # noqa: E501
+    skytells_webhook_secrets: tuple[str, ...] = _setting("SKYTELLS_WEBHOOK_SECRET", parsers.webhook_secrets, None, {API, WEBHOOK}, "HMAC key(s) of callbacks, comma-separated (rotation, the first tags callback URLs), each at least 16 characters")  # noqa: E501
+    public_webhook_url: str = _setting("PUBLIC_WEBHOOK_URL", parsers.url("http", "https"), "http://127.0.0.1:8081/api/webhooks", {API}, "callback URL given to Skytells")  # noqa: E501
+    auth_jwt_secret: str = _setting("AUTH_JWT_SECRET", parsers.jwt_secret, None, {API}, "HS256 key for API bearer tokens, at least 32 bytes; required unless `AUTH_JWKS_URL` is set")  # noqa: E501
+    auth_jwks_url: str = _setting("AUTH_JWKS_URL", parsers.optional_url, "", {API}, "JWKS of an identity provider: RS256 and ES256 tokens signed by its keys are accepted too")  # noqa: E501
+    auth_jwks_refresh_s: float = _setting("AUTH_JWKS_REFRESH_S", parsers.seconds(1, parsers.DAY), "600", {API}, "longest time between two reads of `AUTH_JWKS_URL` (a shorter `Cache-Control: max-age` wins): a key the provider withdrew stops working by then")  # noqa: E501
+    auth_jwt_audience: str = _setting("AUTH_JWT_AUDIENCE", parsers.optional_text, "", {API}, "when set, tokens must carry this `aud`")  # noqa: E501
+    auth_jwt_issuer: str = _setting("AUTH_JWT_ISSUER", parsers.optional_text, "", {API}, "when set, tokens must carry this `iss`")  # noqa: E501
+    cors_allowed_origins: tuple[str, ...] = _setting("CORS_ALLOWED_ORIGINS", parsers.origins, "", {API}, "browser origins allowed to call the API (comma-separated, exact origins)")  # noqa: E501
+    quota_max_active: int = _setting("QUOTA_MAX_ACTIVE", parsers.integer(1, 100_000), "10", {API}, "active (queued + processing) generations allowed per user")  # noqa: E501
+    rate_limit_creates_per_minute: int = _setting("RATE_LIMIT_CREATES_PER_MINUTE", parsers.integer(1, 1_000_000), "600", {API}, "`POST /api/generate` calls allowed per user per minute, across all replicas")  # noqa: E501
+    streams_per_user: int = _setting("STREAMS_PER_USER", parsers.integer(1, 10_000), "20", {API}, "open event streams allowed per user, on one API replica")  # noqa: E501
+    models_cache_s: float = _setting("MODELS_CACHE_S", parsers.seconds(0, parsers.DAY, zero=True), "300", {API}, "how long a model's input schema read from Skytells is kept (while Skytells cannot be read, the last one read is used)")  # noqa: E501
+    upload_max_bytes: int = _setting("UPLOAD_MAX_BYTES", parsers.integer(1, 1024**3), "10485760", {API}, "largest reference image accepted by `POST /api/uploads`")  # noqa: E501
+    allowed_models: tuple[str, ...] = _setting("ALLOWED_MODELS", parsers.csv, "truefusion-pro,truefusion-edge,truefusion-2.0", {API}, "models a request may name, comma-separated; the first is the default")  # noqa: E501
+    output_allowed_hosts: tuple[str, ...] = _setting("OUTPUT_ALLOWED_HOSTS", parsers.csv, "*.skytells.ai,*.skytells.cloud", {PERSISTER}, "hosts the persister may download outputs from (`*.x.com` allowed)")  # noqa: E501
+    output_max_bytes: int = _setting("OUTPUT_MAX_BYTES", parsers.integer(1, 5 * 1024**3), "52428800", {PERSISTER}, "largest output accepted")  # noqa: E501
+    reconcile_after_s: float = _setting("RECONCILE_AFTER_S", parsers.seconds(0, 7 * parsers.DAY, zero=True), "120", {PERSISTER}, "age after which an unfinished generation is checked at Skytells")  # noqa: E501
+    reconcile_interval_s: float = _setting("RECONCILE_INTERVAL_S", parsers.seconds(0.1, parsers.DAY), "15", {PERSISTER}, "pause between two reconciler passes")  # noqa: E501
+    reconcile_unknown_after_s: float = _setting("RECONCILE_UNKNOWN_AFTER_S", parsers.seconds(0, 7 * parsers.DAY, zero=True), "600", {API, PERSISTER}, "how long a generation with no recorded prediction id waits to be found at Skytells before it ends `failed`")  # noqa: E501
+    bind_host: str = _setting("BIND_HOST", parsers.text, "0.0.0.0", ALL, "address the services listen on (the local stack uses 127.0.0.1)")  # noqa: E501
+    api_port: int = _setting("API_PORT", parsers.PORT, "8080", {API}, "API port")
+    webhook_port: int = _setting("WEBHOOK_PORT", parsers.PORT, "8081", {WEBHOOK}, "webhook gateway port")
+    persister_port: int = _setting("PERSISTER_PORT", parsers.PORT, "8082", {PERSISTER}, "persister port (health and metrics)")  # noqa: E501
+    notifier_port: int = _setting("NOTIFIER_PORT", parsers.PORT, "8083", {NOTIFIER}, "notifier port (health and metrics)")  # noqa: E501
+    notify_allow_hosts: tuple[str, ...] = _setting("NOTIFY_ALLOW_HOSTS", parsers.optional_csv, "", {API, NOTIFIER}, "webhook destinations (comma-separated hosts, `*.x.com` allowed) that may use `http://` and resolve to loopback or private addresses; every other destination must be `https://` and public")  # noqa: E501
+    notify_timeout_s: float = _setting("NOTIFY_TIMEOUT_S", parsers.seconds(0.1, 300), "15", {NOTIFIER}, "deadline of one webhook delivery attempt")  # noqa: E501
+    notify_max_age_s: float = _setting("NOTIFY_MAX_AGE_S", parsers.seconds(1, 30 * parsers.DAY), "86400", {NOTIFIER}, "how long a webhook delivery is retried after its change before it ends `failed`")  # noqa: E501
+    notify_rotation_overlap_s: float = _setting("NOTIFY_ROTATION_OVERLAP_S", parsers.seconds(0, 30 * parsers.DAY, zero=True), "86400", {NOTIFIER}, "after a webhook secret rotation, how long deliveries are signed with the old key too")  # noqa: E501
+    notify_retry_base_s: float = _setting("NOTIFY_RETRY_BASE_S", parsers.seconds(0.01, parsers.HOUR), "5", {NOTIFIER}, "first webhook retry delay, at most (full jitter); it doubles each attempt")  # noqa: E501
+    notify_retry_max_s: float = _setting("NOTIFY_RETRY_MAX_S", parsers.seconds(0.01, parsers.HOUR), "3600", {NOTIFIER}, "longest pause between two attempts at a webhook delivery (a `Retry-After` included)")  # noqa: E501
+    notify_lease_s: float = _setting("NOTIFY_LEASE_S", parsers.seconds(1, 600), "30", {NOTIFIER}, "how long a notifier holds a delivery without renewing its claim: a replica that died lets go of its deliveries after this")  # noqa: E501
+    persister_prefetch: int = _setting("PERSISTER_PREFETCH", parsers.integer(1, 1000), "8", {PERSISTER}, "events one persister handles at once")  # noqa: E501
+    persister_max_attempts: int = _setting("PERSISTER_MAX_ATTEMPTS", parsers.integer(1, 100), "10", {WEBHOOK, PERSISTER}, "attempts at an event before it is dead-lettered")  # noqa: E501
+    retry_base_s: float = _setting("RETRY_BASE_S", parsers.seconds(0.01, parsers.HOUR), "1", {WEBHOOK, PERSISTER}, "first retry delay; it doubles each attempt")  # noqa: E501
+    retry_max_s: float = _setting("RETRY_MAX_S", parsers.seconds(0.01, parsers.DAY), "300", {WEBHOOK, PERSISTER}, "longest retry delay")  # noqa: E501
+    download_retry_window_s: float = _setting("DOWNLOAD_RETRY_WINDOW_S", parsers.seconds(0, parsers.HOUR, zero=True), "180", {PERSISTER}, "failed downloads retry within this many seconds of the first attempt (Skytells deletes outputs minutes after completion)")  # noqa: E501
+    download_connect_timeout_s: float = _setting("DOWNLOAD_CONNECT_TIMEOUT_S", parsers.seconds(0.1, 300), "5", {PERSISTER}, "connect timeout of an output download")  # noqa: E501
+    download_read_timeout_s: float = _setting("DOWNLOAD_READ_TIMEOUT_S", parsers.seconds(0.1, 600), "20", {PERSISTER}, "read timeout of an output download")  # noqa: E501
+    spool_dir: str = _setting("SPOOL_DIR", parsers.optional_text, "", {PERSISTER}, "folder of the local spool for outputs that could not be put while storage was down; unset: `studio-spool` under the system's temporary directory")  # noqa: E501
+    spool_max_bytes: int = _setting("SPOOL_MAX_BYTES", parsers.integer(1, 2**50), "2147483648", {PERSISTER}, "most the local spool holds; when full, the persister takes no new events until storage drains it")  # noqa: E501
+    download_deadline_s: float = _setting("DOWNLOAD_DEADLINE_S", parsers.seconds(1, 3600), "120", {PERSISTER}, "longest an output's whole download may take, however the bytes trickle in (then it is retried)")  # noqa: E501
+    log_level: str = _setting("LOG_LEVEL", parsers.log_level, "INFO", ALL, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    uvloop: bool = _setting("UVLOOP", parsers.flag, "1", ALL, "run on uvloop when it is installed (faster); 0 for asyncio's own loop")  # noqa: E501
     # fmt: on
 
     @classmethod

@@ -25,8 +25,9 @@ from types import FrameType
 
 from common import log as logs
 from common.settings import Settings, SettingsError
+from devstack.environment import cluster_env, simulator_env
 from devstack.processes import StartError
-from devstack.stack import SERVICES, Stack, cluster_env, simulator_env
+from devstack.stack import SERVICES, Stack
 from devstack.tokens import issue_token
 
 logger = logging.getLogger("devstack")

@@ -1,5 +1,6 @@
 """Session fixtures: real PostgreSQL, RabbitMQ and S3 server (started here unless their URLs are given in the
-environment), the Skytells simulator, and the four services as real processes on free loopback ports."""
+environment), the Skytells simulator, the four services as real processes on free loopback ports, and the
+Chromium the page tests drive."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from common.broker import Broker
 from common.settings import Settings
+from devstack.environment import simulator_env
 from devstack.processes import free_port
 from devstack.rabbitmq import RabbitMQ
-from devstack.stack import SERVICES, Stack, simulator_env
+from devstack.stack import SERVICES, Stack
+from tests.callback_kit import Events, published_events
 from tests.helpers import JWT_SECRET, bearer
+from tests.page_kit import CHROMIUM, CHROMIUM_ARGS, Visit
+from tests.webhook_receiver import Receiver, receiving
 
 CORS_ORIGIN = "https://studio-app.example"
 
@@ -148,3 +154,33 @@ def rabbit() -> Iterator[RabbitMQ]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def visit(browser: Browser) -> AsyncIterator[Visit]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    visit = Visit(context, await context.new_page())
+    yield visit
+    await context.close()
+    assert visit.problems == []
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with receiving() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+async def events(settings: Settings, services: Stack) -> AsyncIterator[Events]:
+    """Every event the session's gateway publishes while the test runs."""
+    async with published_events(settings) as seen:
+        yield seen

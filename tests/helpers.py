@@ -16,7 +16,7 @@ from prometheus_client.samples import Sample
 
 from common.predictions import TERMINAL
 from common.signing import SIGNATURE_HEADER, sign
-from devstack.stack import SIM_DEFAULTS
+from devstack.environment import SIM_DEFAULTS
 from devstack.tokens import issue_token
 
 # The session's AUTH_JWT_SECRET (tests/conftest.py gives it to the stack).

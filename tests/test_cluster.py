@@ -17,13 +17,15 @@ import asyncpg
 import httpx
 import pytest
 
-from common.broker import QUEUE, Broker
-from devstack.postgres import PostgresPair
+from common.broker import Broker
+from common.topology import QUEUE
+from devstack.environment import amqp_cluster_url, cluster_env
+from devstack.postgres_pair import PostgresPair
 from devstack.processes import StartError, free_port
 from devstack.rabbitmq import RabbitCluster
-from devstack.stack import Stack, amqp_cluster_url, cluster_env
+from devstack.stack import Stack
+from tests.gateway_kit import Tally, answers, post, queued_prediction_ids, ready_gateway
 from tests.helpers import eventually, wait_for_status
-from tests.test_webhook_durability import Tally, answers, post, queued_prediction_ids, ready_gateway
 
 logger = logging.getLogger(__name__)
 

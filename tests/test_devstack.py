@@ -20,8 +20,9 @@ import httpx
 import jwt
 import pytest
 
+from devstack.environment import loopback_env
 from devstack.processes import ROOT, ManagedProcess, free_port, http_ok
-from devstack.stack import Stack, loopback_env
+from devstack.stack import Stack
 from devstack.supervisor import RESTART_FIRST_S, Supervisor
 from tests.helpers import eventually
 

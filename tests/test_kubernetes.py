@@ -1,108 +1,41 @@
 """deploy/kubernetes as `kubectl kustomize` renders it: every core object valid for a named Kubernetes version
-(strict: an unknown or misplaced field fails), each container given exactly the settings its process reads (the
-settings module's declaration, as the compose test checks), probes, hardening, pinned images, autoscaling, and
-nothing but the clients' paths behind the Ingress."""
+(strict: an unknown or misplaced field fails), what runs each process, probes, hardening, pinned images,
+autoscaling, and nothing but the clients' paths behind the Ingress. The settings each container is given are
+checked in `test_kubernetes_settings.py`."""
 
 from __future__ import annotations
 
 import copy
-import re
-import shutil
-import subprocess
 import tomllib
-from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 
-from common.broker import QUEUE
-from common.settings import API, API_REQUIRED, PERSISTER, WEBHOOK, WEBHOOK_REQUIRED, Settings, declared
-from tests.test_compose_config import STUDIO
+from common.topology import QUEUE
+from tests.kubernetes_kit import BASE, PROCESSES, ROOT, SPOOL_DIR, container_of, of_kind, pods, render
 
-ROOT = Path(__file__).resolve().parent.parent
-BASE = ROOT / "deploy" / "kubernetes"
 # A recent release the installed kubernetes-validate carries schemas for.
 KUBERNETES_VERSION = "1.35.0"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-
-# Deployment -> (its process's module, its reader in the settings declaration, its port setting and value).
-PROCESSES = {
-    "studio-api": ("services.api", API, "API_PORT", 8080),
-    "studio-webhook": ("services.webhook", WEBHOOK, "WEBHOOK_PORT", 8081),
-    "studio-persister": ("services.persister", PERSISTER, "PERSISTER_PORT", 8082),
-    "studio-notifier": ("services.notifier", "notifier", "NOTIFIER_PORT", 8083),
-}
-REQUIRED = {API: API_REQUIRED, WEBHOOK: WEBHOOK_REQUIRED}
-SECRET = "studio-secrets"
-# Credentials, and URLs that carry them: from the Secret, never from the ConfigMap.
-SECRETS = {
-    "DATABASE_URL",
-    "AMQP_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "SKYTELLS_API_KEY",
-    "SKYTELLS_WEBHOOK_SECRET",
-    "AUTH_JWT_SECRET",
-}
-OPTIONAL_SECRETS = {"AUTH_JWT_SECRET"}  # an identity provider's JWKS may stand in for it
-SPOOL_DIR = "/var/lib/studio/spool"
-# Fixed by the manifests: how the pods listen, and where the persister's spool volume is.
-FIXED = {"BIND_HOST": "0.0.0.0", "SPOOL_DIR": SPOOL_DIR} | {
-    port: str(value) for _, _, port, value in PROCESSES.values()
-}
 PROBES = ("/metrics", "/readyz", "/healthz")
-
-
-def _render(folder: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.fail("kubectl is not on PATH: install it (https://kubernetes.io/docs/tasks/tools/) to render the base")
-    done = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 @pytest.fixture(scope="module")
 def objects() -> list[dict[str, Any]]:
     """The base as `kubectl kustomize` renders it."""
-    return _render(BASE)
-
-
-def _of(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
-
-
-def _pods(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every pod template: the Deployments' and the migrations Job's."""
-    for o in objects:
-        if o["kind"] in ("Deployment", "Job"):
-            yield o["metadata"]["name"], o["spec"]["template"]["spec"]
-
-
-def _container(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    workload = {**_of(objects, "Deployment"), **_of(objects, "Job")}[name]
-    (container,) = workload["spec"]["template"]["spec"]["containers"]
-    return container
-
-
-def _reads(reader: str) -> set[str]:
-    readers = {who for var in declared().values() for who in var.readers}
-    if reader not in readers:
-        pytest.fail(f"no setting in common/settings.py names {reader!r} among its readers")
-    return {var.env for var in declared().values() if reader in var.readers}
+    return render(BASE)
 
 
 def test_the_base_holds_each_process_and_what_runs_it(objects):
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert set(_of(objects, "Deployment")) == set(PROCESSES)
-    assert set(_of(objects, "Service")) == set(PROCESSES)
-    assert set(_of(objects, "PodDisruptionBudget")) == set(PROCESSES)
-    assert set(_of(objects, "HorizontalPodAutoscaler")) == {"studio-api", "studio-webhook"}
-    assert set(_of(objects, "ScaledObject")) == {"studio-persister", "studio-notifier"}
-    assert set(_of(objects, "Job")) == {"studio-migrate"}
+    assert set(of_kind(objects, "Deployment")) == set(PROCESSES)
+    assert set(of_kind(objects, "Service")) == set(PROCESSES)
+    assert set(of_kind(objects, "PodDisruptionBudget")) == set(PROCESSES)
+    assert set(of_kind(objects, "HorizontalPodAutoscaler")) == {"studio-api", "studio-webhook"}
+    assert set(of_kind(objects, "ScaledObject")) == {"studio-persister", "studio-notifier"}
+    assert set(of_kind(objects, "Job")) == {"studio-migrate"}
     assert {kind for kind, _ in kinds} == {
         "ConfigMap",
         "Deployment",
@@ -114,10 +47,10 @@ def test_the_base_holds_each_process_and_what_runs_it(objects):
         "Ingress",
     }
     # The Secret is named, never shipped: its values are the operator's.
-    assert not _of(objects, "Secret")
+    assert not of_kind(objects, "Secret")
     for name, (module, *_) in PROCESSES.items():
-        assert _container(objects, name)["command"] == ["python", "-m", module], name
-    assert _container(objects, "studio-migrate")["command"] == ["python", "-m", "common.migrate"]
+        assert container_of(objects, name)["command"] == ["python", "-m", module], name
+    assert container_of(objects, "studio-migrate")["command"] == ["python", "-m", "common.migrate"]
 
 
 def test_every_core_object_is_valid_for_a_recent_kubernetes_strictly(objects):
@@ -128,15 +61,15 @@ def test_every_core_object_is_valid_for_a_recent_kubernetes_strictly(objects):
 
 
 def test_the_validation_is_strict_enough_to_catch_a_misplaced_field(objects):
-    deployment = copy.deepcopy(_of(objects, "Deployment")["studio-api"])
+    deployment = copy.deepcopy(of_kind(objects, "Deployment")["studio-api"])
     deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {"httpGet": {"path": "/readyz"}}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
 
 
 def test_keda_scales_the_persister_on_its_queue_and_the_notifier_on_due_deliveries(objects):
-    deployments = _of(objects, "Deployment")
-    scaled = _of(objects, "ScaledObject")
+    deployments = of_kind(objects, "Deployment")
+    scaled = of_kind(objects, "ScaledObject")
     for name, o in scaled.items():
         assert o["apiVersion"] == "keda.sh/v1alpha1"
         assert o["spec"]["scaleTargetRef"] == {"name": name} and name in deployments
@@ -153,15 +86,15 @@ def test_keda_scales_the_persister_on_its_queue_and_the_notifier_on_due_deliveri
     for trigger, variable, name in pairs:
         source = next(k for k in trigger["metadata"] if k.endswith("FromEnv"))
         assert trigger["metadata"][source] == variable
-        assert variable in {e["name"] for e in _container(objects, name)["env"]}
+        assert variable in {e["name"] for e in container_of(objects, name)["env"]}
 
 
 def test_without_keda_the_persister_and_the_notifier_run_two_replicas_each(objects):
-    overlay = _render(ROOT / "deploy" / "kubernetes-without-keda")
+    overlay = render(ROOT / "deploy" / "kubernetes-without-keda")
     for o in overlay:
         kubernetes_validate.validate(o, KUBERNETES_VERSION, strict=True)
-    assert not _of(overlay, "ScaledObject")
-    deployments = _of(overlay, "Deployment")
+    assert not of_kind(overlay, "ScaledObject")
+    deployments = of_kind(overlay, "Deployment")
     assert (
         deployments["studio-persister"]["spec"]["replicas"] == deployments["studio-notifier"]["spec"]["replicas"] == 2
     )
@@ -173,83 +106,40 @@ def test_without_keda_the_persister_and_the_notifier_run_two_replicas_each(objec
 
 
 def test_the_api_and_the_gateway_scale_on_cpu_with_two_at_least(objects):
-    for name, hpa in _of(objects, "HorizontalPodAutoscaler").items():
+    for name, hpa in of_kind(objects, "HorizontalPodAutoscaler").items():
         assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
         assert hpa["spec"]["minReplicas"] >= 2
         # The count is the autoscaler's: a Deployment that fixed it would be reset by every `kubectl apply`.
-        assert "replicas" not in _of(objects, "Deployment")[name]["spec"]
+        assert "replicas" not in of_kind(objects, "Deployment")[name]["spec"]
         (metric,) = hpa["spec"]["metrics"]
         assert metric["resource"]["name"] == "cpu"
-        assert "cpu" in _container(objects, name)["resources"]["requests"]  # utilisation is of the request
-
-
-def test_each_container_gets_exactly_the_settings_its_process_reads(objects):
-    for name, (_, reader, _, _) in PROCESSES.items():
-        env = {e["name"] for e in _container(objects, name)["env"]}
-        reads = _reads(reader)
-        assert env == reads, f"{name}: add {sorted(reads - env)}, remove {sorted(env - reads)}"
-    migrate = {e["name"] for e in _container(objects, "studio-migrate")["env"]}
-    assert migrate == STUDIO["migrate"][0]
-
-
-def test_secrets_come_from_the_named_secret_and_the_rest_from_the_config_map(objects):
-    (config,) = _of(objects, "ConfigMap").values()
-    declared_names = {var.env for var in declared().values()}
-    assert set(config["data"]) <= declared_names - SECRETS - set(FIXED), "the ConfigMap holds no secret"
-    for name, _ in _pods(objects):
-        for e in _container(objects, name)["env"]:
-            variable = e["name"]
-            if variable in FIXED:
-                assert e == {"name": variable, "value": FIXED[variable]}, f"{name}: {variable}"
-            elif variable in SECRETS:
-                ref = {"name": SECRET, "key": variable} | ({"optional": True} if variable in OPTIONAL_SECRETS else {})
-                assert e["valueFrom"] == {"secretKeyRef": ref}, f"{name}: {variable}"
-            else:
-                # Optional: a key not in the ConfigMap leaves the variable unset, and the process's default applies.
-                ref = {"name": config["metadata"]["name"], "key": variable, "optional": True}
-                assert e["valueFrom"] == {"configMapKeyRef": ref}, f"{name}: {variable}"
-
-
-def test_each_container_starts_with_the_config_map_and_a_filled_secret(objects):
-    (config,) = _of(objects, "ConfigMap").values()
-    secret = {name: f"a-{name.lower()}-of-32-characters-or-more" for name in SECRETS}
-    secret |= {"DATABASE_URL": "postgresql://studio:pw@postgres:5432/studio", "AMQP_URL": "amqp://studio:pw@rabbitmq/"}
-    for name, (_, reader, _, _) in PROCESSES.items():
-        environ = {}
-        for e in _container(objects, name)["env"]:
-            if "value" in e:
-                environ[e["name"]] = e["value"]
-            elif e["name"] in secret:
-                environ[e["name"]] = secret[e["name"]]
-            elif e["name"] in config["data"]:
-                environ[e["name"]] = config["data"][e["name"]]
-        if reader in {who for var in declared().values() for who in var.readers}:
-            Settings.from_env(environ, required=REQUIRED.get(reader, ()))
+        assert "cpu" in container_of(objects, name)["resources"]["requests"]  # utilisation is of the request
 
 
 def test_probes_ask_healthz_and_readyz_on_the_process_port(objects):
     for name, (_, _, port_setting, port) in PROCESSES.items():
-        container = _container(objects, name)
+        container = container_of(objects, name)
         assert container["ports"] == [{"name": "http", "containerPort": port}]
         assert {"name": port_setting, "value": str(port)} in container["env"]
         assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
         assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        service = _of(objects, "Service")[name]["spec"]
+        service = of_kind(objects, "Service")[name]["spec"]
         assert service["type"] == "ClusterIP"  # inside the cluster only
         assert service["ports"] == [{"name": "http", "port": port, "targetPort": "http"}]
-        template = _of(objects, "Deployment")[name]["spec"]["template"]["metadata"]
+        template = of_kind(objects, "Deployment")[name]["spec"]["template"]["metadata"]
         pod_labels = template["labels"]
         # Prometheus scrapes each replica where /metrics is, inside the cluster.
         assert template["annotations"]["prometheus.io/port"] == str(port)
         assert template["annotations"]["prometheus.io/path"] == "/metrics"
         assert service["selector"].items() <= pod_labels.items()
         assert (
-            _of(objects, "PodDisruptionBudget")[name]["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+            of_kind(objects, "PodDisruptionBudget")[name]["spec"]["selector"]["matchLabels"].items()
+            <= pod_labels.items()
         )
 
 
 def test_every_pod_runs_unprivileged_on_a_read_only_root_with_no_account_token(objects):
-    for name, pod in _pods(objects):
+    for name, pod in pods(objects):
         assert pod["automountServiceAccountToken"] is False, name
         (container,) = pod["containers"]
         context = container["securityContext"]
@@ -264,12 +154,12 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root_with_no_account_token(o
         assert "emptyDir" in mounts["/tmp"], name
         resources = container["resources"]
         assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}, name
-    spool = {m["mountPath"]: m["name"] for m in _container(objects, "studio-persister")["volumeMounts"]}
+    spool = {m["mountPath"]: m["name"] for m in container_of(objects, "studio-persister")["volumeMounts"]}
     assert SPOOL_DIR in spool
 
 
 def test_every_image_is_pinned_to_a_version(objects):
-    for name, pod in _pods(objects):
+    for name, pod in pods(objects):
         for container in pod["containers"]:
             image, _, tag = container["image"].rpartition(":")
             assert image and tag and tag != "latest" and "/" not in tag, f"{name}: {container['image']}"
@@ -295,26 +185,13 @@ def _routes(ingress: dict[str, Any], path: str) -> str | None:
 
 
 def test_the_ingress_routes_the_clients_paths_and_neither_metrics_nor_probes(objects):
-    (ingress,) = _of(objects, "Ingress").values()
+    (ingress,) = of_kind(objects, "Ingress").values()
     assert _routes(ingress, "/api/webhooks") == "studio-webhook"
     # The API's own paths under /api/webhooks/ (the signing key) are the API's, not the gateway's.
     for path in ("/", "/static/app.js", "/api/generate", "/api/predictions/x/events", "/api/webhooks/secret"):
         assert _routes(ingress, path) == "studio-api", path
     for path in PROBES:
         assert _routes(ingress, path) is None, path
-
-
-def test_the_secrets_readme_creates_every_key_the_manifests_read(objects):
-    keys = {
-        e["valueFrom"]["secretKeyRef"]["key"]
-        for name, _ in _pods(objects)
-        for e in _container(objects, name)["env"]
-        if "secretKeyRef" in e.get("valueFrom", {})
-    }
-    assert keys == SECRETS
-    readme = (BASE / "README.md").read_text()
-    command = readme.split("kubectl create secret generic studio-secrets", 1)[1].split("```", 1)[0]
-    assert set(re.findall(r"--from-literal=(\w+)=", command)) == keys
 
 
 def test_the_readme_says_how_to_deploy_and_what_the_operator_brings():

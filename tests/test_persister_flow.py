@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from common.broker import QUEUE, event_message
 from common.storage import open_s3
+from common.topology import QUEUE, event_message
 from devstack.processes import free_port
 from tests.helpers import eventually, metric, metrics_of
 from tests.persister_kit import (

@@ -10,8 +10,9 @@ import uuid
 import aio_pika
 import pytest
 
-from common.broker import DEAD_QUEUE, QUEUE, Broker
+from common.broker import Broker
 from common.events import PredictionEvent
+from common.topology import DEAD_QUEUE, QUEUE
 from tests.helpers import eventually, metric, metrics_of
 from tests.persister_kit import dead_messages, event_of, insert_generation, publish, sim_prediction, wait_row
 

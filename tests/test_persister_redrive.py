@@ -11,7 +11,7 @@ import uuid
 
 import aio_pika
 
-from common.broker import ATTEMPT_HEADER, QUEUE, event_message
+from common.topology import ATTEMPT_HEADER, QUEUE, event_message
 from tests.helpers import eventually
 from tests.persister_kit import dead_messages, event_of, insert_generation, sim_prediction, wait_row
 

@@ -1,5 +1,5 @@
-"""Outages, crashes and races, on infrastructure of this module's own (PostgreSQL, RabbitMQ and S3 server on
-free ports, with their own persister processes), so halting a server never disturbs another test.
+"""Outages, crashes and races, on infrastructure of this module's own (`dedicated_stack.py`: PostgreSQL, RabbitMQ
+and S3 server on free ports, with their own persister processes), so halting a server never disturbs another test.
 
 The persisters here retry fast (RETRY_BASE_S 0.3, RETRY_MAX_S 2, 8 attempts) and fit download retries in a
 5-second window, so the schedules play out within seconds.
@@ -22,8 +22,9 @@ from common.broker import Broker
 from common.db.generations import UNANSWERED_ERROR
 from common.references import callback_url
 from common.storage import ensure_bucket, open_s3
-from devstack.processes import ManagedProcess, free_port, http_ok
+from devstack.processes import http_ok
 from devstack.stack import Stack
+from tests.dedicated_stack import dedicated_stack, more_unknown, persister_port_of, start_replica, wait_retries
 from tests.helpers import eventually, metric, metrics_of
 from tests.persister_kit import (
     cdn_bytes,
@@ -38,37 +39,11 @@ from tests.persister_kit import (
     wait_row,
 )
 
-PERSISTER_ENV = {
-    "RETRY_BASE_S": "0.3",
-    "RETRY_MAX_S": "2",
-    "PERSISTER_MAX_ATTEMPTS": "8",
-    "DOWNLOAD_RETRY_WINDOW_S": "5",
-    "PERSISTER_PREFETCH": "4",
-    "RECONCILE_AFTER_S": "3600",
-    "PYTHONUNBUFFERED": "1",  # a killed persister's last log lines are the interesting ones
-}
-
 
 @pytest.fixture(scope="module")
 def dedicated(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    env = {k: v for k, v in stack.env.items() if k != "S3_PUBLIC_BASE_URL"}
-    env.update(PERSISTER_ENV)
-    env.update(
-        {
-            "DATABASE_URL": f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio",
-            "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-            "S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
-            "S3_BUCKET": f"studio-dedicated-{uuid.uuid4().hex[:8]}",
-            "PERSISTER_PORT": str(free_port()),
-        }
-    )
-    own = Stack(env, tmp_path_factory.mktemp("dedicated"))
-    try:
-        own.start_infrastructure()
-        own.start_service("persister", label="persister-a")
+    with dedicated_stack(stack, tmp_path_factory.mktemp("dedicated")) as own:
         yield own
-    finally:
-        own.stop()
 
 
 @pytest.fixture(scope="module")
@@ -86,27 +61,12 @@ async def dedicated_db(dedicated: Stack) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
-def _port(stack: Stack, label: str = "persister-a") -> str:
-    return stack.env["PERSISTER_PORT"] if label == "persister-a" else stack.processes[label].env["PERSISTER_PORT"]
-
-
-def _start_replica(stack: Stack, label: str, **env: str) -> ManagedProcess:
-    return stack.start_service("persister", env={"PERSISTER_PORT": str(free_port()), **env}, label=label)
-
-
-async def _wait_retries(http, port: str, at_least: float) -> None:
-    async def retried() -> bool:
-        return metric(await metrics_of(http, port), "studio_persister_retries_total") >= at_least
-
-    await eventually(f"{at_least:g} retries", retried)
-
-
 async def test_two_replicas_with_every_event_delivered_three_times(
     http, sim, dedicated, dedicated_broker, dedicated_db
 ):
-    replica = _start_replica(dedicated, "persister-b")
+    replica = start_replica(dedicated, "persister-b")
     try:
-        ports = [_port(dedicated), replica.env["PERSISTER_PORT"]]
+        ports = [persister_port_of(dedicated), replica.env["PERSISTER_PORT"]]
         before = [await metrics_of(http, p) for p in ports]
         predictions = [await sim_prediction(http, sim, f"crowd {n}") for n in range(8)]
         gids = [await insert_generation(dedicated_db, p["id"]) for p in predictions]
@@ -148,7 +108,7 @@ async def test_storage_down_keeps_the_outputs_in_the_spool_across_a_restart(
     # Skytells deletes an output minutes after completion; storage may be down for longer. The output is
     # downloaded once into the persister's spool and put from there, by the next process if this one dies.
     assert dedicated.s3 is not None
-    port = _port(dedicated)
+    port = persister_port_of(dedicated)
     prediction = await sim_prediction(http, sim, "during an S3 outage")
     gid = await insert_generation(dedicated_db, prediction["id"])
     retries = metric(await metrics_of(http, port), "studio_persister_retries_total")
@@ -182,7 +142,7 @@ async def test_storage_down_keeps_the_outputs_in_the_spool_across_a_restart(
 
 async def test_postgres_unavailable_for_a_while(http, sim, dedicated, dedicated_broker, dedicated_db):
     assert dedicated.postgres is not None
-    port = _port(dedicated)
+    port = persister_port_of(dedicated)
     prediction = await sim_prediction(http, sim, "during a database outage")
     gid = await insert_generation(dedicated_db, prediction["id"])
     await dedicated_db.close()
@@ -190,7 +150,7 @@ async def test_postgres_unavailable_for_a_while(http, sim, dedicated, dedicated_
     dedicated.postgres.halt()
     try:
         await publish(dedicated_broker, event_of(prediction))
-        await _wait_retries(http, port, retries + 2)
+        await wait_retries(http, port, retries + 2)
         ready = await http.get(f"http://127.0.0.1:{port}/readyz")
         assert ready.status_code == 503 and "database" in ready.json()["failing"]
     finally:
@@ -227,12 +187,12 @@ async def test_rabbitmq_restart_under_load_loses_no_event(http, sim, dedicated, 
     late_gid = await insert_generation(dedicated_db, late["id"])
     await publish(dedicated_broker, event_of(late))
     assert (await wait_row(dedicated_db, late_gid))["status"] == "succeeded"
-    ready = await http.get(f"http://127.0.0.1:{_port(dedicated)}/readyz")
+    ready = await http.get(f"http://127.0.0.1:{persister_port_of(dedicated)}/readyz")
     assert ready.status_code == 200, ready.text
 
 
 async def test_dead_letter_after_the_last_attempt_then_redrive(http, sim, dedicated, dedicated_broker, dedicated_db):
-    port = _port(dedicated)
+    port = persister_port_of(dedicated)
     dead_before = metric(await metrics_of(http, port), "studio_persister_dead_letters_total")
     prediction = await sim_prediction(http, sim, "orphan")
     event = event_of(prediction)
@@ -305,7 +265,7 @@ async def test_sigterm_finishes_the_message_in_hand_then_exits(http, sim, dedica
     assert record["status"] == "succeeded"  # finished before exiting, not abandoned
     assert list(await stored_objects(dedicated.settings, gid)) == [f"generations/{gid}.png"]
     dedicated.start_service("persister", label="persister-a")
-    assert http_ok(f"http://127.0.0.1:{_port(dedicated)}/readyz")
+    assert http_ok(f"http://127.0.0.1:{persister_port_of(dedicated)}/readyz")
 
 
 async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedicated, dedicated_broker, dedicated_db):
@@ -338,7 +298,7 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
     holder = await asyncpg.connect(dedicated.settings.database_url)
     try:
         assert await holder.fetchval("SELECT pg_try_advisory_lock(hashtextextended('studio.persister.reconciler', 0))")
-        reconciler = _start_replica(
+        reconciler = start_replica(
             dedicated, "persister-r", RECONCILE_AFTER_S="1", RECONCILE_INTERVAL_S="0.3", RETRY_BASE_S="0.3"
         )
         await asyncio.sleep(2)  # several intervals
@@ -360,7 +320,7 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
         passes = metric(text, "studio_persister_reconciled_total", result="unknown")
         await eventually(
             "another reconciliation pass",
-            lambda: _more_unknown(http, reconciler.env["PERSISTER_PORT"], passes),
+            lambda: more_unknown(http, reconciler.env["PERSISTER_PORT"], passes),
         )
         assert (await row(dedicated_db, recent_gid))["status"] == "queued"  # unknown for less than an hour: not yet
         unsubmitted = await row(dedicated_db, unsubmitted_gid)
@@ -373,8 +333,3 @@ async def test_reconciler_recovers_lost_callbacks_under_one_lock(http, sim, dedi
         assert metric(text, "studio_persister_reconciled_total", result="unsubmitted_failed") >= 1
     finally:
         reconciler.stop()
-
-
-async def _more_unknown(http, port: str, seen: float) -> bool:
-    text = await metrics_of(http, port)
-    return metric(text, "studio_persister_reconciled_total", result="unknown") > seen

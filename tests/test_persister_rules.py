@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from common.addresses import host_allowed
-from common.broker import RetrySchedule, delay_queue_name, download_retry_delays, retry_delays
 from common.errors import OutputRejected
 from common.settings import Settings
+from common.topology import RetrySchedule, delay_queue_name, download_retry_delays, retry_delays
 from services.persister.download import check_url, resolve_checked, sniff
 
 OUTPUT_WINDOW_S = 300  # Skytells deletes outputs about 5 minutes after completion

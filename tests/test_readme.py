@@ -10,8 +10,8 @@ import subprocess
 import uuid
 from pathlib import Path
 
-from common.broker import DEAD_QUEUE, EXCHANGE, QUEUE
 from common.settings import API_REQUIRED, PERSISTER_REQUIRED, WEBHOOK_REQUIRED, env_names
+from common.topology import DEAD_QUEUE, EXCHANGE, QUEUE
 from devstack.tokens import issue_token
 from services.api.bodies import MAX_BODY as API_MAX_BODY
 from services.api.bodies import MAX_IDEMPOTENCY_KEY, MAX_PROMPT

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.settings import API_REQUIRED, Settings, SettingsError, database_hosts
+from common.setting_parsers import database_hosts
+from common.settings import API_REQUIRED, Settings, SettingsError
 
 
 def test_defaults_match_the_contract():

@@ -1,17 +1,13 @@
 """The simulator's outputs, CDN and truth: real PNGs of the asked size, made once per size and distinct per
 prediction; `#sim:cdn503=N`; `GET`/`DELETE /_sim/predictions`. The simulator runs in this process on a real
-socket, so its shared templates can be looked at directly."""
+socket (`simulator_kit.py`), so its shared templates can be looked at directly. Its models, their input schemas
+and reference images are in `test_simulator_models.py`."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
-import struct
-import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import pytest
@@ -19,114 +15,15 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from PIL import Image
 
-from devstack.processes import free_port
 from devstack.skytells import admin
-from devstack.skytells.app import create_app
-from devstack.skytells.model import PREDICTIONS, SimSettings
-from tests.helpers import eventually
-
-KEY = {"x-api-key": "sim-key"}
-
-
-def _reference() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 48), (10, 200, 30)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-REFERENCE = _reference()
-
-
-@dataclass
-class Sim:
-    url: str
-    app: web.Application
-    hook: str
-    callbacks: list[dict[str, Any]]
-    files: str  # a server of REFERENCE at {files}/reference.png, and 404 for any other name
+from devstack.skytells.model import PREDICTIONS
+from tests.simulator_kit import KEY, Sim, create, decode_png, finished, running_sim, truth
 
 
 @pytest.fixture
 async def sim() -> AsyncIterator[Sim]:
-    port, hook_port = free_port(), free_port()
-    app = create_app(SimSettings(port=port, delay_s=0.05, public_url=f"http://127.0.0.1:{port}"))
-    callbacks: list[dict[str, Any]] = []
-
-    async def receive(request: web.Request) -> web.Response:
-        callbacks.append(await request.json())
-        return web.Response(status=204)
-
-    async def serve_file(request: web.Request) -> web.Response:
-        if request.match_info["name"] != "reference.png":
-            raise web.HTTPNotFound()
-        return web.Response(body=REFERENCE, content_type="image/png")
-
-    hooks = web.Application()
-    hooks.router.add_post("/hook", receive)
-    hooks.router.add_get("/files/{name}", serve_file)
-    runners = [web.AppRunner(app), web.AppRunner(hooks)]
-    for runner, p in zip(runners, (port, hook_port), strict=True):
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", p).start()
-    try:
-        yield Sim(
-            f"http://127.0.0.1:{port}",
-            app,
-            f"http://127.0.0.1:{hook_port}/hook?generation=g1",
-            callbacks,
-            f"http://127.0.0.1:{hook_port}/files",
-        )
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
-
-
-def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:
-    """Width, height and chunk types, after checking every CRC and that the pixel data inflates to its size."""
-    assert data[:8] == b"\x89PNG\r\n\x1a\n"
-    pos, idat, kinds = 8, b"", []
-    width = height = colour = 0
-    while pos < len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind, body = data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length]
-        assert struct.unpack(">I", data[pos + 8 + length : pos + 12 + length])[0] == zlib.crc32(kind + body), kind
-        kinds.append(kind)
-        if kind == b"IHDR":
-            width, height, _, colour = struct.unpack(">IIBB", body[:10])
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + length
-    assert kinds[0] == b"IHDR" and kinds[-1] == b"IEND" and pos == len(data)
-    per_pixel = {2: 3, 3: 1}[colour]
-    assert len(zlib.decompress(idat)) == height * (1 + width * per_pixel)
-    return width, height, kinds
-
-
-async def create(http: httpx.AsyncClient, sim: Sim, prompt: str, model: str = "truefusion-pro", **options: Any) -> str:
-    body = {
-        "model": model,
-        "input": {"prompt": prompt, **options},
-        "webhook": {"url": sim.hook, "events": ["completed"]},
-    }
-    response = await http.post(f"{sim.url}/v1/predictions", json=body, headers=KEY)
-    assert response.status_code == 201, response.text
-    prediction_id: str = response.json()["id"]
-    return prediction_id
-
-
-async def truth(http: httpx.AsyncClient, sim: Sim) -> dict[str, dict[str, Any]]:
-    response = await http.get(f"{sim.url}/_sim/predictions")
-    assert response.status_code == 200
-    return {record["id"]: record for record in response.json()}
-
-
-async def finished(http: httpx.AsyncClient, sim: Sim, prediction_id: str, timeout: float = 30) -> dict[str, Any]:
-    async def ended() -> dict[str, Any] | None:
-        record = (await truth(http, sim))[prediction_id]
-        return record if record["status"] in ("succeeded", "failed", "cancelled") else None
-
-    found: dict[str, Any] = await eventually(f"{prediction_id} to finish", ended, timeout, interval=0.05)
-    return found
+    async with running_sim() as running:
+        yield running
 
 
 @pytest.fixture
@@ -223,48 +120,6 @@ async def test_truth_answers_only_loopback_peers(sim, handler):
     assert (await handler(loopback)).status in (200, 204)
 
 
-async def test_models_are_listed_with_their_input_schemas(http, sim):
-    listed = (await http.get(f"{sim.url}/v1/models?fields=input_schema", headers=KEY)).json()
-    assert [m["name"] for m in listed] == ["truefusion-pro", "truefusion-edge", "truefusion-2.0"]
-    assert all(m["input_schema"]["additionalProperties"] is False for m in listed)
-    assert "input_schema" not in (await http.get(f"{sim.url}/v1/models", headers=KEY)).json()[0]
-    one = (await http.get(f"{sim.url}/v1/models/truefusion-2.0?fields=input_schema", headers=KEY)).json()
-    schema = one["input_schema"]
-    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
-    assert set(schema["properties"]) == {
-        "prompt", "negative_prompt", "width", "height", "num_outputs", "seed", "output_format", "image",
-        "image_strength",
-    }  # fmt: skip
-    assert schema["properties"]["image_strength"]["default"] == 0.6
-    edge = (await http.get(f"{sim.url}/v1/models/truefusion-edge?fields=input_schema", headers=KEY)).json()
-    assert edge["input_schema"]["properties"]["width"]["maximum"] == 1024
-    missing = await http.get(f"{sim.url}/v1/models/nope", headers=KEY)
-    assert missing.status_code == 404 and missing.json()["error"]["error_id"] == "MODEL_NOT_FOUND"
-    assert (await http.get(f"{sim.url}/v1/models")).status_code == 401
-
-
-@pytest.mark.parametrize(
-    ("model", "options", "field"),
-    [
-        ("truefusion-pro", {"width": 500}, "width"),
-        ("truefusion-pro", {"num_outputs": 5}, "num_outputs"),
-        ("truefusion-pro", {"output_format": "gif"}, "output_format"),
-        ("truefusion-pro", {"image": "http://x/y.png"}, "image"),
-        ("truefusion-edge", {"width": 2048}, "width"),
-        ("truefusion-edge", {"negative_prompt": "no"}, "negative_prompt"),
-        ("truefusion-2.0", {"image_strength": 1.5}, "image_strength"),
-        ("truefusion-pro", {"seed": -1}, "seed"),
-    ],
-)
-async def test_an_input_outside_the_schema_is_a_422_naming_the_field(http, sim, model, options, field):
-    body = {"model": model, "input": {"prompt": "x", **options}}
-    answer = await http.post(f"{sim.url}/v1/predictions", json=body, headers=KEY)
-    assert answer.status_code == 422
-    error = answer.json()["error"]
-    assert error["error_id"] == "VALIDATION_ERROR" and f"Invalid input: {field}: " in error["message"]
-    assert await truth(http, sim) == {}
-
-
 async def test_outputs_have_the_asked_size_format_and_count_and_a_seed_repeats_them(http, sim):
     options = {"width": 512, "height": 768, "num_outputs": 2, "seed": 7, "output_format": "jpeg"}
     first, again = [await create(http, sim, "a harbour", **options) for _ in range(2)]
@@ -297,27 +152,3 @@ async def test_png_and_webp_outputs_open_as_such(http, sim, fmt, pillow):
     with Image.open(io.BytesIO(answer.content)) as picture:
         assert (picture.format, picture.size) == (pillow, (256, 320))
         picture.load()
-
-
-async def test_a_reference_image_is_downloaded_and_recorded(http, sim):
-    pid = await create(http, sim, "like this", "truefusion-2.0", image=f"{sim.files}/reference.png")
-    record = await finished(http, sim, pid)
-    assert base64.b64decode(record["imageBytes"]) == REFERENCE
-    assert record["input"]["image"] == f"{sim.files}/reference.png"
-    plain = await finished(http, sim, await create(http, sim, "no reference"))
-    assert plain["imageBytes"] is None
-
-
-@pytest.mark.parametrize("name", ["missing.png", "unreachable"])
-async def test_a_reference_image_it_cannot_read_is_a_422(http, sim, name):
-    url = f"{sim.files}/{name}" if name != "unreachable" else f"http://127.0.0.1:{free_port()}/x.png"
-    body = {"model": "truefusion-2.0", "input": {"prompt": "x", "image": url}}
-    answer = await http.post(f"{sim.url}/v1/predictions", json=body, headers=KEY)
-    assert answer.status_code == 422
-    assert answer.json()["error"]["message"].startswith("Invalid input: image: ")
-    assert await truth(http, sim) == {}
-
-
-async def test_an_unknown_model_is_a_404(http, sim):
-    answer = await http.post(f"{sim.url}/v1/predictions", json={"model": "nope", "input": {"prompt": "x"}}, headers=KEY)
-    assert answer.status_code == 404 and answer.json()["error"]["error_id"] == "MODEL_NOT_FOUND"

@@ -14,7 +14,7 @@ from common.probes import add_probes
 from common.process import boot, run
 from common.settings import API_REQUIRED, Settings
 from common.web import add_fallback, error_middleware, expect_handler
-from services.api import cors, views
+from services.api import cors, views, webhooks
 from services.api.auth import Authenticator
 from services.api.bodies import MAX_BODY
 from services.api.jwks import Jwks
@@ -72,12 +72,12 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_delete("/api/predictions/{id}", views.delete_prediction, expect_handler=expect_handler)
     app.router.add_get("/api/predictions/{id}/events", streams.generation_events, expect_handler=expect_handler)
     app.router.add_post("/api/predictions/{id}/cancel", views.cancel_prediction, expect_handler=expect_handler)
-    app.router.add_get("/api/predictions/{id}/deliveries", views.list_deliveries, expect_handler=expect_handler)
+    app.router.add_get("/api/predictions/{id}/deliveries", webhooks.list_deliveries, expect_handler=expect_handler)
     app.router.add_post(
-        "/api/predictions/{id}/deliveries/{deliveryId}/redeliver", views.redeliver, expect_handler=expect_handler
+        "/api/predictions/{id}/deliveries/{deliveryId}/redeliver", webhooks.redeliver, expect_handler=expect_handler
     )
-    app.router.add_get("/api/webhooks/secret", views.webhook_secret, expect_handler=expect_handler)
-    app.router.add_post("/api/webhooks/secret/rotate", views.rotate_webhook_secret, expect_handler=expect_handler)
+    app.router.add_get("/api/webhooks/secret", webhooks.webhook_secret, expect_handler=expect_handler)
+    app.router.add_post("/api/webhooks/secret/rotate", webhooks.rotate_webhook_secret, expect_handler=expect_handler)
     app.router.add_get("/api/generations", views.list_generations, expect_handler=expect_handler)
     app.router.add_get("/api/generations/events", streams.user_events, expect_handler=expect_handler)
     app.router.add_get("/api/me", views.me, expect_handler=expect_handler)

@@ -8,36 +8,30 @@ import logging
 from aiohttp import web
 
 from common import log as logs
-from common.db import changes, deliveries, generations, usage
+from common.db import changes, generations, usage
 from common.db.generations import Generation
 from common.errors import ApiError, SkytellsError, SkytellsUndecided, StorageUnavailable
 from common.keys import POOL, S3, SETTINGS, SKYTELLS, UPDATES
 from common.predictions import Status
 from common.presign import OutputLinks
 from common.references import callback_url
-from common.representation import dumps, generation_json
+from common.representation import generation_json
 from common.storage import delete_generation_objects
 from common.web import REQUEST_ID
 from services.api import openapi, uploads
-from services.api.access import current_user, own_generation, parse_id
+from services.api.access import current_user, own_generation
 from services.api.bodies import GenerateRequest, idempotency_key, parse_generate, prefer_wait, read_json_object
 from services.api.keys import LINKS, MODELS
 from services.api.live.waiting import wait_for_end, wait_for_news
 from services.api.paging import decode_cursor, encode_cursor, parse_limit
 from services.api.rate_limit import check_create_rate
+from services.api.responses import json_response
 from services.api.submission import await_callback, record_prediction
 
 logger = logging.getLogger(__name__)
 
 # How long a repeat waits for a concurrent first request with the same Idempotency-Key to get its answer.
 REPLAY_WAIT_S = 30.0
-JSON = "application/json"
-
-
-def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    """`web.json_response` encoded by `dumps` (orjson: compact, non-ASCII text as UTF-8, the stdlib for what
-    orjson refuses); the same Content-Type."""
-    return web.Response(body=dumps(body), status=status, headers=headers, content_type=JSON, charset="utf-8")
 
 
 def _generation_response(
@@ -46,7 +40,7 @@ def _generation_response(
     headers = {"Location": f"/api/predictions/{generation.id}"}
     if wait_s is not None:
         headers["Preference-Applied"] = f"wait={wait_s}"
-    return _json(generation_json(generation, _links(request)), status, headers)
+    return json_response(generation_json(generation, _links(request)), status, headers)
 
 
 def _links(request: web.Request) -> OutputLinks:
@@ -163,7 +157,7 @@ async def _create(request: web.Request, user_id: str) -> tuple[Generation, int]:
 
 
 async def get_prediction(request: web.Request) -> web.Response:
-    return _json(generation_json(await own_generation(request, await current_user(request)), _links(request)))
+    return json_response(generation_json(await own_generation(request, await current_user(request)), _links(request)))
 
 
 # How long a client waits before deleting again after storage failed: a short outage, usually.
@@ -211,7 +205,7 @@ async def list_generations(request: web.Request) -> web.Response:
     page = rows[:limit]
     next_cursor = encode_cursor(page[-1]) if len(rows) > limit else None
     links = _links(request)
-    return _json({"items": [generation_json(g, links) for g in page], "nextCursor": next_cursor})
+    return json_response({"items": [generation_json(g, links) for g in page], "nextCursor": next_cursor})
 
 
 async def cancel_prediction(request: web.Request) -> web.Response:
@@ -239,44 +233,7 @@ async def cancel_prediction(request: web.Request) -> web.Response:
                 request.app[UPDATES].notify(ended)
             current = ended or await generations.get_for_user(conn, generation.id, user_id)
         logger.info("cancel requested", extra={"skytells_status": prediction.status})
-    return _json(generation_json(current or generation, _links(request)))
-
-
-async def list_deliveries(request: web.Request) -> web.Response:
-    generation = await own_generation(request, await current_user(request))
-    async with request.app[POOL].acquire() as conn:
-        items = await deliveries.list_for_generation(conn, generation.id)
-    return _json({"items": [delivery.to_json() for delivery in items]})
-
-
-async def redeliver(request: web.Request) -> web.Response:
-    """The delivery pending again, with the same `webhook-id`, so a receiver that deduplicates sees one event."""
-    generation = await own_generation(request, await current_user(request))
-    delivery_id = parse_id(request.match_info["deliveryId"])
-    async with request.app[POOL].acquire() as conn:
-        again = await deliveries.redeliver(conn, generation.id, delivery_id)
-        if again is None:
-            if await deliveries.get(conn, generation.id, delivery_id) is None:
-                raise ApiError(404, "Not found")
-            raise ApiError(409, "Delivery already pending")
-    logger.info("redelivery asked", extra={"delivery_id": str(delivery_id), "event": again.event})
-    return _json(again.to_json(), 202)
-
-
-async def webhook_secret(request: web.Request) -> web.Response:
-    user_id = await current_user(request)
-    async with request.app[POOL].acquire() as conn:
-        key = await deliveries.ensure_key(conn, user_id)
-    return _json({"key": key})
-
-
-async def rotate_webhook_secret(request: web.Request) -> web.Response:
-    """A new key; deliveries carry a signature by the old one too for NOTIFY_ROTATION_OVERLAP_S."""
-    user_id = await current_user(request)
-    async with request.app[POOL].acquire() as conn:
-        key = await deliveries.rotate_key(conn, user_id)
-    logger.info("webhook secret rotated", extra={"user": user_id})
-    return _json({"key": key})
+    return json_response(generation_json(current or generation, _links(request)))
 
 
 async def me(request: web.Request) -> web.Response:
@@ -284,7 +241,7 @@ async def me(request: web.Request) -> web.Response:
     async with request.app[POOL].acquire() as conn:
         active = await changes.count_active(conn, user_id)
         used = await usage.current_month(conn, user_id)
-    return _json(
+    return json_response(
         {
             "userId": user_id,
             "activeGenerations": active,
@@ -302,7 +259,7 @@ async def me(request: web.Request) -> web.Response:
 
 async def upload(request: web.Request) -> web.Response:
     user_id = await current_user(request)
-    return _json(await uploads.store(request, user_id), 201)
+    return json_response(await uploads.store(request, user_id), 201)
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -314,8 +271,8 @@ async def list_models(request: web.Request) -> web.Response:
         {"id": model, "default": index == 0, "inputSchema": read.schema}
         for index, (model, read) in enumerate(zip(allowed, schemas, strict=True))
     ]
-    return _json({"items": items})
+    return json_response({"items": items})
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return _json(openapi.document(request.app[SETTINGS].allowed_models))
+    return json_response(openapi.document(request.app[SETTINGS].allowed_models))

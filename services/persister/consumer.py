@@ -16,8 +16,9 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
-from common.broker import QUEUE, Broker
+from common.broker import Broker
 from common.errors import BrokerUnavailable
+from common.topology import QUEUE
 from services.persister.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)

@@ -21,7 +21,9 @@ from typing import Any, Literal
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from common.broker import (
+from common.broker import Broker
+from common.settings import Settings
+from common.topology import (
     ATTEMPT_HEADER,
     DEAD_ATTEMPTS_HEADER,
     DEAD_QUEUE,
@@ -29,10 +31,8 @@ from common.broker import (
     FIRST_FAILURE_HEADER,
     LAST_FAILURE_HEADER,
     QUEUE,
-    Broker,
     RetrySchedule,
 )
-from common.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -17,19 +17,19 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
-from common.broker import (
+from common.broker import Broker
+from common.errors import BrokerUnavailable
+from common.settings import Settings
+from common.topology import (
     ATTEMPT_HEADER,
     DEAD_ATTEMPTS_HEADER,
     DEAD_QUEUE,
     DEAD_REASON_HEADER,
     FIRST_FAILURE_HEADER,
     LAST_FAILURE_HEADER,
-    Broker,
     RetrySchedule,
     delay_queue_name,
 )
-from common.errors import BrokerUnavailable
-from common.settings import Settings
 from services.persister.metrics import DEAD_LETTERS, EVENTS, RETRIES, Outcome
 
 logger = logging.getLogger(__name__)

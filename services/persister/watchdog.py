@@ -15,8 +15,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from common.broker import QUEUE
 from common.tasks import stop
+from common.topology import QUEUE
 
 if TYPE_CHECKING:
     from services.persister.consumer import Consumer
