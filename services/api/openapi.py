@@ -11,21 +11,10 @@ from typing import Any
 from common.db.deliveries import DEFAULT_EVENTS, EVENTS, DeliveryStatus
 from common.predictions import Status
 from services.api.bodies import IDEMPOTENCY_HEADER, MAX_IDEMPOTENCY_KEY, MAX_PROMPT, MAX_WEBHOOK_URL
+from services.api.openapi_common import JSON, error_response
 from services.api.openapi_inputs import add_inputs
 from services.api.openapi_live import add_live
 from services.api.paging import DEFAULT_LIMIT, MAX_LIMIT
-
-JSON = "application/json"
-
-
-def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-    if headers:
-        response["headers"] = headers
-    return response
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -119,20 +108,20 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "200": _generation("A repeat of an earlier request with the same Idempotency-Key", True),
                         "400": _ref("BadRequest"),
                         "401": _ref("Unauthorized"),
-                        "403": _error("`userId` is not the authenticated user"),
-                        "409": _error(
+                        "403": error_response("`userId` is not the authenticated user"),
+                        "409": error_response(
                             "Idempotency-Key reused with another body, or its first request is still in progress",
                             retry_after,
                         ),
-                        "413": _error("Body over 64 KiB"),
-                        "429": _error(
+                        "413": error_response("Body over 64 KiB"),
+                        "429": error_response(
                             "`Rate limit exceeded`: more than RATE_LIMIT_CREATES_PER_MINUTE calls by this user in a"
                             " minute, across every replica (Retry-After says when the next is allowed); or `Quota"
                             " exceeded`: QUOTA_MAX_ACTIVE generations already queued or processing",
                             retry_after,
                         ),
-                        "502": _error("Skytells failed the call; its message when it gave one"),
-                        "503": _error(
+                        "502": error_response("Skytells failed the call; its message when it gave one"),
+                        "503": error_response(
                             "Skytells is rate-limiting Studio; or it did not answer in time (the generation stays"
                             " queued for its callback: repeat with the same Idempotency-Key to get it); or Studio"
                             " could not record the prediction (it was canceled): retry after Retry-After",
@@ -167,8 +156,8 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "204": {"description": "Deleted"},
                         "401": _ref("Unauthorized"),
                         "404": _ref("NotFound"),
-                        "409": _error("The generation is unfinished: cancel it first"),
-                        "503": _error(
+                        "409": error_response("The generation is unfinished: cancel it first"),
+                        "503": error_response(
                             "Storage could not delete its outputs: nothing was deleted, retry after Retry-After",
                             retry_after,
                         ),
@@ -185,9 +174,9 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                         "200": _generation("The generation; `canceled` once Skytells agreed"),
                         "401": _ref("Unauthorized"),
                         "404": _ref("NotFound"),
-                        "409": _error("Already finished, or still being submitted", retry_after),
-                        "502": _error("Skytells failed the call; its message when it gave one"),
-                        "503": _error("Skytells is rate-limiting Studio", retry_after),
+                        "409": error_response("Already finished, or still being submitted", retry_after),
+                        "502": error_response("Skytells failed the call; its message when it gave one"),
+                        "503": error_response("Skytells is rate-limiting Studio", retry_after),
                     },
                 }
             },
@@ -228,8 +217,8 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                             "content": {JSON: {"schema": {"$ref": "#/components/schemas/Delivery"}}},
                         },
                         "401": _ref("Unauthorized"),
-                        "404": _error("No such generation for this user, or no such delivery of it"),
-                        "409": _error("The delivery is pending already"),
+                        "404": error_response("No such generation for this user, or no such delivery of it"),
+                        "409": error_response("The delivery is pending already"),
                     },
                 }
             },
@@ -345,14 +334,14 @@ def _document(allowed_models: tuple[str, ...]) -> dict[str, Any]:
                 "RetryAfter": {"schema": {"type": "string", "pattern": "^[0-9]+$"}, "description": "Seconds"},
             },
             "responses": {
-                "BadRequest": _error("Invalid input; the message names the field"),
-                "Unauthorized": _error(
+                "BadRequest": error_response("Invalid input; the message names the field"),
+                "Unauthorized": error_response(
                     "Bearer token missing, malformed, expired or wrongly signed",
                     {"WWW-Authenticate": {"schema": {"type": "string"}}},
                 ),
-                "NotFound": _error("No such generation for this user"),
-                "ExpectationFailed": _error("An `Expect` header other than `100-continue`"),
-                "Unavailable": _error(_UNAVAILABLE[0].upper() + _UNAVAILABLE[1:], retry_after),
+                "NotFound": error_response("No such generation for this user"),
+                "ExpectationFailed": error_response("An `Expect` header other than `100-continue`"),
+                "Unavailable": error_response(_UNAVAILABLE[0].upper() + _UNAVAILABLE[1:], retry_after),
             },
             "schemas": {
                 "GenerateRequest": {

@@ -8,19 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-JSON = "application/json"
+from services.api.openapi_common import JSON, error_response
+
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 _RETRY_AFTER = {"Retry-After": {"$ref": "#/components/headers/RetryAfter"}}
-
-
-def _error(description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "description": description,
-        "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-    if headers:
-        response["headers"] = headers
-    return response
 
 
 _INPUT = {
@@ -66,7 +57,7 @@ def add_inputs(document: dict[str, Any], allowed_models: tuple[str, ...]) -> dic
                     "content": {JSON: {"schema": {"$ref": "#/components/schemas/ModelList"}}},
                 },
                 "401": {"$ref": "#/components/responses/Unauthorized"},
-                "503": _error("A model's input schema could not be read from Skytells yet", _RETRY_AFTER),
+                "503": error_response("A model's input schema could not be read from Skytells yet", _RETRY_AFTER),
             },
         }
     }
@@ -90,10 +81,10 @@ def add_inputs(document: dict[str, Any], allowed_models: tuple[str, ...]) -> dic
                     "description": "Stored",
                     "content": {JSON: {"schema": {"$ref": "#/components/schemas/Upload"}}},
                 },
-                "400": _error("Not a PNG, JPEG or WebP image"),
+                "400": error_response("Not a PNG, JPEG or WebP image"),
                 "401": {"$ref": "#/components/responses/Unauthorized"},
-                "413": _error("Larger than UPLOAD_MAX_BYTES"),
-                "503": _error("Storage cannot be reached right now", _RETRY_AFTER),
+                "413": error_response("Larger than UPLOAD_MAX_BYTES"),
+                "503": error_response("Storage cannot be reached right now", _RETRY_AFTER),
             },
         }
     }

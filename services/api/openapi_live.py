@@ -9,8 +9,8 @@ from typing import Any
 
 from services.api.bodies import MAX_WAIT_S, PREFER_HEADER
 from services.api.live.sse import EVENT_STREAM, KEEPALIVE_S, LAST_EVENT_ID_HEADER
+from services.api.openapi_common import JSON
 
-JSON = "application/json"
 _SECURED: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 
 _PREFER = {
