@@ -115,6 +115,8 @@ async def test_list_show_and_cancel_print_the_apis_objects_with_json(http, urls,
     code, out, _ = await studio(cli_env, "generate", "list me #sim:delay=60", "--no-wait", "--json")
     assert code == 0
     created = json.loads(out)
+    # Settled in `processing` for a minute: the CLI's page and the API's are read while nothing changes.
+    await wait_for_status(http, urls.api, created["id"], auth, statuses=("processing",))
 
     code, out, _ = await studio(cli_env, "list", "--limit", "5", "--json")
     assert code == 0
