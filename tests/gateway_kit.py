@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 import aio_pika
@@ -159,8 +160,29 @@ class PausableProxy:
 
 @dataclass
 class Tally:
-    """The prediction ids of a stream of callbacks by answer: 200, 503, anything else (its status or error)."""
+    """The prediction ids of a stream of callbacks by answer: 200, 503 with Retry-After, anything else (its status
+    or error)."""
 
+    prefix: str
     accepted: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     other: list[tuple[str, str]] = field(default_factory=list)
+    ids: Iterator[int] = field(default_factory=itertools.count)
+
+    async def send(self, client: httpx.AsyncClient, url: str, stop: asyncio.Event, pause_s: float) -> None:
+        """Post signed callbacks with fresh prediction ids until `stop`, tallying every answer; a refusal pauses
+        this sender for `pause_s` (a few hundred while the broker is away, not thousands)."""
+        while not stop.is_set():
+            pid = f"{self.prefix}{next(self.ids):05d}"
+            try:
+                response = await post(client, url, pid)
+            except httpx.HTTPError as exc:
+                self.other.append((pid, repr(exc)))
+                continue
+            if response.status_code == 200:
+                self.accepted.append(pid)
+            elif response.status_code == 503 and response.headers.get("Retry-After"):
+                self.refused.append(pid)
+                await asyncio.sleep(pause_s)
+            else:
+                self.other.append((pid, str(response.status_code)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import itertools
 import logging
 from collections.abc import Iterator
 
@@ -25,7 +24,7 @@ from devstack.postgres_pair import PostgresPair
 from devstack.processes import StartError, free_port
 from devstack.rabbitmq import RabbitCluster
 from devstack.stack import Stack
-from tests.gateway_kit import Tally, answers, post, queued_prediction_ids, ready_gateway
+from tests.gateway_kit import Tally, answers, queued_prediction_ids, ready_gateway
 from tests.helpers import eventually, wait_for_status
 
 logger = logging.getLogger(__name__)
@@ -81,31 +80,14 @@ async def test_three_nodes_form_one_cluster_and_no_callback_is_lost_when_the_lea
 ) -> None:
     names = {node.node for node in rabbit_cluster.nodes}
     assert set(rabbit_cluster.running()) == names
-    tally = Tally()
+    tally = Tally("pred_cluster_")
     stop = asyncio.Event()
-    counter = itertools.count()
-
-    async def sender(client: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            pid = f"pred_cluster_{next(counter):05d}"
-            try:
-                response = await post(client, gateway.url, pid)
-            except httpx.HTTPError as exc:
-                tally.other.append((pid, repr(exc)))
-                continue
-            if response.status_code == 200:
-                tally.accepted.append(pid)
-            elif response.status_code == 503 and response.headers.get("Retry-After"):
-                tally.refused.append(pid)
-                await asyncio.sleep(0.05)
-            else:
-                tally.other.append((pid, str(response.status_code)))
 
     async def at_least(n: int) -> bool:
         return len(tally.accepted) >= n
 
     async with ready_gateway(stack, cluster_url) as gateway, httpx.AsyncClient(timeout=30) as client:
-        senders = [asyncio.create_task(sender(client)) for _ in range(4)]
+        senders = [asyncio.create_task(tally.send(client, gateway.url, stop, 0.05)) for _ in range(4)]
         try:
             await eventually("30 accepted", lambda: at_least(30))
             # The gateway declared the queue first, on the node it connected to: that node leads it.

@@ -9,7 +9,6 @@ must be slow rather than down, a small TCP proxy between gateway and broker hold
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import signal
 import uuid
@@ -228,31 +227,14 @@ async def test_promise_every_200_is_in_the_queue_across_a_broker_crash(gateway, 
     """Stream signed callbacks; kill RabbitMQ (SIGKILL) mid-stream and start it again; count what was kept."""
     await eventually("the gateway to be ready", lambda: answers(gateway.url, "/readyz", 200))
     await queued_prediction_ids(rabbit.url)  # start from an empty queue
-    tally = Tally()
+    tally = Tally("pred_promise_")
     stop = asyncio.Event()
-    counter = itertools.count()
-
-    async def sender(client: httpx.AsyncClient) -> None:
-        while not stop.is_set():
-            pid = f"pred_promise_{next(counter):05d}"
-            try:
-                response = await post(client, gateway.url, pid)
-            except httpx.HTTPError as exc:
-                tally.other.append((pid, repr(exc)))
-                continue
-            if response.status_code == 200:
-                tally.accepted.append(pid)
-            elif response.status_code == 503:
-                tally.refused.append(pid)
-                await asyncio.sleep(0.1)  # pace the stream while the broker is away: a few hundred, not thousands
-            else:
-                tally.other.append((pid, str(response.status_code)))
 
     async def at_least(get, n: int) -> bool:
         return len(get()) >= n
 
     async with httpx.AsyncClient(timeout=30) as client:
-        senders = [asyncio.create_task(sender(client)) for _ in range(8)]
+        senders = [asyncio.create_task(tally.send(client, gateway.url, stop, 0.1)) for _ in range(8)]
         try:
             await eventually("100 accepted", lambda: at_least(lambda: tally.accepted, 100))
             assert rabbit.process is not None
