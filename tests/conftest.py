@@ -23,6 +23,7 @@ from devstack.stack import SERVICES, Stack
 from tests.callback_kit import Events, published_events
 from tests.helpers import JWT_SECRET, bearer
 from tests.page_kit import CHROMIUM, CHROMIUM_ARGS, Visit
+from tests.simulator_kit import Sim, running_sim
 from tests.webhook_receiver import Receiver, receiving
 
 CORS_ORIGIN = "https://studio-app.example"
@@ -133,6 +134,13 @@ async def broker(services: Stack) -> AsyncIterator[Broker]:
     broker = await Broker.connect(services.settings.amqp_url)
     yield broker
     await broker.close()
+
+
+@pytest.fixture
+async def own_sim() -> AsyncIterator[Sim]:
+    """A simulator of the test's own, its callbacks received and kept (for tests of the simulator itself)."""
+    async with running_sim() as running:
+        yield running
 
 
 @pytest.fixture(scope="session")
