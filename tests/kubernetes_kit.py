@@ -16,7 +16,7 @@ from common.settings import API, PERSISTER, WEBHOOK, declared
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ROOT / "deploy" / "kubernetes"
-# Deployment -> (its process's module, its reader in the settings declaration, its port setting and value).
+# Workload -> (its process's module, its reader in the settings declaration, its port setting and value).
 PROCESSES = {
     "studio-api": ("services.api", API, "API_PORT", 8080),
     "studio-webhook": ("services.webhook", WEBHOOK, "WEBHOOK_PORT", 8081),
@@ -51,19 +51,28 @@ def render(folder: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
+# What runs a process: a Deployment, or a StatefulSet where its replicas keep a volume of their own.
+WORKLOADS = ("Deployment", "StatefulSet")
+
+
 def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
     return {o["metadata"]["name"]: o for o in objects if o["kind"] == kind}
 
 
+def workloads(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What runs each process, by name, whichever of the workload kinds it is."""
+    return {o["metadata"]["name"]: o for o in objects if o["kind"] in WORKLOADS}
+
+
 def pods(objects: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every pod template: the Deployments' and the migrations Job's."""
+    """Every pod template: the processes' workloads' and the migrations Job's."""
     for o in objects:
-        if o["kind"] in ("Deployment", "Job"):
+        if o["kind"] in (*WORKLOADS, "Job"):
             yield o["metadata"]["name"], o["spec"]["template"]["spec"]
 
 
 def container_of(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    workload = {**of_kind(objects, "Deployment"), **of_kind(objects, "Job")}[name]
+    workload = {**workloads(objects), **of_kind(objects, "Job")}[name]
     (container,) = workload["spec"]["template"]["spec"]["containers"]
     return container
 

@@ -6,6 +6,7 @@ checked in `test_kubernetes_settings.py`."""
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import PurePosixPath
 from typing import Any
@@ -14,12 +15,25 @@ import kubernetes_validate
 import pytest
 
 from common.topology import QUEUE
-from tests.kubernetes_kit import BASE, PROCESSES, ROOT, SPOOL_DIR, container_of, of_kind, pods, render
+from tests.kubernetes_kit import (
+    BASE,
+    PROCESSES,
+    ROOT,
+    SPOOL_DIR,
+    WORKLOADS,
+    container_of,
+    of_kind,
+    pods,
+    render,
+    workloads,
+)
 
 # A recent release the installed kubernetes-validate carries schemas for.
 KUBERNETES_VERSION = "1.35.0"
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 PROBES = ("/metrics", "/readyz", "/healthz")
+# The binary suffixes of a Kubernetes quantity, as the manifests write sizes.
+BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +44,8 @@ def objects() -> list[dict[str, Any]]:
 
 def test_the_base_holds_each_process_and_what_runs_it(objects):
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
-    assert set(of_kind(objects, "Deployment")) == set(PROCESSES)
+    assert set(workloads(objects)) == set(PROCESSES)
+    assert set(of_kind(objects, "StatefulSet")) == {"studio-persister"}
     assert set(of_kind(objects, "Service")) == set(PROCESSES)
     assert set(of_kind(objects, "PodDisruptionBudget")) == set(PROCESSES)
     assert set(of_kind(objects, "HorizontalPodAutoscaler")) == {"studio-api", "studio-webhook"}
@@ -39,6 +54,7 @@ def test_the_base_holds_each_process_and_what_runs_it(objects):
     assert {kind for kind, _ in kinds} == {
         "ConfigMap",
         "Deployment",
+        "StatefulSet",
         "Service",
         "PodDisruptionBudget",
         "HorizontalPodAutoscaler",
@@ -68,11 +84,13 @@ def test_the_validation_is_strict_enough_to_catch_a_misplaced_field(objects):
 
 
 def test_keda_scales_the_persister_on_its_queue_and_the_notifier_on_due_deliveries(objects):
-    deployments = of_kind(objects, "Deployment")
     scaled = of_kind(objects, "ScaledObject")
     for name, o in scaled.items():
         assert o["apiVersion"] == "keda.sh/v1alpha1"
-        assert o["spec"]["scaleTargetRef"] == {"name": name} and name in deployments
+        target, ref = workloads(objects)[name], o["spec"]["scaleTargetRef"]
+        # KEDA scales an apps/v1 Deployment unless the reference names another kind.
+        kind = (ref.get("apiVersion", "apps/v1"), ref.get("kind", "Deployment"))
+        assert ref["name"] == name and kind == (target["apiVersion"], target["kind"])
         # Never none: the persister's reconciler and spool drainer, the notifier's first attempt within a second.
         assert o["spec"]["minReplicaCount"] >= 1 and o["spec"]["maxReplicaCount"] > o["spec"]["minReplicaCount"]
     (persister,) = scaled["studio-persister"]["spec"]["triggers"]
@@ -94,13 +112,12 @@ def test_without_keda_the_persister_and_the_notifier_run_two_replicas_each(objec
     for o in overlay:
         kubernetes_validate.validate(o, KUBERNETES_VERSION, strict=True)
     assert not of_kind(overlay, "ScaledObject")
-    deployments = of_kind(overlay, "Deployment")
-    assert (
-        deployments["studio-persister"]["spec"]["replicas"] == deployments["studio-notifier"]["spec"]["replicas"] == 2
-    )
+    fixed = workloads(overlay)
+    assert fixed["studio-persister"]["kind"] == "StatefulSet"
+    assert fixed["studio-persister"]["spec"]["replicas"] == fixed["studio-notifier"]["spec"]["replicas"] == 2
     # Everything else is the base's, unchanged.
     for o in overlay:
-        if o["metadata"]["name"] not in ("studio-persister", "studio-notifier") or o["kind"] != "Deployment":
+        if o["metadata"]["name"] not in ("studio-persister", "studio-notifier") or o["kind"] not in WORKLOADS:
             assert o in objects, (o["kind"], o["metadata"]["name"])
     assert len(overlay) == len(objects) - 2
 
@@ -126,7 +143,7 @@ def test_probes_ask_healthz_and_readyz_on_the_process_port(objects):
         service = of_kind(objects, "Service")[name]["spec"]
         assert service["type"] == "ClusterIP"  # inside the cluster only
         assert service["ports"] == [{"name": "http", "port": port, "targetPort": "http"}]
-        template = of_kind(objects, "Deployment")[name]["spec"]["template"]["metadata"]
+        template = workloads(objects)[name]["spec"]["template"]["metadata"]
         pod_labels = template["labels"]
         # Prometheus scrapes each replica where /metrics is, inside the cluster.
         assert template["annotations"]["prometheus.io/port"] == str(port)
@@ -148,14 +165,35 @@ def test_every_pod_runs_unprivileged_on_a_read_only_root_with_no_account_token(o
         assert context["allowPrivilegeEscalation"] is False, name
         assert context["readOnlyRootFilesystem"] is True, name
         assert context["capabilities"] == {"drop": ["ALL"]}, name
-        # What the process may write goes to volumes of the pod's own.
+        # What the process may write goes to volumes of the pod's own (the persister's spool: its claim, below).
         volumes = {v["name"]: v for v in pod["volumes"]}
-        mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
-        assert "emptyDir" in mounts["/tmp"], name
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]], name
         resources = container["resources"]
         assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}, name
-    spool = {m["mountPath"]: m["name"] for m in container_of(objects, "studio-persister")["volumeMounts"]}
-    assert SPOOL_DIR in spool
+
+
+def test_the_persisters_spool_is_a_claim_of_each_replica_that_outlives_its_pod(objects):
+    spec = of_kind(objects, "StatefulSet")["studio-persister"]["spec"]
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {m["mountPath"]: m["name"] for m in container_of(objects, "studio-persister")["volumeMounts"]}
+    assert mounts[SPOOL_DIR] == claim["metadata"]["name"]
+    # The claim, not a volume of the pod (an emptyDir goes with the pod, and the outputs waiting in it).
+    assert claim["metadata"]["name"] not in {v["name"] for v in spec["template"]["spec"]["volumes"]}
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert "storageClassName" not in claim["spec"]  # the cluster's default
+    # A replica scaled away or a StatefulSet deleted leaves its claim, to be drained when the ordinal returns.
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    # Interchangeable consumers: started together, not one by one; the count is the autoscaler's.
+    assert spec["podManagementPolicy"] == "Parallel"
+    assert spec["updateStrategy"] == {"type": "RollingUpdate"}
+    assert "replicas" not in spec
+    assert spec["serviceName"] in of_kind(objects, "Service")
+    # The spool's cap stays below the claim, with room for the file system's journal and its blocks kept for
+    # root (the process is not root).
+    number, unit = re.fullmatch(r"(\d+)([KMGT]i)", claim["spec"]["resources"]["requests"]["storage"]).groups()
+    (config,) = of_kind(objects, "ConfigMap").values()
+    assert int(config["data"]["SPOOL_MAX_BYTES"]) <= 0.8 * int(number) * BINARY[unit]
 
 
 def test_every_image_is_pinned_to_a_version(objects):
