@@ -1,9 +1,11 @@
 """What the notifier tests ask the API: create a generation with a webhook, the caller's signing key, a
-generation's deliveries, and those deliveries once they have settled."""
+generation's deliveries, and those deliveries once they have settled; and a generation object with its output
+URLs' signatures left out."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from tests.helpers import eventually
 
@@ -35,3 +37,17 @@ async def settled_deliveries(http, urls, auth, generation_id: str, count: int = 
 
     settled: list[dict] = await eventually(f"deliveries of {generation_id} to settle", done, timeout)
     return settled
+
+
+def unsigned(generation: dict[str, Any]) -> dict[str, Any]:
+    """The generation object with each output URL cut to its address: the notifier and the API presign apart, and
+    two signatures made in different seconds differ (X-Amz-Date) while naming the same object."""
+
+    def address(url: str | None) -> str | None:
+        return None if url is None else urlsplit(url)._replace(query="").geturl()
+
+    return {
+        **generation,
+        "outputUrl": address(generation["outputUrl"]),
+        "outputUrls": [address(url) for url in generation["outputUrls"]],
+    }

@@ -11,7 +11,7 @@ from standardwebhooks.webhooks import WebhookVerificationError
 from devstack.tokens import issue_token
 from tests.conftest import JWT_SECRET
 from tests.helpers import eventually, wait_for_status
-from tests.notifier_kit import create, deliveries_of, settled_deliveries, webhook_key
+from tests.notifier_kit import create, deliveries_of, settled_deliveries, unsigned, webhook_key
 from tests.webhook_receiver import Reply
 
 
@@ -26,7 +26,9 @@ async def test_a_completed_generation_is_posted_once_signed_as_standard_webhooks
     [call] = receiver.to("hook")
     payload = call.verified(key)
     assert payload["type"] == "generation.completed"
-    assert payload["data"] == final and payload["data"]["status"] == "succeeded"
+    assert unsigned(payload["data"]) == unsigned(final) and payload["data"]["status"] == "succeeded"
+    told = await http.get(payload["data"]["outputUrl"])  # the webhook's own URL is valid and fetches the image
+    assert told.status_code == 200 and told.content == (await http.get(final["outputUrl"])).content
     assert call.headers["User-Agent"] == "Studio-Webhooks/1"
     assert call.headers["Content-Type"] == "application/json"
     assert call.id == delivery["id"]
