@@ -218,12 +218,17 @@ class Dispatcher:
                     ATTEMPT_SECONDS.observe(time.perf_counter() - started)
                 await self.record(delivery, answer)
         finally:
+            full = len(self.held) >= MAX_IN_FLIGHT
             self.held.discard(delivery.id)
             self.per_host[delivery.host] -= 1
+            room = self.per_host[delivery.host] < PER_HOST
             if self.per_host[delivery.host] <= 0:
                 del self.per_host[delivery.host]
                 self.turns.pop(delivery.host, None)
-            self.wake.set()  # room for more, perhaps for a host that was at its limit
+            # A claim now could take more only if this host is below its limit again, or this replica was full;
+            # otherwise it would skip the same hosts as the last one and find what that one found.
+            if room or full:
+                self.wake.set()
 
     def _verdict(self, delivery: Delivery, answer: Answer) -> tuple[DeliveryStatus, Outcome, datetime | None]:
         if answer.delivered:
