@@ -22,7 +22,7 @@ from common.db.deliveries import Delivery, DeliveryStatus, Finished
 from common.db.pool import create_pool
 from common.presign import OutputLinks
 from common.settings import Settings
-from services.notifier.dispatcher import Dispatcher
+from services.notifier.dispatcher import CHANNEL, Dispatcher
 from services.notifier.sender import Answer, Sender
 
 # Deliveries leased as a claim leaves them, for an hour: no other replica takes them meanwhile.
@@ -75,7 +75,7 @@ async def _rows(pool: asyncpg.Pool, held: list[Delivery]) -> dict[uuid.UUID, asy
         return {row["id"]: row for row in await conn.fetch(ROWS, [d.id for d in held])}
 
 
-async def test_finish_many_records_each_row_as_finish_would_and_only_under_its_lease(pool, user_id):
+async def test_finish_many_records_each_row_as_finish_would_and_only_under_its_lease(pool, settings, user_id):
     replica = "notifier-recording-test"
     held = await _held(pool, user_id, 5, replica)
     delivered, retried, expired, skipped, stolen = held
@@ -83,18 +83,30 @@ async def test_finish_many_records_each_row_as_finish_would_and_only_under_its_l
         await conn.execute("UPDATE webhook_deliveries SET status = 'skipped' WHERE id = $1", skipped.id)
         await conn.execute(STEAL, stolen.id)
     later = datetime.now(UTC) + timedelta(minutes=5)
-    async with pool.acquire() as conn:
-        recorded = await deliveries.finish_many(
-            conn,
-            replica,
-            [
-                Finished(delivered.id, DeliveryStatus.DELIVERED, 204, None),
-                Finished(retried.id, DeliveryStatus.PENDING, 500, "receiver answered HTTP 500", later),
-                Finished(expired.id, DeliveryStatus.FAILED, 503, "given up", None),
-                Finished(skipped.id, DeliveryStatus.PENDING, 500, "receiver answered HTTP 500", later),
-                Finished(stolen.id, DeliveryStatus.DELIVERED, 200, None),
-            ],
-        )
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(settings.database_url)
+    try:
+        await listener.add_listener(CHANNEL, lambda *args: heard.put_nowait(args[3]))
+        async with pool.acquire() as conn:
+            # What was told before (the rows' insert) is heard before this mark.
+            await conn.execute("SELECT pg_notify($1, 'mark')", CHANNEL)
+            while await asyncio.wait_for(heard.get(), 10) != "mark":
+                pass
+            recorded = await deliveries.finish_many(
+                conn,
+                replica,
+                [
+                    Finished(delivered.id, DeliveryStatus.DELIVERED, 204, None),
+                    Finished(retried.id, DeliveryStatus.PENDING, 500, "receiver answered HTTP 500", later),
+                    Finished(expired.id, DeliveryStatus.FAILED, 503, "given up", None),
+                    Finished(skipped.id, DeliveryStatus.PENDING, 500, "receiver answered HTTP 500", later),
+                    Finished(stolen.id, DeliveryStatus.DELIVERED, 200, None),
+                ],
+            )
+        # A retry is pending again: the trigger wakes the notifiers as it does for one recorded alone.
+        assert await asyncio.wait_for(heard.get(), 10) == ""
+    finally:
+        await listener.close()
     rows = await _rows(pool, held)
 
     assert set(recorded) == {delivered.id, retried.id, expired.id, skipped.id}
