@@ -1,12 +1,14 @@
 """How the notifier records attempts, against the real PostgreSQL: outcomes that finish together are written in
 one statement, each as its row says, and only while this replica holds the delivery (a lease another replica
-took over is left to it). The deliveries are made here already leased, so a running notifier never claims them."""
+took over is left to it); outcomes the database never took leave their deliveries pending under the lease. The
+deliveries are made here already leased, so a running notifier never claims them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -22,7 +24,8 @@ from common.db.deliveries import Delivery, DeliveryStatus, Finished
 from common.db.pool import create_pool
 from common.presign import OutputLinks
 from common.settings import Settings
-from services.notifier.dispatcher import CHANNEL, Dispatcher
+from devstack.processes import free_port
+from services.notifier.dispatcher import CHANNEL, RECORD_TRIES, Dispatcher
 from services.notifier.sender import Answer, Sender
 
 # Deliveries leased as a claim leaves them, for an hour: no other replica takes them meanwhile.
@@ -195,3 +198,31 @@ async def test_a_burst_of_attempts_is_recorded_in_one_statement_each_as_it_ended
     assert _count("lost_lease") - before["lost_lease"] == 1
     assert _count("delivered") - before["delivered"] == 13 - 1  # held[7] was to be delivered
     assert _count("retried") - before["retried"] == 7
+
+
+async def test_outcomes_the_database_never_took_stay_pending_under_their_lease(pool, settings, user_id, caplog):
+    # The dispatcher's database is away for good (nothing listens there); the rows are read through `pool`.
+    away = await create_pool(f"postgresql://studio:studio@127.0.0.1:{free_port()}/studio", min_size=0, max_size=1)
+    async with aiohttp.ClientSession() as http:
+        sender = Sender(http, OutputLinks.from_settings(settings), [], 1, 0, 60)  # never sends here
+        dispatcher = Dispatcher(settings, away, sender)
+        held = await _held(pool, user_id, 3, dispatcher.replica)
+        before = {outcome: _count(outcome) for outcome in ("delivered", "lost_lease")}
+        started = time.monotonic()
+        try:
+            with caplog.at_level(logging.INFO, "services.notifier.dispatcher"):
+                await asyncio.wait_for(
+                    asyncio.gather(*(dispatcher.record(d, Answer(204, delivered=True)) for d in held)), 30
+                )
+        finally:
+            await away.close()
+    rows = await _rows(pool, held)
+
+    assert time.monotonic() - started >= RECORD_TRIES - 1  # tried again each second before giving up
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "notifier" in r.name]
+    assert len(warnings) == 3 and all(w.startswith("could not record an attempt") for w in warnings)
+    assert all(
+        (row["status"], row["attempts"], row["leased_by"]) == ("pending", 0, dispatcher.replica)
+        for row in rows.values()
+    )
+    assert {outcome: _count(outcome) for outcome in before} == before  # nothing counted as done
