@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from enum import StrEnum
@@ -193,6 +194,23 @@ WITH done AS (
 )
 SELECT done.*, (SELECT count(*) FROM ended) AS ended_with_it FROM done
 """
+# The outcomes of many attempts in one statement, each row as FINISH records it (the same rules, the same lease
+# check: a row this replica no longer holds is left alone and missing from what is returned). No 410 here: the
+# receiver's other deliveries are ended by FINISH. An id at most once per statement (a row is updated once).
+FINISH_MANY = """
+UPDATE webhook_deliveries d
+SET status = CASE WHEN f.status = 'delivered' OR d.status = 'pending' THEN f.status ELSE d.status END,
+    attempts = d.attempts + 1,
+    last_status_code = f.status_code,
+    last_error = f.error,
+    next_attempt_at = CASE WHEN f.status = 'pending' AND d.status = 'pending' THEN f.next_attempt_at END,
+    delivered_at = CASE WHEN f.status = 'delivered' THEN now() END,
+    leased_by = NULL, leased_until = NULL
+FROM unnest($2::uuid[], $3::text[], $4::int[], $5::text[], $6::timestamptz[])
+    AS f (id, status, status_code, error, next_attempt_at)
+WHERE d.id = f.id AND d.leased_by = $1 AND d.status IN ('pending', 'skipped')
+RETURNING d.*
+"""
 
 PENDING_STATS = """
 SELECT count(*) AS pending, extract(epoch FROM now() - min(changed_at)) AS oldest_s
@@ -244,6 +262,34 @@ async def finish(
     others ended with it; None when this replica no longer held it. One statement: no transaction needed."""
     record = await conn.fetchrow(FINISH, delivery_id, replica, status, status_code, error, next_attempt_at, gone)
     return None if record is None else (Delivery.from_record(record), int(record["ended_with_it"]))
+
+
+@dataclass(frozen=True)
+class Finished:
+    """One attempt's outcome as `finish` takes it, to be recorded among others by `finish_many`."""
+
+    id: uuid.UUID
+    status: DeliveryStatus
+    status_code: int | None
+    error: str | None
+    next_attempt_at: datetime | None = None
+
+
+async def finish_many(
+    conn: asyncpg.Connection, replica: str, finished: Sequence[Finished]
+) -> dict[uuid.UUID, Delivery]:
+    """Record many attempts (none a 410) in one statement: the deliveries recorded, by id; an id missing is one
+    this replica no longer held. Each id at most once. One statement: no transaction needed."""
+    records = await conn.fetch(
+        FINISH_MANY,
+        replica,
+        [f.id for f in finished],
+        [f.status for f in finished],
+        [f.status_code for f in finished],
+        [f.error for f in finished],
+        [f.next_attempt_at for f in finished],
+    )
+    return {record["id"]: Delivery.from_record(record) for record in records}
 
 
 async def pending_stats(conn: asyncpg.Connection) -> tuple[int, float]:

@@ -6,6 +6,10 @@ records each attempt only while it still holds the lease. A replica that dies st
 are claimed again by another once their lease (NOTIFY_LEASE_S) runs out, so a delivery is attempted at least
 once and, outside such a crash, by one replica at a time.
 
+Outcomes are recorded in batches (`Recorder`): the attempts that finish while one write is under way are
+written together by the next, in one statement, each under the same lease check as alone; an idle replica writes
+an outcome at once, with no wait for company. A 410 is recorded alone (it ends the receiver's other deliveries).
+
 It wakes on `LISTEN studio_webhook_deliveries` (a trigger notifies when a delivery becomes pending, at the
 commit of the change) and otherwise when the next retry falls due, polling at least every second.
 
@@ -17,18 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import random
 import time
 import uuid
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 
 from common import log as logs
 from common.db import deliveries
-from common.db.deliveries import Delivery, DeliveryStatus, SigningKeys
+from common.db.deliveries import Delivery, DeliveryStatus, Finished, SigningKeys
 from common.db.pool import unavailable
 from common.settings import Settings
 from services.notifier.metrics import ATTEMPT_SECONDS, DELIVERIES, OLDEST_PENDING, PENDING, Outcome
@@ -44,6 +51,75 @@ POLL_S = 1.0  # the longest an idle replica goes without looking (a missed notif
 STATS_S = 5.0
 RECORD_TRIES = 5
 
+T = TypeVar("T")
+
+
+async def _with_retries(pool: asyncpg.Pool, write: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """`write` on a connection of the pool, again each second while the database is away, RECORD_TRIES in all."""
+    for attempt in range(1, RECORD_TRIES + 1):
+        try:
+            async with pool.acquire() as conn:
+                return await write(conn)
+        except Exception as exc:
+            if not unavailable(exc) or attempt == RECORD_TRIES:
+                raise
+            await asyncio.sleep(1)
+    raise AssertionError("RECORD_TRIES is at least 1")
+
+
+class Recorder:
+    """Writes the outcomes of finished attempts, many in one statement: those that come while a write is under way
+    wait for it, then go together (one pool connection, one round trip); the first after a quiet spell goes on
+    the loop's next turn. No more than MAX_IN_FLIGHT can be waiting, so a batch needs no cap of its own."""
+
+    def __init__(self, pool: asyncpg.Pool, replica: str) -> None:
+        self.pool = pool
+        self.replica = replica
+        self.queue: list[tuple[Finished, asyncio.Future[bool]]] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    async def record(self, finished: Finished) -> bool:
+        """Whether it was recorded (False: this replica no longer held the delivery). Raises what kept it from
+        being written: the database away through RECORD_TRIES, or any other failure of the statement."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.queue.append((finished, future))
+        if self.writer is None or self.writer.done():
+            # A context of its own: not the ids bound by the attempt that happened to start it.
+            self.writer = asyncio.create_task(self._write(), name="notifier-record", context=contextvars.Context())
+        return await future
+
+    async def flush(self, timeout: float) -> None:
+        """Let the write under way, and those queued behind it, end (a stopping dispatcher's last outcomes)."""
+        if self.writer is not None and not self.writer.done():
+            await asyncio.wait([self.writer], timeout=timeout)
+
+    async def _write(self) -> None:
+        while self.queue:
+            # An id already in this batch (the same delivery claimed again after its lease ran out) waits for the
+            # next: one statement updates a row once.
+            batch: list[tuple[Finished, asyncio.Future[bool]]] = []
+            later: list[tuple[Finished, asyncio.Future[bool]]] = []
+            ids: set[uuid.UUID] = set()
+            for item in self.queue:
+                (later if item[0].id in ids else batch).append(item)
+                ids.add(item[0].id)
+            self.queue = later
+            rows = [finished for finished, _ in batch]
+
+            async def write(conn: asyncpg.Connection, rows: list[Finished] = rows) -> dict[uuid.UUID, Delivery]:
+                return await deliveries.finish_many(conn, self.replica, rows)
+
+            try:
+                recorded = await _with_retries(self.pool, write)
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():  # done: its attempt was cancelled meanwhile
+                        future.set_exception(exc)
+                continue
+            for finished, future in batch:
+                if not future.done():
+                    future.set_result(finished.id in recorded)
+
 
 def backoff(attempts: int, base_s: float, longest_s: float) -> float:
     """Full jitter: anywhere from 0 to base doubled per earlier attempt, capped (AWS's "full jitter")."""
@@ -56,6 +132,7 @@ class Dispatcher:
         self.pool = pool
         self.sender = sender
         self.replica = f"notifier-{uuid.uuid4().hex[:12]}"
+        self.recorder = Recorder(pool, self.replica)
         self.held: set[uuid.UUID] = set()
         self.per_host: Counter[str] = Counter()
         self.turns: dict[str, asyncio.Semaphore] = {}
@@ -98,6 +175,7 @@ class Dispatcher:
         for task in self.tasks:
             task.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.recorder.flush(timeout=5)
         if self.held:
             with contextlib.suppress(Exception):  # the lease runs out anyway
                 async with self.pool.acquire(timeout=5) as conn:
@@ -138,14 +216,19 @@ class Dispatcher:
                     started = time.perf_counter()
                     answer = await self.sender.attempt(delivery, keys)
                     ATTEMPT_SECONDS.observe(time.perf_counter() - started)
-                await self._record(delivery, answer)
+                await self.record(delivery, answer)
         finally:
+            full = len(self.held) >= MAX_IN_FLIGHT
             self.held.discard(delivery.id)
             self.per_host[delivery.host] -= 1
+            room = self.per_host[delivery.host] < PER_HOST
             if self.per_host[delivery.host] <= 0:
                 del self.per_host[delivery.host]
                 self.turns.pop(delivery.host, None)
-            self.wake.set()  # room for more, perhaps for a host that was at its limit
+            # A claim now could take more only if this host is below its limit again, or this replica was full;
+            # otherwise it would skip the same hosts as the last one and find what that one found.
+            if room or full:
+                self.wake.set()
 
     def _verdict(self, delivery: Delivery, answer: Answer) -> tuple[DeliveryStatus, Outcome, datetime | None]:
         if answer.delivered:
@@ -164,29 +247,32 @@ class Dispatcher:
             wait = backoff(delivery.attempts, settings.notify_retry_base_s, settings.notify_retry_max_s)
         return DeliveryStatus.PENDING, Outcome.RETRIED, min(now + timedelta(seconds=wait), deadline)
 
-    async def _record(self, delivery: Delivery, answer: Answer) -> None:
+    async def record(self, delivery: Delivery, answer: Answer) -> None:
+        """Record what one attempt came to, count it and log it (under the ids bound by the caller)."""
         status, outcome, next_at = self._verdict(delivery, answer)
         error = answer.error
         if outcome is Outcome.EXPIRED:
             error = f"{error}; given up {self.settings.notify_max_age_s:g} s after the change"
-        for attempt in range(1, RECORD_TRIES + 1):
-            try:
-                async with self.pool.acquire() as conn:
-                    done = await deliveries.finish(
-                        conn, delivery.id, self.replica, status, answer.status_code, error, next_at, gone=answer.gone
-                    )
-                break
-            except Exception as exc:
-                if not unavailable(exc) or attempt == RECORD_TRIES:
-                    # Unrecorded, the delivery stays pending under a lease that runs out: attempted again.
-                    logger.warning("could not record an attempt: %r", exc, extra={"event": delivery.event})
-                    return
-                await asyncio.sleep(1)
+
+        async def gone(conn: asyncpg.Connection) -> tuple[Delivery, int] | None:
+            return await deliveries.finish(
+                conn, delivery.id, self.replica, status, answer.status_code, error, next_at, gone=True
+            )
+
         ended = 0
-        if done is None:
+        try:
+            if answer.gone:  # rare, and its statement ends the receiver's other pending deliveries too
+                done = await _with_retries(self.pool, gone)
+                recorded = done is not None
+                ended = 0 if done is None else done[1]
+            else:
+                recorded = await self.recorder.record(Finished(delivery.id, status, answer.status_code, error, next_at))
+        except Exception as exc:
+            # Unrecorded, the delivery stays pending under a lease that runs out: attempted again.
+            logger.warning("could not record an attempt: %r", exc, extra={"event": delivery.event})
+            return
+        if not recorded:
             outcome = Outcome.LOST_LEASE
-        else:
-            ended = done[1]
         DELIVERIES.labels(outcome).inc()
         logger.info(
             "webhook %s",
