@@ -4,12 +4,15 @@ log, and the session's secrets with the one way to sign a callback and to make a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import time
-from collections.abc import Callable, Collection
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
+import asyncpg
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -48,6 +51,21 @@ async def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:g}s")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(database_url: str) -> AsyncIterator[str]:
+    """A database of its own on the session's server, empty, dropped afterwards (its users gone or not): its URL."""
+    name = f"scratch_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield database_url.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
 
 
 async def wait_for_status(

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
 from aiohttp import web
 
+from common.settings import Settings
 from devstack.processes import free_port
 from devstack.stack import Stack
+from tests.helpers import scratch_database
 
 CREATE_DELAY_S = 3.0
 REPEATS = 20
@@ -44,32 +47,48 @@ async def slow_skytells(sim: str) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@dataclass
+class OwnApi:
+    url: str
+    database: str  # its name: the API is its only user, so the database's statistics are the API's own
+
+
 @pytest.fixture(scope="module")
-async def api(services: Stack, slow_skytells: str) -> AsyncIterator[str]:
-    port = free_port()
-    env = {"API_PORT": str(port), "SKYTELLS_BASE_URL": slow_skytells, "DATABASE_POOL_SIZE": "2"}
-    process = await asyncio.to_thread(services.start_service, "api", env, "api-slow-skytells")
-    yield f"http://127.0.0.1:{port}"
-    await asyncio.to_thread(process.stop)
+async def api(services: Stack, settings: Settings, slow_skytells: str) -> AsyncIterator[OwnApi]:
+    async with scratch_database(settings.database_url) as database_url:
+        port = free_port()
+        env = {
+            "API_PORT": str(port),
+            "SKYTELLS_BASE_URL": slow_skytells,
+            "DATABASE_POOL_SIZE": "2",
+            "DATABASE_URL": database_url,  # migrated by the API as it starts
+        }
+        process = await asyncio.to_thread(services.start_service, "api", env, "api-slow-skytells")
+        try:
+            yield OwnApi(f"http://127.0.0.1:{port}", database_url.rsplit("/", 1)[1])
+        finally:
+            await asyncio.to_thread(process.stop)
 
 
-async def _commits(db) -> int:  # type: ignore[no-untyped-def]
-    return int(await db.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"))
+async def _commits(db, api: OwnApi) -> int:  # type: ignore[no-untyped-def]
+    return int(await db.fetchval("SELECT xact_commit FROM pg_stat_database WHERE datname = $1", api.database))
 
 
 async def test_a_burst_of_repeats_waits_without_holding_connections(api, http, auth, db):
     headers = {**auth, "Idempotency-Key": uuid.uuid4().hex}
-    body = {"prompt": f"a patient lighthouse {uuid.uuid4().hex[:8]}"}
-    before = await _commits(db)
-    first = asyncio.create_task(http.post(f"{api}/api/generate", json=body, headers=headers))
+    # No callback (`#sim:drop`): the generation is in this API's database only, which no persister reads.
+    body = {"prompt": f"a patient lighthouse {uuid.uuid4().hex[:8]} #sim:drop"}
+    await asyncio.sleep(1.5)  # the statistics of the API's start (its migrations) reach pg_stat_database first
+    before = await _commits(db, api)
+    first = asyncio.create_task(http.post(f"{api.url}/api/generate", json=body, headers=headers))
     await asyncio.sleep(0.5)  # the first request now waits for Skytells
     repeats = [
-        asyncio.create_task(http.post(f"{api}/api/generate", json=body, headers=headers)) for _ in range(REPEATS)
+        asyncio.create_task(http.post(f"{api.url}/api/generate", json=body, headers=headers)) for _ in range(REPEATS)
     ]
     await asyncio.sleep(0.5)
     # With two connections in the pool and twenty requests waiting, the API still answers at once.
     started = asyncio.get_running_loop().time()
-    assert (await http.get(f"{api}/api/me", headers=auth)).status_code == 200
+    assert (await http.get(f"{api.url}/api/me", headers=auth)).status_code == 200
     assert asyncio.get_running_loop().time() - started < 1.0
 
     created = await first
@@ -79,4 +98,4 @@ async def test_a_burst_of_repeats_waits_without_holding_connections(api, http, a
     await asyncio.sleep(1.5)  # statistics reach pg_stat_database within a second
     # Polling every 50 ms for ~2.5 s, each repeat made about fifty transactions (a thousand in all); woken by the
     # updates (and the hub's re-read every 2 s), a handful each.
-    assert await _commits(db) - before < 10 * REPEATS
+    assert await _commits(db, api) - before < 10 * REPEATS

@@ -8,18 +8,15 @@ import asyncpg
 import pytest
 
 from common.migrate import Migration, MigrationError, apply_migrations, load_migrations
+from tests.helpers import scratch_database
 
 
 @pytest.fixture
 async def scratch_db(settings):
-    name = f"scratch_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(settings.database_url)
-    await admin.execute(f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(settings.database_url.rsplit("/", 1)[0] + f"/{name}")
-    yield conn
-    await conn.close()
-    await admin.execute(f"DROP DATABASE {name}")
-    await admin.close()
+    async with scratch_database(settings.database_url) as url:
+        conn = await asyncpg.connect(url)
+        yield conn
+        await conn.close()
 
 
 async def test_migrations_apply_once_and_are_recorded(scratch_db):
