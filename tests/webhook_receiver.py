@@ -1,5 +1,6 @@
 """A webhook receiver in the test process: a real aiohttp server on a loopback port that records every request
-and answers each path as a test scripts it (a status, headers, a delay), 200 once the script is used up."""
+and answers each path as a test scripts it (a status, headers, a delay, or held until the test lets it go), 200 once
+the script is used up."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ class Reply:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    hold: asyncio.Event | None = None  # answered once it is set: the attempt stays in flight until the test says
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ class Receiver:
         try:
             if reply.delay_s:
                 await asyncio.sleep(reply.delay_s)
+            if reply.hold is not None:
+                await reply.hold.wait()
             return web.Response(status=reply.status, headers=reply.headers)
         finally:
             self.in_flight -= 1
