@@ -4,6 +4,8 @@ notifiers are in `test_notifier_failures.py`."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -186,14 +188,18 @@ async def test_redeliver_sends_the_same_webhook_id_again(http, urls, auth, recei
     key = await webhook_key(http, urls, auth)
     created = await create(http, urls, auth, "again", webhook=receiver.url("again"))
     [delivery] = await settled_deliveries(http, urls, auth, created["id"])
-    receiver.script("again", [Reply(200, delay_s=1.5)])  # slow enough to ask again while it is pending
+    answered = asyncio.Event()
+    receiver.script("again", [Reply(200, hold=answered)])  # in flight until asked again while it is pending
 
     url = f"{urls.api}/api/predictions/{created['id']}/deliveries/{delivery['id']}/redeliver"
-    response = await http.post(url, headers=auth)
-    assert response.status_code == 202, response.text
-    assert response.json()["status"] == "pending" and response.json()["id"] == delivery["id"]
-    busy = await http.post(url, headers=auth)
-    assert busy.status_code == 409
+    try:
+        response = await http.post(url, headers=auth)
+        assert response.status_code == 202, response.text
+        assert response.json()["status"] == "pending" and response.json()["id"] == delivery["id"]
+        busy = await http.post(url, headers=auth)
+        assert busy.status_code == 409
+    finally:
+        answered.set()
 
     [again] = await settled_deliveries(http, urls, auth, created["id"])
     first, second = receiver.to("again")
