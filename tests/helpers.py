@@ -14,12 +14,14 @@ from typing import Any
 
 import asyncpg
 import httpx
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from common.predictions import TERMINAL
 from common.signing import SIGNATURE_HEADER, sign
 from devstack.environment import SIM_DEFAULTS
+from devstack.processes import free_port
 from devstack.tokens import issue_token
 
 # The session's AUTH_JWT_SECRET (tests/conftest.py gives it to the stack).
@@ -51,6 +53,21 @@ async def eventually(what: str, check: Callable[[], Any], timeout: float = 30.0,
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not happen within {timeout:g}s")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def listening(
+    app: web.Application, host: str = "127.0.0.1", port: int | None = None, **runner_options: Any
+) -> AsyncIterator[str]:
+    """`app` served on `host` (on `port`, or a free one) until the block ends: its base URL."""
+    port = port or free_port()
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield f"http://{host}:{port}"
+    finally:
+        await runner.cleanup()
 
 
 @contextlib.asynccontextmanager

@@ -14,7 +14,7 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from devstack.processes import free_port
+from tests.helpers import listening
 
 AUDIENCE, ISSUER = "studio-api", "https://idp.example.test/"
 RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -51,12 +51,8 @@ async def serving() -> AsyncIterator[tuple[Provider, str]]:
     idp = Provider()
     app = web.Application()
     app.router.add_get("/jwks.json", idp.jwks)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield idp, f"http://127.0.0.1:{port}/jwks.json"
-    await runner.cleanup()
+    async with listening(app) as url:
+        yield idp, f"{url}/jwks.json"
 
 
 def token_claims(**overrides: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from PIL import Image
 from devstack.processes import free_port
 from devstack.skytells.app import create_app
 from devstack.skytells.model import SimSettings
-from tests.helpers import eventually
+from tests.helpers import eventually, listening
 
 KEY = {"x-api-key": "sim-key"}
 
@@ -43,7 +43,7 @@ class Sim:
 
 @asynccontextmanager
 async def running_sim() -> AsyncIterator[Sim]:
-    port, hook_port = free_port(), free_port()
+    port = free_port()  # known before the app is made: its public URL names it
     app = create_app(SimSettings(port=port, delay_s=0.05, public_url=f"http://127.0.0.1:{port}"))
     callbacks: list[dict[str, Any]] = []
 
@@ -59,21 +59,8 @@ async def running_sim() -> AsyncIterator[Sim]:
     hooks = web.Application()
     hooks.router.add_post("/hook", receive)
     hooks.router.add_get("/files/{name}", serve_file)
-    runners = [web.AppRunner(app), web.AppRunner(hooks)]
-    for runner, p in zip(runners, (port, hook_port), strict=True):
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", p).start()
-    try:
-        yield Sim(
-            f"http://127.0.0.1:{port}",
-            app,
-            f"http://127.0.0.1:{hook_port}/hook?generation=g1",
-            callbacks,
-            f"http://127.0.0.1:{hook_port}/files",
-        )
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
+    async with listening(app, port=port) as url, listening(hooks) as hooks_url:
+        yield Sim(url, app, f"{hooks_url}/hook?generation=g1", callbacks, f"{hooks_url}/files")
 
 
 def decode_png(data: bytes) -> tuple[int, int, list[bytes]]:

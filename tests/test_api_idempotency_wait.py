@@ -15,7 +15,7 @@ from aiohttp import web
 from common.settings import Settings
 from devstack.processes import free_port
 from devstack.stack import Stack
-from tests.helpers import scratch_database
+from tests.helpers import listening, scratch_database
 
 CREATE_DELAY_S = 3.0
 REPEATS = 20
@@ -39,12 +39,8 @@ async def slow_skytells(sim: str) -> AsyncIterator[str]:
 
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", forward)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        yield f"http://127.0.0.1:{port}/v1"
-        await runner.cleanup()
+        async with listening(app) as url:
+            yield f"{url}/v1"
 
 
 @dataclass

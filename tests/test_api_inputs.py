@@ -20,7 +20,7 @@ from common.skytells import SkytellsClient
 from devstack.processes import free_port
 from services.api.bodies import GenerateRequest
 from services.api.models import PROMPT_ONLY, ModelCatalog
-from tests.helpers import eventually, wait_for_status
+from tests.helpers import eventually, listening, wait_for_status
 
 SIM_KEY = {"x-api-key": "sim-key"}
 
@@ -144,16 +144,12 @@ async def publisher() -> AsyncIterator[tuple[Publisher, SkytellsClient]]:
     stand_in = Publisher()
     app = web.Application()
     app.router.add_get("/v1/models/{slug}", stand_in.model)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    client = SkytellsClient(f"http://127.0.0.1:{port}/v1", "key", timeout=2)
-    try:
-        yield stand_in, client
-    finally:
-        await client.aclose()
-        await runner.cleanup()
+    async with listening(app) as url:
+        client = SkytellsClient(f"{url}/v1", "key", timeout=2)
+        try:
+            yield stand_in, client
+        finally:
+            await client.aclose()
 
 
 def _schema(largest: int) -> dict[str, Any]:

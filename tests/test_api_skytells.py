@@ -16,7 +16,7 @@ from aiohttp import web
 
 from devstack.processes import free_port
 from devstack.stack import Stack
-from tests.helpers import metric
+from tests.helpers import listening, metric
 
 HANG_S = 5.0  # longer than the SKYTELLS_TIMEOUT_S the API under test gets
 CREATES: list[str] = []  # the case of every create call the stand-in received
@@ -74,13 +74,8 @@ async def fake_skytells() -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/v1/predictions", _create)
     app.router.add_post("/v1/predictions/{id}/cancel", _cancel)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    site = web.TCPSite(runner, "127.0.0.1", port)
-    await site.start()
-    yield f"http://127.0.0.1:{port}/v1"
-    await runner.cleanup()
+    async with listening(app) as url:
+        yield f"{url}/v1"
 
 
 @pytest.fixture(scope="module")

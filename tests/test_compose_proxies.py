@@ -12,6 +12,7 @@ from aiohttp import web
 
 from devstack import apt
 from devstack.processes import ManagedProcess, free_port, port_open, wait_until
+from tests.helpers import listening
 from tests.wire import exchange, request
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,13 +76,8 @@ async def seen(upstream_port: int) -> AsyncIterator[list[str]]:
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", upstream_port).start()
-    try:
+    async with listening(app, port=upstream_port):
         yield targets
-    finally:
-        await runner.cleanup()
 
 
 async def test_metrics_and_readyz_are_not_found_through_the_proxy_however_spelt(proxy, seen):

@@ -15,9 +15,9 @@ from aiohttp import web
 from common.db.pool import create_pool
 from common.errors import OutputRejected, UpstreamUnavailable
 from common.storage import open_s3
-from devstack.processes import free_port
 from services.persister.download import open_output, redirect_target
 from services.persister.processor import Processor
+from tests.helpers import listening
 from tests.persister_kit import event_of, insert_generation, row, sim_prediction, stored_objects
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
@@ -58,12 +58,8 @@ async def own_cdn() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
 
     app = web.Application()
     app.router.add_get("/x.png", image)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async with listening(app) as url:
+        yield url, seen
 
 
 async def test_a_download_asks_for_the_bytes_as_stored(own_cdn):

@@ -15,9 +15,9 @@ from aiohttp import web
 from skytells import ApiErrorId, PredictionStatus, SkytellsError
 
 from common.signing import SIGNATURE_HEADER, verify
-from devstack.processes import free_port
 from devstack.stack import Stack
 from tests.conftest import Urls
+from tests.helpers import listening
 
 MODEL = "truefusion-pro"
 WAIT = {"interval": 100, "max_wait": 15_000}  # ms: poll often, give up well inside the test timeout
@@ -131,14 +131,8 @@ async def receiver() -> AsyncIterator[tuple[str, asyncio.Queue[tuple[bytes, str 
 
     app = web.Application()
     app.router.add_post("/hook", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        yield f"http://127.0.0.1:{port}/hook", arrived
-    finally:
-        await runner.cleanup()
+    async with listening(app) as url:
+        yield f"{url}/hook", arrived
 
 
 async def test_webhook_from_sdk_request_is_signed(

@@ -16,6 +16,7 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from devstack.processes import free_port
+from tests.helpers import listening
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,5 @@ async def receiving(host: str = "127.0.0.1") -> AsyncIterator[Receiver]:
     receiver = Receiver(host)
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", receiver._handle)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    await web.TCPSite(runner, host, receiver.port).start()
-    try:
+    async with listening(app, host, receiver.port, access_log=None, shutdown_timeout=0.5):
         yield receiver
-    finally:
-        await runner.cleanup()
